@@ -1,0 +1,40 @@
+# Two entry points (see README): `make demo` and `make test`. Both create/reuse .venv and install what they need.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+export TF_USE_LEGACY_KERAS := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: venv demo test lint format test-slow model clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	@! $(BIN)/python -m pip show torch >/dev/null 2>&1 || { echo "torch is installed in $(VENV): remove it (TF + torch segfault)"; exit 1; }
+	rm -f $(VENV)/.installed-*; touch $(STAMP)
+
+demo: venv
+	$(BIN)/bm-ray demo
+
+lint: venv
+	$(BIN)/ruff check bm_ray tests
+	$(BIN)/ruff format --check bm_ray tests
+
+format: venv
+	$(BIN)/ruff check --fix bm_ray tests
+	$(BIN)/ruff format bm_ray tests
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+test-slow: venv
+	BM_RAY_SLOW=1 $(BIN)/python -m pytest -q -m "slow or realdata"
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

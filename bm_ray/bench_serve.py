@@ -1,0 +1,301 @@
+"""Benchmarks of the Serve endpoint over loopback HTTP: batching on/off, malformed-traffic load, replica kill.
+
+Every run is bounded: a fixed request count per load and a client timeout per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import ray
+from ray import serve
+
+from bm_ray.serve import APP_NAME, app_url, deploy
+from bm_ray.specs import IngestSpec, ServeSpec
+
+REQUEST_TIMEOUT_S = 60.0
+DEFAULT_PORT = 8131
+
+
+@dataclass(frozen=True)
+class Shot:
+    """One HTTP request to send to /v1/classify and the status it must get."""
+
+    kind: str
+    content: bytes
+    content_type: str = "application/json"
+    expect: int = 200
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one request got (status 0: no HTTP answer)."""
+
+    kind: str
+    status: int
+    expect: int
+    latency_s: float
+    body: Any = None
+
+
+def read_texts(path: str, text_fields: Sequence[str] = ("text",), limit: int = 2000) -> list[str]:
+    """The first `limit` non-empty texts of a corpus, read through :func:`bm_ray.corpus.read_corpus`."""
+    from bm_ray.corpus import ok_rows, read_corpus
+
+    ds, _ = read_corpus(IngestSpec(input=[path], text_fields=list(text_fields)), dedupe=False)
+    texts = [row["text"] for row in ok_rows(ds, ["text"]).take(limit)]
+    if not texts:
+        raise ValueError(f"{path}: no texts in fields {', '.join(text_fields)}")
+    return texts
+
+
+def text_shots(texts: Sequence[str], n: int) -> list[Shot]:
+    """`n` well-formed requests, one text each, cycling through `texts`."""
+    return [
+        Shot("ok", json.dumps({"texts": [text]}).encode())
+        for text in itertools.islice(itertools.cycle(texts), n)
+    ]
+
+
+def malformed_shots(spec: ServeSpec) -> list[Shot]:
+    """One request per way of being malformed, each with the 4xx it must get."""
+
+    def body(data: Any) -> bytes:
+        return json.dumps(data).encode()
+
+    return [
+        Shot("empty_list", body({"texts": []}), expect=422),
+        Shot("non_string", body({"texts": ["fine", 7]}), expect=422),
+        Shot("blank_text", body({"texts": ["  \n "]}), expect=422),
+        Shot("too_many", body({"texts": ["a"] * (spec.max_texts_per_request + 1)}), expect=422),
+        Shot("too_long", body({"texts": ["x" * (spec.max_text_chars + 1)]}), expect=422),
+        Shot("both", body({"texts": ["a"], "instances": [{"text": "a"}]}), expect=422),
+        Shot("neither", body({}), expect=422),
+        Shot("bad_json", b'{"texts": ["a"', expect=422),
+        Shot("not_json", b"texts=a", content_type="text/plain", expect=415),
+        Shot("too_big", b" " * (spec.max_body_bytes + 1), expect=413),
+    ]
+
+
+async def drive(
+    url: str, shots: Sequence[Shot], concurrency: int, headers: dict[str, str] | None = None
+) -> list[Outcome]:
+    """Send `shots` to `url`/v1/classify from `concurrency` concurrent clients; outcomes in shot order."""
+    outcomes: list[Outcome | None] = [None] * len(shots)
+    queue = iter(enumerate(shots))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=REQUEST_TIMEOUT_S) as client:
+
+        async def worker() -> None:
+            for i, shot in queue:
+                started = time.perf_counter()
+                try:
+                    response = await client.post(
+                        "/v1/classify",
+                        content=shot.content,
+                        headers={"content-type": shot.content_type, **(headers or {})},
+                    )
+                    status, body = response.status_code, _json_or_text(response)
+                except httpx.HTTPError as err:
+                    status, body = 0, repr(err)
+                outcomes[i] = Outcome(shot.kind, status, shot.expect, time.perf_counter() - started, body)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return [o for o in outcomes if o is not None]
+
+
+def _json_or_text(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return response.text
+
+
+def summarize(outcomes: Sequence[Outcome], wall_s: float) -> dict[str, Any]:
+    """Rows/s, latency percentiles (ms) and error count of a load of one-text requests."""
+    latencies = np.array([o.latency_s for o in outcomes]) * 1000
+    ok = sum(o.status == 200 for o in outcomes)
+    p50, p95, p99 = (float(np.percentile(latencies, q)) for q in (50, 95, 99))
+    return {
+        "requests": len(outcomes),
+        "rows_per_s": ok / wall_s,
+        "p50_ms": p50,
+        "p95_ms": p95,
+        "p99_ms": p99,
+        "errors": len(outcomes) - ok,
+    }
+
+
+async def _timed(url: str, shots: Sequence[Shot], concurrency: int) -> tuple[list[Outcome], float]:
+    started = time.perf_counter()
+    outcomes = await drive(url, shots, concurrency)
+    return outcomes, time.perf_counter() - started
+
+
+def _bench_spec(model: str, spec: ServeSpec | None, **overrides: Any) -> ServeSpec:
+    base = spec or ServeSpec(
+        model=model, port=DEFAULT_PORT, min_replicas=1, max_replicas=1, cpus_per_replica=2
+    )
+    return base.model_copy(update={"model": model, **overrides})
+
+
+def bench_serve(
+    model: str,
+    corpus_texts: Sequence[str],
+    concurrencies: Sequence[int] = (1, 8, 32),
+    requests: int = 300,
+    json_path: str | None = None,
+    spec: ServeSpec | None = None,
+) -> list[dict[str, Any]]:
+    """Throughput and latency with batching on (spec's max_batch_size) and off (1), one text per request.
+
+    Needs Ray initialised; deploys on loopback, prints a table, writes `json_path` (records + the
+    on/off rows/s ratio at the highest concurrency) and leaves the app deleted.
+    """
+    base = _bench_spec(model, spec)
+    shots = text_shots(corpus_texts, requests)
+    records = []
+    for batching, max_batch_size in ((True, base.max_batch_size), (False, 1)):
+        run_spec = base.model_copy(update={"max_batch_size": max_batch_size})
+        deploy(run_spec)
+        url = app_url(run_spec)
+        asyncio.run(drive(url, shots[: min(requests, 32)], 8))  # warm the proxy and the connection pool
+        for concurrency in concurrencies:
+            outcomes, wall_s = asyncio.run(_timed(url, shots, concurrency))
+            records.append({"batching": batching, "concurrency": concurrency, **summarize(outcomes, wall_s)})
+    serve.delete(APP_NAME)
+    top = max(concurrencies)
+    on, off = (
+        next(r for r in records if r["batching"] is b and r["concurrency"] == top) for b in (True, False)
+    )
+    ratio = on["rows_per_s"] / off["rows_per_s"] if off["rows_per_s"] else float("inf")
+    print(_table(records))
+    print(f"batching on/off rows/s at concurrency {top}: {ratio:.2f}x")
+    if json_path:
+        Path(json_path).write_text(
+            json.dumps({"records": records, f"ratio_on_off_c{top}": ratio}, indent=2), encoding="utf-8"
+        )
+    return records
+
+
+def _table(records: Sequence[dict[str, Any]]) -> str:
+    lines = [
+        f"{'batching':>8} {'conc':>5} {'rows/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6}"
+    ]
+    for r in records:
+        lines.append(
+            f"{'on' if r['batching'] else 'off':>8} {r['concurrency']:>5} {r['rows_per_s']:>8.1f} "
+            f"{r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['errors']:>6}"
+        )
+    return "\n".join(lines)
+
+
+def mixed_shots(texts: Sequence[str], spec: ServeSpec, n: int, malformed_every: int = 10) -> list[Shot]:
+    """`n` requests, every `malformed_every`-th one malformed (cycling through the kinds)."""
+    bad = itertools.cycle(malformed_shots(spec))
+    good = iter(text_shots(texts, n))
+    return [next(bad) if i % malformed_every == malformed_every - 1 else next(good) for i in range(n)]
+
+
+def status_report(outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    """Counts per status, and how many requests got another status than their kind must get."""
+    return {
+        "requests": len(outcomes),
+        "by_status": dict(sorted(Counter(o.status for o in outcomes).items())),
+        "unexpected": sum(o.status != o.expect for o in outcomes),
+        "server_errors": sum(o.status >= 500 or o.status == 0 for o in outcomes),
+    }
+
+
+def load_test(
+    url: str, texts: Sequence[str], spec: ServeSpec, requests: int = 5000, concurrency: int = 32
+) -> dict:
+    """`requests` requests (10% malformed) from `concurrency` clients against a running endpoint."""
+    outcomes = asyncio.run(drive(url, mixed_shots(texts, spec, requests), concurrency))
+    return status_report(outcomes)
+
+
+def load_run(
+    model: str,
+    texts: Sequence[str],
+    requests: int = 5000,
+    concurrency: int = 32,
+    spec: ServeSpec | None = None,
+) -> dict[str, Any]:
+    """Deploy on loopback, run :func:`load_test`, delete the app."""
+    run_spec = _bench_spec(model, spec)
+    deploy(run_spec)
+    try:
+        return load_test(app_url(run_spec), texts, run_spec, requests, concurrency)
+    finally:
+        serve.delete(APP_NAME)
+
+
+def replica_actor_names(app_name: str = APP_NAME) -> list[tuple[str, str]]:
+    """(name, namespace) of the Classifier replica actors of `app_name`."""
+    return [
+        (actor["name"], actor["namespace"])
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if actor["name"].startswith("SERVE_REPLICA::") and f"{app_name}#Classifier#" in actor["name"]
+    ]
+
+
+async def _load_with_kill(
+    url: str, shots: Sequence[Shot], concurrency: int, kill_after_s: float
+) -> list[Outcome]:
+    load = asyncio.create_task(drive(url, shots, concurrency))
+    await asyncio.sleep(kill_after_s)
+    name, namespace = replica_actor_names()[0]
+    ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
+    return await load
+
+
+def wait_ready(url: str, timeout_s: float = 120.0) -> bool:
+    """Poll /readyz until it answers 200 (True) or `timeout_s` passes (False)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def fault_run(
+    model: str,
+    texts: Sequence[str],
+    requests: int = 1000,
+    concurrency: int = 32,
+    kill_after_s: float = 3.0,
+    spec: ServeSpec | None = None,
+) -> dict[str, Any]:
+    """Two replicas under load; one replica actor is killed after `kill_after_s`. Success rate and health after."""
+    run_spec = _bench_spec(model, spec, min_replicas=2, max_replicas=2, cpus_per_replica=1)
+    deploy(run_spec)
+    url = app_url(run_spec)
+    before = len(replica_actor_names())
+    outcomes = asyncio.run(_load_with_kill(url, text_shots(texts, requests), concurrency, kill_after_s))
+    report = status_report(outcomes)
+    ok = report["by_status"].get(200, 0)
+    healthy = wait_ready(url) and asyncio.run(drive(url, text_shots(texts, 1), 1))[0].status == 200
+    result = {
+        **report,
+        "replicas_before": before,
+        "replicas_after": len(replica_actor_names()),
+        "success_rate": ok / len(outcomes),
+        "healthy_after": healthy,
+    }
+    serve.delete(APP_NAME)
+    return result

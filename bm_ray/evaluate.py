@@ -1,0 +1,99 @@
+"""`bm-ray evaluate`: metrics and plots of a model on any labelled corpus, streamed through the engine."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bm_ray.engine import Predictor
+from bm_ray.metrics import ConfusionMatrix, plot_confusion_matrix
+from bm_ray.specs import EvaluateSpec
+
+UNKNOWN_LABEL = "unknown_label"
+MISSING_LABEL = "missing_label"
+
+
+def evaluate_batches(predictor: Predictor, batches: Any) -> dict[str, Any]:
+    """Evaluate `(texts, labels)` batches; rows whose label the model does not know are counted, not fatal.
+
+    Returns the metrics report plus `rows_evaluated`, `rows_rejected`, `rejected_by_reason`,
+    `unknown_labels` (label → count) and `log_loss`.
+    """
+    matrix = ConfusionMatrix(predictor.labels)
+    unknown: Counter[str] = Counter()
+    rejected: Counter[str] = Counter()
+    log_loss_sum = 0.0
+    for texts, labels in batches:
+        keep = [i for i, label in enumerate(labels) if label in matrix.index]
+        for label in labels:
+            if label is None:
+                rejected[MISSING_LABEL] += 1
+            elif label not in matrix.index:
+                rejected[UNKNOWN_LABEL] += 1
+                unknown[label] += 1
+        if not keep:
+            continue
+        probs = predictor.predict_proba([texts[i] for i in keep])
+        true_ids = np.asarray([matrix.index[labels[i]] for i in keep])
+        matrix.add_indices(true_ids, probs.argmax(axis=1))
+        log_loss_sum += float(-np.log(np.clip(probs[np.arange(len(keep)), true_ids], 1e-12, 1.0)).sum())
+    report = matrix.report()
+    report.update(
+        rows_evaluated=matrix.total,
+        rows_rejected=sum(rejected.values()),
+        rejected_by_reason=dict(rejected),
+        unknown_labels=dict(unknown),
+        log_loss=log_loss_sum / matrix.total if matrix.total else float("nan"),
+    )
+    return report
+
+
+def corpus_batches(ds: Any, ingest_rejects: Counter[str], batch_size: int = 1024) -> Any:
+    """Yield (texts, labels) of the ok rows of a corpus dataset in one streaming pass.
+
+    Reject rows (blank lines excepted: they are not rows) are counted into `ingest_rejects` by reason.
+    """
+    for batch in ds.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
+        reasons = batch.column("reason").to_pylist()
+        ingest_rejects.update(r for r in reasons if r is not None and r != "blank_line")
+        ok = [i for i, reason in enumerate(reasons) if reason is None]
+        texts, labels = batch.column("text").to_pylist(), batch.column("label").to_pylist()
+        yield [texts[i] for i in ok], [labels[i] for i in ok]
+
+
+def write_report(report: dict[str, Any], output: str | Path, title: str) -> Path:
+    """Write metrics.json and confusion_matrix.png into `output`."""
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    plot_confusion_matrix(report, out / "confusion_matrix.png", title=title)
+    return out
+
+
+def evaluate(spec: EvaluateSpec) -> dict[str, Any]:
+    """Run the evaluation job: ingest (rejects counted), predict with the engine, write metrics and plots."""
+    from bm_ray.corpus import read_corpus
+    from bm_ray.runtime import init_ray
+
+    started = time.time()
+    init_ray()
+    predictor = Predictor.load(spec.model, batch_size=spec.batch_size)
+    ds, _ = read_corpus(spec.data)
+    ingest_rejects: Counter[str] = Counter()
+    report = evaluate_batches(predictor, corpus_batches(ds, ingest_rejects))
+    for reason, count in ingest_rejects.items():
+        report["rejected_by_reason"][reason] = report["rejected_by_reason"].get(reason, 0) + count
+    report["rows_rejected"] += sum(ingest_rejects.values())
+    report.update(
+        model={"name": predictor.info.name, "version": predictor.info.version, "path": spec.model},
+        data=spec.data.input,
+        elapsed_s=round(time.time() - started, 2),
+    )
+    if spec.output:
+        write_report(report, spec.output, title=f"{predictor.info.name} on {Path(spec.data.input[0]).name}")
+    return report

@@ -1,0 +1,114 @@
+"""Classification metrics (accuracy, macro-F1, per-class P/R/F1, confusion matrix) and their plots."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class ConfusionMatrix:
+    """Streaming confusion matrix over a fixed label list (rows: true label, columns: predicted)."""
+
+    def __init__(self, labels: Sequence[str]) -> None:
+        self.labels = list(labels)
+        self.index = {label: i for i, label in enumerate(self.labels)}
+        self.matrix = np.zeros((len(self.labels), len(self.labels)), dtype=np.int64)
+
+    def add(self, true_labels: Iterable[str], predicted_labels: Iterable[str]) -> None:
+        """Count pairs; every true label must be in `labels` (callers reject unknown ones first)."""
+        for true, predicted in zip(true_labels, predicted_labels, strict=True):
+            self.matrix[self.index[true], self.index[predicted]] += 1
+
+    def add_indices(self, true_ids: np.ndarray, predicted_ids: np.ndarray) -> None:
+        """Count pairs given as label indices."""
+        np.add.at(self.matrix, (np.asarray(true_ids), np.asarray(predicted_ids)), 1)
+
+    @property
+    def total(self) -> int:
+        """Number of counted rows."""
+        return int(self.matrix.sum())
+
+    def report(self) -> dict[str, Any]:
+        """Accuracy, macro-F1, per-class precision/recall/F1/support and the matrix itself."""
+        matrix = self.matrix.astype(np.float64)
+        true_pos = np.diag(matrix)
+        support = matrix.sum(axis=1)
+        predicted = matrix.sum(axis=0)
+        precision = np.divide(true_pos, predicted, out=np.zeros_like(true_pos), where=predicted > 0)
+        recall = np.divide(true_pos, support, out=np.zeros_like(true_pos), where=support > 0)
+        denom = precision + recall
+        f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(true_pos), where=denom > 0)
+        present = support > 0  # macro-F1 over labels that occur in the data
+        total = matrix.sum()
+        return {
+            "accuracy": float(true_pos.sum() / total) if total else 0.0,
+            "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+            "per_class": {
+                label: {
+                    "precision": float(precision[i]),
+                    "recall": float(recall[i]),
+                    "f1": float(f1[i]),
+                    "support": int(support[i]),
+                }
+                for i, label in enumerate(self.labels)
+            },
+            "confusion_matrix": {"labels": self.labels, "matrix": self.matrix.tolist()},
+        }
+
+
+def plot_confusion_matrix(report: dict[str, Any], path: str | Path, title: str = "Confusion matrix") -> Path:
+    """Write a confusion-matrix heat map (counts, row-normalised colour) as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = report["confusion_matrix"]["labels"]
+    matrix = np.asarray(report["confusion_matrix"]["matrix"])
+    norm = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    size = max(4.0, 0.9 * len(labels) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{title} (accuracy {report['accuracy']:.3f}, macro-F1 {report['macro_f1']:.3f})")
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, str(count), ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_training_curves(history: list[dict[str, Any]], path: str | Path) -> Path:
+    """Write loss and accuracy/macro-F1 per epoch (train and validation) as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (loss_ax, score_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label in (("train_loss", "train"), ("val_loss", "validation")):
+        loss_ax.plot(epochs, [h[key] for h in history], marker="o", label=label)
+    loss_ax.set_title("loss")
+    for key, label in (
+        ("train_accuracy", "train accuracy"),
+        ("val_accuracy", "val accuracy"),
+        ("val_macro_f1", "val macro-F1"),
+    ):
+        score_ax.plot(epochs, [h[key] for h in history], marker="o", label=label)
+    score_ax.set_title("scores")
+    for ax in (loss_ax, score_ax):
+        ax.set_xlabel("epoch")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

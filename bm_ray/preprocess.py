@@ -1,0 +1,131 @@
+"""The one preprocessing path: tokenisation, length bucketing and dynamic padding.
+
+Training, bulk classification, evaluation and serving all call :class:`TextEncoder` and
+:func:`length_batches` / :func:`pad_batch`, so train/serve skew cannot happen by construction.
+Sequences are never padded to `max_length`: each batch is padded to its own longest sequence,
+rounded up to a multiple of :data:`PAD_MULTIPLE` so the forward pass sees few distinct shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+PAD_MULTIPLE = 8
+DEFAULT_SORT_WINDOW = 4096
+
+
+class TextEncoder:
+    """Tokenises texts with the model's own tokenizer, truncating to `max_length`, without padding."""
+
+    def __init__(self, tokenizer: Any, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = int(max_length)
+        self.pad_id = int(tokenizer.pad_token_id or 0)
+
+    @classmethod
+    def from_dir(cls, model_dir: str, max_length: int) -> TextEncoder:
+        """Encoder for the tokenizer stored in a model directory."""
+        from transformers import AutoTokenizer
+
+        return cls(AutoTokenizer.from_pretrained(model_dir), max_length)
+
+    def encode(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Token ids (int32, with [CLS]/[SEP]) of each text, truncated to `max_length`."""
+        if not texts:
+            return []
+        encoded = self.tokenizer(
+            list(texts),
+            truncation=True,
+            max_length=self.max_length,
+            padding=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        return [np.asarray(ids, dtype=np.int32) for ids in encoded["input_ids"]]
+
+    def token_lengths(self, texts: Sequence[str], max_length: int = 512) -> np.ndarray:
+        """Untruncated-up-to-`max_length` token counts (used to choose `max_length` from data)."""
+        encoded = self.tokenizer(
+            list(texts), truncation=True, max_length=max_length, padding=False, return_attention_mask=False
+        )
+        return np.asarray([len(ids) for ids in encoded["input_ids"]], dtype=np.int32)
+
+
+def choose_max_length(lengths: np.ndarray, quantile: float = 0.99, floor: int = 32, cap: int = 256) -> int:
+    """A token window that covers `quantile` of the texts, rounded up to PAD_MULTIPLE, within [floor, cap]."""
+    if len(lengths) == 0:
+        return floor
+    value = int(np.quantile(lengths, quantile))
+    value = -(-value // PAD_MULTIPLE) * PAD_MULTIPLE
+    return max(floor, min(cap, value))
+
+
+def length_batches(
+    lengths: Sequence[int] | np.ndarray, batch_size: int, window: int = DEFAULT_SORT_WINDOW
+) -> list[np.ndarray]:
+    """Group row indices into batches of similar length.
+
+    Rows are sorted by length within consecutive windows of `window` rows (bounded memory, and
+    the order of the stream is kept at window granularity), then cut into batches of `batch_size`.
+    """
+    lengths = np.asarray(lengths)
+    batches: list[np.ndarray] = []
+    for start in range(0, len(lengths), window):
+        chunk = np.arange(start, min(start + window, len(lengths)))
+        ordered = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size))
+    return batches
+
+
+def padded_length(longest: int, max_length: int | None = None) -> int:
+    """Length a batch is padded to: its longest row rounded up to PAD_MULTIPLE (capped at max_length)."""
+    length = -(-int(longest) // PAD_MULTIPLE) * PAD_MULTIPLE
+    return min(length, max_length) if max_length else length
+
+
+def pad_batch(sequences: Sequence[np.ndarray], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, attention_mask) as int32 [batch, padded_length] for a list of token id arrays."""
+    width = padded_length(max(len(seq) for seq in sequences))
+    ids = np.full((len(sequences), width), pad_id, dtype=np.int32)
+    mask = np.zeros((len(sequences), width), dtype=np.int32)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = seq
+        mask[row, : len(seq)] = 1
+    return ids, mask
+
+
+@dataclass
+class PaddingStats:
+    """Token accounting of a batching plan: waste = padded tokens / real tokens."""
+
+    real_tokens: int = 0
+    padded_tokens: int = 0
+
+    def add(self, lengths: np.ndarray, width: int) -> None:
+        """Account one batch of rows with `lengths` padded to `width`."""
+        self.real_tokens += int(lengths.sum())
+        self.padded_tokens += int(len(lengths) * width)
+
+    @property
+    def waste(self) -> float:
+        """Padded tokens per real token (1.0 = no padding at all)."""
+        return self.padded_tokens / self.real_tokens if self.real_tokens else 1.0
+
+
+def padding_stats(
+    lengths: Sequence[int] | np.ndarray, batch_size: int, fixed_width: int | None = None
+) -> PaddingStats:
+    """Padding of our bucketed batches, or of in-order batches padded to `fixed_width` when given."""
+    lengths = np.asarray(lengths)
+    stats = PaddingStats()
+    if fixed_width is not None:
+        for start in range(0, len(lengths), batch_size):
+            stats.add(lengths[start : start + batch_size], fixed_width)
+        return stats
+    for batch in length_batches(lengths, batch_size):
+        stats.add(lengths[batch], padded_length(lengths[batch].max()))
+    return stats

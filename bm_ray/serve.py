@@ -1,0 +1,463 @@
+"""Online classification with Ray Serve: a FastAPI ingress over the shared :class:`~bm_ray.engine.Predictor`.
+
+Concurrent requests are batched across clients with ``@serve.batch``; a change of ``user_config``
+(``{"model": ...}``) switches the model with zero downtime (``reconfigure`` loads and warms the new
+predictor, then swaps the reference; batches already running finish on the old one).
+
+HTTP API (all errors are ``{"error": {"code", "message", "field"?}}``):
+
+- ``POST /v1/classify`` ``{"texts": [...]}`` or ``{"instances": [{"id", "text"}]}``.
+  422: bad field (empty list, non-string or blank text, too many texts, a text longer than
+  ``max_text_chars`` — refused, never truncated — both or neither of texts/instances, malformed
+  JSON); 413: body over ``max_body_bytes``; 415: not JSON; 401: missing/wrong Bearer key.
+- ``GET /v1/model``, ``GET /healthz`` (process alive), ``GET /readyz`` (model loaded and warm; 503 otherwise).
+- Queue full (``max_queued_requests``): Serve's proxy answers 503 with ``Retry-After`` itself
+  (``backpressure_config``); that body is Serve's plain-text message.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the route signatures of the ingress class at runtime.
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from ray import serve
+from ray.serve.config import BackpressureConfig
+from ray.serve.handle import DeploymentHandle
+from ray.serve.metrics import Counter, Histogram
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import bm_ray
+from bm_ray.engine import Prediction, Predictor
+from bm_ray.models import ModelInfo
+from bm_ray.runtime import init_ray, runtime_env
+from bm_ray.specs import ServeSpec, SpecError, deep_merge, read_yaml, validate_spec
+
+logger = logging.getLogger("ray.serve")
+
+APP_NAME = "bm-ray"
+IMPORT_PATH = "bm_ray.serve:build_app"
+GRACEFUL_SHUTDOWN_S = 30.0
+"""In-flight requests (at most a few batches) get this long to finish when a replica stops."""
+BATCH_SIZE_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+
+
+class Instance(BaseModel):
+    """One text with a caller-chosen id."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: StrictStr | StrictInt | None = Field(default=None, description="Echoed back; the index when omitted.")
+    text: StrictStr
+
+
+class ClassifyRequest(BaseModel):
+    """Body of ``POST /v1/classify``: exactly one of `texts` and `instances`."""
+
+    model_config = ConfigDict(extra="forbid")
+    texts: list[StrictStr] | None = Field(default=None, min_length=1)
+    instances: list[Instance] | None = Field(default=None, min_length=1)
+
+
+class ModelRef(BaseModel):
+    """The model that answered."""
+
+    name: str
+    version: str
+
+
+class PredictionOut(BaseModel):
+    """One classified text."""
+
+    id: str
+    label: str
+    score: float
+    scores: dict[str, float]
+
+
+class ClassifyResponse(BaseModel):
+    """Predictions in request order."""
+
+    model: ModelRef
+    predictions: list[PredictionOut]
+
+
+class ApiError(Exception):
+    """A client error rendered as ``{"error": {"code", "message", "field"?}}``."""
+
+    def __init__(
+        self, status: int, code: str, message: str, field: str | None = None, retry_after_s: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+        self.retry_after_s = retry_after_s
+
+    def response(self) -> JSONResponse:
+        """The JSON error response."""
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            error["field"] = self.field
+        headers = {"Retry-After": str(self.retry_after_s)} if self.retry_after_s is not None else {}
+        if self.status == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        return JSONResponse({"error": error}, status_code=self.status, headers=headers)
+
+
+http_app = FastAPI(
+    title="bm-ray classifier",
+    version=bm_ray.__version__,
+    description="Text classification with a fine-tuned BERT model on Ray Serve.",
+)
+
+
+@http_app.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    # Unknown routes and methods get the same error shape as everything else.
+    return ApiError(exc.status_code, "http_error", str(exc.detail)).response()
+
+
+@http_app.exception_handler(Exception)
+async def _internal_error(_: Request, exc: Exception) -> JSONResponse:
+    logger.exception("request failed", exc_info=exc)
+    return ApiError(500, "internal", f"internal error: {type(exc).__name__}").response()
+
+
+def _json_schema_in_place(model: type[BaseModel], pointer: str) -> dict[str, Any]:
+    """JSON schema of `model` whose nested `$ref`s point inside itself (at `pointer` of the OpenAPI doc).
+
+    The route parses its body by hand (to answer 413/415/422 itself), so FastAPI does not register the
+    request models as components; the `$defs` travel inline instead.
+    """
+    return model.model_json_schema(ref_template=pointer + "/$defs/{model}")
+
+
+_CLASSIFY_BODY_POINTER = "#/paths/~1v1~1classify/post/requestBody/content/application~1json/schema"
+_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": description}
+    for status, description in {
+        401: "Missing or wrong Bearer API key",
+        413: "Body over max_body_bytes",
+        415: "Content-Type is not JSON",
+        422: "Invalid request (the `field` names the failing one)",
+        503: "Not ready, or queue full (with Retry-After)",
+    }.items()
+}
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def _pydantic_error(err: ValidationError) -> ApiError:
+    first = err.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "body"
+    return ApiError(422, "invalid_request", f"{field}: {first['msg']}", field)
+
+
+def check_request(body: ClassifyRequest, spec: ServeSpec) -> tuple[list[str], list[str]]:
+    """Ids and texts of a parsed request, or :class:`ApiError` 422 naming the failing field."""
+    if (body.texts is None) == (body.instances is None):
+        raise ApiError(422, "invalid_request", "give exactly one of `texts` and `instances`", "texts")
+    if body.texts is not None:
+        field, texts = "texts", body.texts
+        ids = [str(i) for i in range(len(texts))]
+    else:
+        field = "instances"
+        texts = [inst.text for inst in body.instances or []]
+        ids = [str(i if inst.id is None else inst.id) for i, inst in enumerate(body.instances or [])]
+    if len(texts) > spec.max_texts_per_request:
+        raise ApiError(
+            422,
+            "too_many_texts",
+            f"{len(texts)} texts; at most {spec.max_texts_per_request} per request",
+            field,
+        )
+    suffix = "" if field == "texts" else ".text"
+    for i, text in enumerate(texts):
+        if not text.strip():
+            raise ApiError(422, "empty_text", "text is empty or whitespace", f"{field}.{i}{suffix}")
+        if len(text) > spec.max_text_chars:
+            raise ApiError(
+                422,
+                "text_too_long",
+                f"text has {len(text)} characters; the limit is {spec.max_text_chars} (longer texts are refused)",
+                f"{field}.{i}{suffix}",
+            )
+    return ids, texts
+
+
+async def read_json_body(request: Request, max_bytes: int) -> Any:
+    """The JSON body, enforcing the content type (415) and the size (413) on the header and the bytes read."""
+    if not _is_json(request.headers.get("content-type", "")):
+        raise ApiError(415, "unsupported_media_type", "send the body as application/json", "content-type")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise ApiError(413, "body_too_large", f"body of {declared} bytes; the limit is {max_bytes}", "body")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise ApiError(413, "body_too_large", f"body over the limit of {max_bytes} bytes", "body")
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as err:
+        raise ApiError(422, "malformed_json", f"body is not valid JSON: {err}", "body") from None
+
+
+@serve.deployment(name="Classifier", graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_S)
+@serve.ingress(http_app)
+class Classifier:
+    """A Serve replica: one warm :class:`Predictor`, batched across concurrent requests."""
+
+    def __init__(self, spec: ServeSpec) -> None:
+        self.spec = spec
+        self._predictor: Predictor | None = None
+        self._model_ref: str | None = None
+        self._forward_error: str | None = None
+        self._api_key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
+        if spec.api_key_env and not self._api_key:
+            logger.warning("api_key_env %s is not set in the replica: the endpoint is open", spec.api_key_env)
+        self._classify_batch.set_max_batch_size(spec.max_batch_size)
+        self._classify_batch.set_batch_wait_timeout_s(spec.batch_wait_ms / 1000)
+        self._predictions = Counter(
+            "bm_ray_predictions", description="Texts classified, by predicted label.", tag_keys=("label",)
+        )
+        self._rejected = Counter(
+            "bm_ray_rejected_requests", description="Requests refused, by reason.", tag_keys=("reason",)
+        )
+        self._batch_sizes = Histogram(
+            "bm_ray_batch_size", description="Texts per forward pass.", boundaries=BATCH_SIZE_BUCKETS
+        )
+
+    async def reconfigure(self, config: dict[str, Any]) -> None:
+        """Switch to ``config["model"]``: load and warm it off the event loop, then swap the reference."""
+        model_ref = str(config["model"])
+        if model_ref == self._model_ref:
+            return
+        started = time.monotonic()
+        predictor = await asyncio.to_thread(self._load, model_ref)
+        self._predictor, self._model_ref, self._forward_error = predictor, model_ref, None
+        info = predictor.info
+        logger.info(
+            "serving %s v%s (%s) after %.1fs", info.name, info.version, model_ref, time.monotonic() - started
+        )
+
+    def _load(self, model_ref: str) -> Predictor:
+        predictor = Predictor.load(
+            model_ref,
+            batch_size=self.spec.max_batch_size,
+            precision=self.spec.precision,
+            num_threads=math.ceil(self.spec.cpus_per_replica),
+        )
+        predictor.warmup()
+        return predictor
+
+    def check_health(self) -> None:
+        """Serve's health probe: unhealthy without a model or after a failed forward pass."""
+        if self._predictor is None:
+            raise RuntimeError("no model loaded")
+        if self._forward_error is not None:
+            raise RuntimeError(f"last forward pass failed: {self._forward_error}")
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    async def _classify_batch(self, requests: list[list[str]]) -> list[tuple[ModelInfo, list[Prediction]]]:
+        # One forward pass over the texts of every batched request; a swap mid-batch cannot mix models.
+        predictor = self._require_predictor()
+        texts = [text for texts in requests for text in texts]
+        self._batch_sizes.observe(len(texts))
+        try:
+            predictions = await asyncio.to_thread(predictor.predict, texts)
+        except Exception as err:
+            self._forward_error = repr(err)
+            raise
+        self._forward_error = None
+        results, start = [], 0
+        for texts in requests:
+            results.append((predictor.info, predictions[start : start + len(texts)]))
+            start += len(texts)
+        return results
+
+    def _require_predictor(self) -> Predictor:
+        if self._predictor is None:
+            raise ApiError(503, "not_ready", "model is loading", retry_after_s=self.spec.retry_after_s)
+        return self._predictor
+
+    def _authorize(self, request: Request) -> None:
+        if self._api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), self._api_key.encode()
+        ):
+            raise ApiError(
+                401, "unauthorized", "missing or wrong `Authorization: Bearer <key>`", "authorization"
+            )
+
+    def _reject(self, err: ApiError) -> JSONResponse:
+        self._rejected.inc(tags={"reason": err.code})
+        return err.response()
+
+    @http_app.post(
+        "/v1/classify",
+        response_model=ClassifyResponse,
+        responses=_ERROR_RESPONSES,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": _json_schema_in_place(ClassifyRequest, _CLASSIFY_BODY_POINTER)
+                    }
+                },
+            }
+        },
+    )
+    async def classify(self, request: Request) -> JSONResponse:
+        """Classify `texts` (or `instances`), answering in request order."""
+        try:
+            self._authorize(request)
+            data = await read_json_body(request, self.spec.max_body_bytes)
+            try:
+                body = ClassifyRequest.model_validate(data)
+            except ValidationError as err:
+                raise _pydantic_error(err) from None
+            ids, texts = check_request(body, self.spec)
+            self._require_predictor()
+        except ApiError as err:
+            return self._reject(err)
+        info, predictions = await self._classify_batch(texts)
+        for prediction in predictions:
+            self._predictions.inc(tags={"label": prediction.label})
+        return JSONResponse(
+            {
+                "model": {"name": info.name, "version": info.version},
+                "predictions": [
+                    {"id": id_, "label": p.label, "score": p.score, "scores": p.scores}
+                    for id_, p in zip(ids, predictions, strict=True)
+                ],
+            }
+        )
+
+    @http_app.get("/v1/model", responses=_ERROR_RESPONSES)
+    async def model(self, request: Request) -> JSONResponse:
+        """Labels, version, name, max_length and base model of the model being served."""
+        try:
+            self._authorize(request)
+            info = self._require_predictor().info
+        except ApiError as err:
+            return self._reject(err)
+        return JSONResponse(info.to_json())
+
+    @http_app.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        """The replica process is alive."""
+        return {"status": "ok"}
+
+    @http_app.get("/readyz", responses={503: {"description": "Model not loaded or not warm"}})
+    async def readyz(self) -> JSONResponse:
+        """The model is loaded and its warm-up prediction is done."""
+        try:
+            self.check_health()
+        except RuntimeError as err:
+            return ApiError(503, "not_ready", str(err), retry_after_s=self.spec.retry_after_s).response()
+        return JSONResponse({"status": "ready"})
+
+
+def _code_version(spec: ServeSpec) -> str:
+    """Same for two specs that differ only in the model, so a model change is an in-place reconfigure."""
+    settings = spec.model_dump(exclude={"model"}) | {"bm_ray": bm_ray.__version__}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def build_app(args: ServeSpec | dict[str, Any]) -> serve.Application:
+    """Application builder (`bm_ray.serve:build_app`) for `serve run`, Serve config files and KubeRay.
+
+    `args` are :class:`ServeSpec` fields; unknown keys and wrong types are refused naming the key.
+    """
+    spec = args if isinstance(args, ServeSpec) else validate_spec(ServeSpec, dict(args), "serve args")
+    return Classifier.options(
+        autoscaling_config={
+            "min_replicas": spec.min_replicas,
+            "max_replicas": spec.max_replicas,
+            "target_ongoing_requests": spec.target_ongoing_requests,
+        },
+        max_ongoing_requests=spec.max_ongoing_requests,
+        max_queued_requests=spec.max_queued_requests,
+        backpressure_config=BackpressureConfig(status_code=503, retry_after_s=spec.retry_after_s),
+        ray_actor_options={
+            "num_cpus": spec.cpus_per_replica,
+            "num_gpus": spec.gpus_per_replica,
+            "runtime_env": runtime_env(),
+        },
+        user_config={"model": spec.model},
+        # Serve otherwise versions each `serve.run` afresh and replaces replicas instead of reconfiguring.
+        version=_code_version(spec),
+        _internal=True,
+    ).bind(spec)
+
+
+def load_serve_spec(config: str | Path | None, flags: dict[str, Any]) -> ServeSpec:
+    """The spec from `flags` on top of `config`: a ServeSpec YAML or a Serve config file (jobs/serve.yaml).
+
+    From a Serve config, the `bm_ray.serve:build_app` application gives the args and route prefix, and
+    `http_options` the host and port.
+    """
+    if config is None:
+        return validate_spec(ServeSpec, flags, "command line")
+    data = read_yaml(config)
+    if "applications" in data:
+        apps = [a for a in data["applications"] or [] if a.get("import_path") == IMPORT_PATH]
+        if not apps:
+            raise SpecError(f"{config}: no application with import_path {IMPORT_PATH}")
+        http = data.get("http_options") or {}
+        data = {
+            **{key: http[key] for key in ("host", "port") if key in http},
+            **{key: apps[0][key] for key in ("route_prefix",) if key in apps[0]},
+            **(apps[0].get("args") or {}),
+        }
+    return validate_spec(ServeSpec, deep_merge(data, flags), str(config))
+
+
+def app_url(spec: ServeSpec) -> str:
+    """Base URL of the endpoint (no trailing slash)."""
+    return f"http://{spec.host}:{spec.port}{spec.route_prefix.rstrip('/')}"
+
+
+def deploy(spec: ServeSpec, name: str = APP_NAME) -> DeploymentHandle:
+    """Start Serve's HTTP proxy on the spec's host/port (if not running) and deploy or update app `name`.
+
+    Redeploying a running app with only a new model is the zero-downtime path (user_config change).
+    """
+    serve.start(http_options={"host": spec.host, "port": spec.port})
+    return serve.run(build_app(spec), name=name, route_prefix=spec.route_prefix, blocking=False)
+
+
+def run_serve(spec: ServeSpec, address: str | None = None, blocking: bool = True) -> str:
+    """Serve `spec` on an embedded local Ray or the cluster at `address`; returns the endpoint URL.
+
+    With `blocking`, waits until Ctrl-C; then an embedded Ray is shut down with Serve, while an app on a
+    remote cluster keeps running there (remove it with `serve delete`).
+    """
+    init_ray(address)
+    deploy(spec)
+    url = app_url(spec)
+    if not blocking:
+        return url
+    print(f"bm-ray: serving {spec.model} at {url} (docs: {url}/docs); Ctrl-C to stop", file=sys.stderr)
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        if not (address or os.environ.get("RAY_ADDRESS")):
+            serve.shutdown()
+    return url

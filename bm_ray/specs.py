@@ -1,0 +1,285 @@
+"""Pydantic spec models: the one source of truth for every option and default.
+
+The CLI builds these from flags, `jobs/*.yaml` are these models as YAML, and the Helm chart's
+values render the same YAML into ConfigMaps. Unknown keys and wrong types are errors that name the
+key (and the file, when loaded through :func:`load_spec_file`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+CorpusFormat = Literal["jsonl", "csv", "parquet", "folders"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+DEFAULT_MODEL = "minilm-l6"
+
+
+def _split_csv_list(value: Any) -> Any:
+    """Accept `a,b` strings (CLI flags) as well as YAML lists."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+CommaList = Annotated[list[str], BeforeValidator(_split_csv_list)]
+
+
+class StrictModel(BaseModel):
+    """Base for all specs: unknown keys are refused, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+
+class IngestSpec(StrictModel):
+    """Where a corpus is and how its records map onto the normalised row (`id`, `text`, `label`)."""
+
+    input: CommaList = Field(
+        description="Files, directories, globs or URIs (s3://, gs://, local); several are comma-separated."
+    )
+    format: CorpusFormat | None = Field(
+        default=None, description="Corpus format; inferred from the file extension when omitted."
+    )
+    text_fields: CommaList = Field(
+        default_factory=lambda: ["text"],
+        description="Fields joined (in order) into the text. Headerless CSV: column names or 0-based indices.",
+    )
+    text_separator: str = Field(default="\n", description="Separator placed between text fields.")
+    label_field: str | None = Field(
+        default=None, description="Label field; when omitted, `label` is used if the record has it."
+    )
+    id_field: str | None = Field(
+        default=None,
+        description="Id field; when omitted, `id` is used if present, else `<relative-path>:<line-or-row>`.",
+    )
+    keep_fields: CommaList = Field(
+        default_factory=list, description="Extra fields passed through to outputs."
+    )
+    clean_text: bool = Field(
+        default=False,
+        description="Repair scraped-news artefacts: HTML entities (also with the & stripped, e.g. #39; quot;), "
+        "\\$, stray backslashes, control and zero-width characters.",
+    )
+    csv_header: bool = Field(default=True, description="Whether CSV files start with a header line.")
+    csv_columns: CommaList | None = Field(
+        default=None, description="Column names for headerless CSV (e.g. class,title,description)."
+    )
+    csv_delimiter: str = Field(default=",", min_length=1, max_length=1)
+    max_text_chars: int = Field(
+        default=100_000,
+        gt=0,
+        description="Texts longer than this are truncated to it (counted as truncated).",
+    )
+    reject_text_chars: int = Field(
+        default=1_000_000, gt=0, description="Texts longer than this are rejected as too_long."
+    )
+    rows_per_block: int = Field(default=1000, gt=0, description="Rows per block emitted by a read task.")
+
+    @model_validator(mode="after")
+    def _check_caps(self) -> IngestSpec:
+        if self.reject_text_chars < self.max_text_chars:
+            raise ValueError("reject_text_chars must be >= max_text_chars")
+        if not self.input:
+            raise ValueError("input: give at least one file, directory, glob or URI")
+        return self
+
+
+class TrainSpec(StrictModel):
+    """`bm-ray train`: fine-tune TFBertForSequenceClassification with Ray Train."""
+
+    kind: Literal["train"] = "train"
+    data: IngestSpec
+    val_data: IngestSpec | None = Field(
+        default=None, description="Validation corpus; else a stratified split."
+    )
+    val_fraction: float = Field(default=0.1, gt=0, lt=0.5, description="Held-out fraction when no val_data.")
+    base_model: str = Field(
+        default=DEFAULT_MODEL, description="Preset name, local dir, s3:// / gs:// URI or hub id."
+    )
+    output: str = Field(description="Model directory to write (local path, s3:// or gs://).")
+    workers: int = Field(default=2, ge=1)
+    cpus_per_worker: float = Field(default=1, gt=0)
+    gpus_per_worker: float = Field(default=0, ge=0)
+    epochs: int = Field(default=3, ge=1)
+    batch_size: int = Field(default=32, ge=1, description="Global batch size (split across workers).")
+    learning_rate: float = Field(default=1e-4, gt=0)
+    warmup_fraction: float = Field(default=0.1, ge=0, lt=1)
+    weight_decay: float = Field(default=0.01, ge=0)
+    max_length: int | None = Field(
+        default=None,
+        ge=8,
+        le=512,
+        description="Token window; chosen from the data (99th percentile) when omitted.",
+    )
+    seed: int = 42
+    mixed_precision: bool = Field(default=False, description="mixed_float16 on GPU, mixed_bfloat16 on CPU.")
+    keep_checkpoints: int = Field(default=2, ge=1, description="Best checkpoints kept (by val macro-F1).")
+    max_failures: int = Field(default=3, ge=0, description="Worker/node failures survived (FailureConfig).")
+    resume: bool = Field(
+        default=False, description="Continue the run stored under output after a driver crash."
+    )
+    address: str | None = Field(default=None, description="Ray address; embedded local Ray when omitted.")
+
+    @model_validator(mode="after")
+    def _check_batch(self) -> TrainSpec:
+        if self.batch_size < self.workers:
+            raise ValueError(f"batch_size ({self.batch_size}) must be >= workers ({self.workers})")
+        return self
+
+
+class ActorsSpec(StrictModel):
+    """Size of the predictor actor pool: fixed (min == max) or autoscaling."""
+
+    min: int = Field(default=1, ge=1)
+    max: int = Field(default=1, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> Any:
+        if isinstance(value, int):
+            return {"min": value, "max": value}
+        if isinstance(value, str):
+            parts = [int(p) for p in value.split(",")]
+            return {"min": parts[0], "max": parts[-1]}
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> ActorsSpec:
+        if self.max < self.min:
+            raise ValueError(f"actors: max ({self.max}) < min ({self.min})")
+        return self
+
+
+class ClassifySpec(StrictModel):
+    """`bm-ray classify`: bulk classification of a corpus with Ray Data."""
+
+    kind: Literal["classify"] = "classify"
+    model: str = Field(description="Model directory or URI (a `bm-ray train` output).")
+    input: IngestSpec
+    output: str
+    batch_size: int = Field(default=32, ge=1, description="Rows per forward pass (length-bucketed).")
+    actors: ActorsSpec | None = Field(
+        default=None, description="N or MIN,MAX; sized to the cluster when omitted."
+    )
+    cpus_per_actor: float = Field(default=1, gt=0)
+    gpus_per_actor: float = Field(default=0, ge=0)
+    precision: Precision = "auto"
+    overwrite: bool = Field(default=False, description="Start afresh instead of resuming into output.")
+    address: str | None = None
+
+
+class EvaluateSpec(StrictModel):
+    """`bm-ray evaluate`: metrics and plots of a model on a labelled corpus."""
+
+    kind: Literal["evaluate"] = "evaluate"
+    model: str
+    data: IngestSpec
+    output: str | None = None
+    batch_size: int = Field(default=32, ge=1)
+
+
+class ServeSpec(StrictModel):
+    """Arguments of the Ray Serve application (`bm_ray.serve:build_app`) and `bm-ray serve`."""
+
+    model: str
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    route_prefix: str = "/"
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=2, ge=1)
+    target_ongoing_requests: float = Field(default=16, gt=0)
+    max_ongoing_requests: int = Field(default=64, ge=1)
+    max_queued_requests: int = Field(default=256, ge=-1, description="Beyond this, 503 with Retry-After.")
+    retry_after_s: int = Field(default=1, ge=0, description="Retry-After (seconds) sent with 503 answers.")
+    max_batch_size: int = Field(default=32, ge=1)
+    batch_wait_ms: float = Field(default=10, ge=0)
+    max_texts_per_request: int = Field(default=256, ge=1)
+    max_text_chars: int = Field(default=100_000, ge=1, description="Longer texts are refused with 422.")
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    api_key_env: str | None = Field(default=None, description="Env var holding the Bearer API key.")
+    cpus_per_replica: float = Field(default=1, gt=0)
+    gpus_per_replica: float = Field(default=0, ge=0)
+    precision: Precision = "auto"
+
+    @model_validator(mode="after")
+    def _check(self) -> ServeSpec:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) < min_replicas ({self.min_replicas})")
+        return self
+
+
+SpecT = TypeVar("SpecT", bound=StrictModel)
+
+
+class SpecError(ValueError):
+    """A spec file or flag set that does not validate; the message names the file and key."""
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line per problem: `source: key.path: message`."""
+    lines = []
+    for problem in err.errors():
+        key = ".".join(str(p) for p in problem["loc"]) or "<root>"
+        lines.append(f"{source}: {key}: {problem['msg']}")
+    return "\n".join(lines)
+
+
+def validate_spec(model: type[SpecT], data: dict[str, Any], source: str) -> SpecT:
+    """Validate `data` as `model`, raising :class:`SpecError` that names `source` and the key."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(format_validation_error(err, source)) from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with errors that name the file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such spec file") from None
+    except yaml.YAMLError as err:
+        raise SpecError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: expected a mapping of options at the top level")
+    return data
+
+
+def load_spec_file(model: type[SpecT], path: str | Path, overrides: dict[str, Any] | None = None) -> SpecT:
+    """Load a YAML spec as `model`; `overrides` (e.g. CLI flags) win over the file, key by key."""
+    data = read_yaml(path)
+    return validate_spec(model, deep_merge(data, overrides or {}), str(path))
+
+
+def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Merge nested mappings; values in `overrides` replace those in `base`."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_set_option(assignment: str) -> dict[str, Any]:
+    """Turn `a.b=value` (value parsed as YAML) into `{"a": {"b": value}}` for `--set`."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key:
+        raise SpecError(f"--set {assignment!r}: expected key=value (e.g. epochs=2 or input.format=csv)")
+    value: Any = yaml.safe_load(raw) if raw else ""
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+SPEC_KINDS: dict[str, type[StrictModel]] = {
+    "train": TrainSpec,
+    "classify": ClassifySpec,
+    "evaluate": EvaluateSpec,
+}

@@ -1,0 +1,480 @@
+"""`bm-ray train`: data-parallel BERT fine-tuning with Ray Train (TensorflowTrainer + MultiWorkerMirroredStrategy).
+
+Ray Data ingests, validates and tokenises (shared preprocessing path) ahead of the workers; each
+worker reads only its own shard, batches rows of similar length and pads each batch to its own
+longest row. Every epoch rank 0 validates with the shared predictor engine, and all workers report
+metrics plus a checkpoint (a complete model directory). Worker or node loss restarts the worker
+group from the latest checkpoint (FailureConfig); rerunning with `--resume` continues a run whose
+driver died.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import re
+import shutil
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import tensorflow as tf
+
+from bm_ray.models import ModelInfo, is_remote, resolve_model
+from bm_ray.specs import IngestSpec, TrainSpec
+
+TRAIN_STATE_FILE = "train_state.json"
+MISSING_LABEL = "missing_label"
+UNKNOWN_LABEL = "unknown_label"
+
+
+class TrainError(ValueError):
+    """Training data or options that cannot work; the message says what to change."""
+
+
+def natural_key(label: str) -> tuple[Any, ...]:
+    """Sort labels so that "2" < "10" and names sort alphabetically."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", label))
+
+
+@dataclass
+class PreparedData:
+    """Tokenised train/val datasets plus the accounting of every row read."""
+
+    train: Any
+    val: Any
+    val_rows: Any
+    labels: list[str]
+    max_length: int
+    counts: dict[str, Any] = field(default_factory=dict)
+
+
+@functools.cache
+def _encoder(model_ref: str, max_length: int) -> Any:
+    """One tokenizer per worker process, reused by every batch it encodes."""
+    from bm_ray.preprocess import TextEncoder
+
+    return TextEncoder.from_dir(resolve_model(model_ref), max_length)
+
+
+def encode_batch(batch: pa.Table, model_ref: str, max_length: int, labels: list[str]) -> pa.Table:
+    """Ray Data task: texts → token ids (the shared TextEncoder), labels → class indices."""
+    ids = _encoder(model_ref, max_length).encode(batch.column("text").to_pylist())
+    label_index = {label: i for i, label in enumerate(labels)}
+    return pa.table(
+        {
+            "input_ids": pa.array([seq.tolist() for seq in ids], type=pa.list_(pa.int32())),
+            "label_id": pa.array(
+                [label_index[label] for label in batch.column("label").to_pylist()], type=pa.int32()
+            ),
+        }
+    )
+
+
+def _read_rows(ingest: IngestSpec, name: str) -> tuple[Any, Any, Counter[str], int]:
+    """(labelled ok rows, reject rows, rejects by reason, rows read) of one corpus, materialised once."""
+    from bm_ray.corpus import read_corpus
+
+    ds, _ = read_corpus(ingest)
+    ds = ds.filter(lambda row: row["reason"] != "blank_line").materialize()
+    reasons: Counter[str] = Counter()
+    rows_read = 0
+    for batch in ds.select_columns(["reason", "label"]).iter_batches(
+        batch_format="pyarrow", batch_size=65536
+    ):
+        rows_read += batch.num_rows
+        for reason, label in zip(
+            batch.column("reason").to_pylist(), batch.column("label").to_pylist(), strict=True
+        ):
+            if reason is not None:
+                reasons[reason] += 1
+            elif label is None:
+                reasons[MISSING_LABEL] += 1
+    ok = ds.filter(lambda row: row["reason"] is None and row["label"] is not None)
+    rejects = ds.filter(lambda row: row["reason"] is not None or row["label"] is None)
+    if rows_read == 0:
+        raise TrainError(f"{name}: no rows read from {', '.join(ingest.input)}")
+    return ok, rejects, reasons, rows_read
+
+
+def prepare_data(spec: TrainSpec) -> PreparedData:
+    """Ingest, validate, split (stratified, seeded) and tokenise the training and validation data."""
+    from bm_ray.preprocess import TextEncoder, choose_max_length
+
+    ok, rejects, reasons, rows_read = _read_rows(spec.data, "data")
+    label_counts = Counter(ok.select_columns(["label"]).to_pandas()["label"].tolist())
+    if not label_counts:
+        raise TrainError(
+            f"data: none of the {rows_read} rows has a label; pass --label-field (rejected: {dict(reasons)})"
+        )
+    labels = sorted(label_counts, key=natural_key)
+    if len(labels) < 2:
+        raise TrainError(f"data: training needs at least 2 labels, found only {labels[0]!r}")
+    n_ok = sum(label_counts.values())
+    if n_ok < 2 * spec.workers:
+        raise TrainError(f"data: {n_ok} labelled rows is too few for {spec.workers} workers")
+
+    counts: dict[str, Any] = {"train_data": {"rows_read": rows_read, "rows_ok": n_ok}}
+    if spec.val_data is not None:
+        train_rows = ok
+        val_ok, val_rejects, val_reasons, val_read = _read_rows(spec.val_data, "val_data")
+        known = set(labels)
+        val_reasons[UNKNOWN_LABEL] = val_ok.filter(lambda row: row["label"] not in known).count()
+        val_rows = val_ok.filter(lambda row: row["label"] in known)
+        rejects = rejects.union(val_rejects)
+        n_val_ok = val_read - sum(val_reasons.values())
+        counts["val_data"] = {
+            "rows_read": val_read,
+            "rows_ok": n_val_ok,
+            "rows_rejected": sum(val_reasons.values()),
+            "rejected_by_reason": dict(val_reasons),
+        }
+        if val_reasons[UNKNOWN_LABEL]:
+            # Unknown validation labels cannot be scored; they are rejected rows, not a crash.
+            rejects = rejects.union(
+                val_ok.filter(lambda row: row["label"] not in known).map_batches(
+                    _mark_reason, fn_kwargs={"reason": UNKNOWN_LABEL}, batch_format="pyarrow"
+                )
+            )
+    else:
+        # Seeded shuffle first: Ray's stratified split itself takes rows in order.
+        train_rows, val_rows = ok.random_shuffle(seed=spec.seed).train_test_split(
+            test_size=spec.val_fraction, stratify="label"
+        )
+    counts["train_data"].update(rows_rejected=sum(reasons.values()), rejected_by_reason=dict(reasons))
+
+    sample = [row["text"] for row in train_rows.take(2000)]
+    if spec.max_length:
+        max_length = spec.max_length
+    else:
+        encoder = TextEncoder.from_dir(resolve_model(spec.base_model), 512)
+        max_length = choose_max_length(encoder.token_lengths(sample))
+    encode_args = {"model_ref": spec.base_model, "max_length": max_length, "labels": labels}
+    tokenised = [
+        rows.map_batches(
+            encode_batch, fn_kwargs=encode_args, batch_format="pyarrow", batch_size=512
+        ).materialize()
+        for rows in (train_rows, val_rows)
+    ]
+    counts.update(
+        labels=dict(label_counts),
+        train_rows=tokenised[0].count(),
+        val_rows=tokenised[1].count(),
+        max_length=max_length,
+        rejects=rejects,
+    )
+    return PreparedData(tokenised[0], tokenised[1], val_rows, labels, max_length, counts)
+
+
+def _mark_reason(batch: pa.Table, reason: str) -> pa.Table:
+    return batch.set_column(
+        batch.schema.get_field_index("reason"),
+        "reason",
+        pa.array([reason] * batch.num_rows, type=pa.string()),
+    )
+
+
+def _epoch_batches(shard: Any, batch_size: int, steps: int) -> Any:
+    """Length-bucketed, dynamically padded (inputs, labels) batches for one epoch of this worker's shard.
+
+    Exactly `steps` batches come out on every worker (MultiWorkerMirroredStrategy needs the same
+    number of steps everywhere); a shard that runs short repeats its first batch.
+    """
+    from bm_ray.preprocess import length_batches, pad_batch
+
+    produced = 0
+    first = None
+    window = batch_size * 64  # sort window: bounded memory, batches of similar length
+    for block in shard.iter_batches(batch_size=window, batch_format="numpy"):
+        sequences = block["input_ids"]
+        label_ids = block["label_id"]
+        lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+        for batch in length_batches(lengths, batch_size, window=window):
+            ids, mask = pad_batch([np.asarray(sequences[i], dtype=np.int32) for i in batch])
+            item = ({"input_ids": ids, "attention_mask": mask}, label_ids[batch].astype(np.int32))
+            first = first or item
+            if produced < steps:
+                produced += 1
+                yield item
+    while produced < steps and first is not None:
+        produced += 1
+        yield first
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker: build under the strategy, fit an epoch, validate, report, checkpoint."""
+    import os
+
+    import ray.data
+    import ray.train
+    from transformers import AutoTokenizer, create_optimizer
+
+    from bm_ray.engine import Predictor, configure_threads, gpu_available, keras_precision
+    from bm_ray.models import build_classifier, save_model_dir
+
+    configure_threads(config["threads"])
+    tf.keras.utils.set_random_seed(config["seed"])
+    ray.data.DataContext.get_current().enable_progress_bars = False  # the epoch progress lines say it better
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    labels: list[str] = config["labels"]
+    per_worker_batch = config["batch_size"] // world
+    steps = max(1, math.ceil(config["train_rows"] // world / per_worker_batch))
+    total_steps = steps * config["epochs"]
+
+    start_epoch, history, recoveries = 0, [], []
+    checkpoint = ray.train.get_checkpoint()
+    weights_from = resolve_model(config["base_model"])
+    restored_dir = None
+    if checkpoint is not None:
+        restored_dir = tempfile.mkdtemp(prefix="bm-ray-restore-")
+        checkpoint.to_directory(restored_dir)
+        state = json.loads((Path(restored_dir) / TRAIN_STATE_FILE).read_text(encoding="utf-8"))
+        start_epoch, history = state["epoch"], state["history"]
+        recoveries = [*state.get("recoveries", []), start_epoch]
+        weights_from = restored_dir
+        print(f"[bm-ray] rank {rank}: resuming after epoch {start_epoch} from checkpoint", flush=True)
+
+    precision = "fp32"
+    if config["mixed_precision"]:
+        precision = "fp16" if gpu_available() else "bf16"
+    with strategy.scope(), keras_precision(precision):
+        model = build_classifier(weights_from, labels)
+        optimizer, _ = create_optimizer(
+            init_lr=config["learning_rate"],
+            num_train_steps=total_steps,
+            num_warmup_steps=int(config["warmup_fraction"] * total_steps),
+            weight_decay_rate=config["weight_decay"],
+        )
+        model.compile(
+            optimizer=optimizer,
+            loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        optimizer.iterations.assign(start_epoch * steps)  # the LR schedule continues after a restore
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(config["base_model"]))
+    info = ModelInfo(labels, config["max_length"], config["name"], "0", config["base_model"])
+    predictor = Predictor(model, tokenizer, info, batch_size=64)
+    shard = ray.train.get_dataset_shard("train")
+    signature = (
+        {
+            "input_ids": tf.TensorSpec([None, None], tf.int32),
+            "attention_mask": tf.TensorSpec([None, None], tf.int32),
+        },
+        tf.TensorSpec([None], tf.int32),
+    )
+    options = tf.data.Options()
+    # Each worker already holds only its own Ray Data shard: TF must not shard it again.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    tensorboard = tf.summary.create_file_writer(config["tensorboard_dir"]) if rank == 0 else None
+
+    for epoch in range(start_epoch, config["epochs"]):
+        started = time.time()
+        dataset = tf.data.Dataset.from_generator(
+            lambda: _epoch_batches(shard, per_worker_batch, steps), output_signature=signature
+        ).with_options(options)
+        progress = EpochProgress(rank, epoch, config["epochs"], steps, config["batch_size"])
+        fit = model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[progress])
+        train_seconds = time.time() - started
+        metrics: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "train_loss": float(fit.history["loss"][-1]),
+            "train_accuracy": float(fit.history["accuracy"][-1]),
+            "train_rows_per_s": steps * config["batch_size"] / train_seconds,
+            "epoch_train_s": train_seconds,
+            "recovered_after_epochs": list(recoveries),
+        }
+        checkpoint_out = None
+        if rank == 0:
+            metrics.update(_validate(predictor, ray.train.get_dataset_shard("val"), labels))
+            history.append(metrics)
+            print(
+                f"[bm-ray] epoch {epoch + 1}/{config['epochs']}: train loss {metrics['train_loss']:.4f} "
+                f"acc {metrics['train_accuracy']:.4f} | val loss {metrics['val_loss']:.4f} "
+                f"acc {metrics['val_accuracy']:.4f} macro-F1 {metrics['val_macro_f1']:.4f} | "
+                f"{metrics['train_rows_per_s']:.1f} rows/s",
+                flush=True,
+            )
+            with tensorboard.as_default(step=epoch + 1):
+                for key, value in metrics.items():
+                    if isinstance(value, int | float):
+                        tf.summary.scalar(key, value)
+            tensorboard.flush()
+            checkpoint_dir = tempfile.mkdtemp(prefix="bm-ray-ckpt-")
+            save_model_dir(model, tokenizer, info, checkpoint_dir)
+            state = {"epoch": epoch + 1, "history": history, "recoveries": recoveries}
+            (Path(checkpoint_dir) / TRAIN_STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
+            checkpoint_out = ray.train.Checkpoint.from_directory(checkpoint_dir)
+        ray.train.report(metrics, checkpoint=checkpoint_out)
+        if checkpoint_out is not None:
+            shutil.rmtree(checkpoint_out.path, ignore_errors=True)
+    if restored_dir:
+        shutil.rmtree(restored_dir, ignore_errors=True)
+    os.environ.pop("TF_CONFIG", None)
+
+
+def _validate(predictor: Any, val_shard: Any, labels: list[str]) -> dict[str, float]:
+    """Validation loss, accuracy and macro-F1 on the whole validation set, through the shared engine."""
+    from bm_ray.metrics import ConfusionMatrix
+
+    matrix = ConfusionMatrix(labels)
+    loss_sum = 0.0
+    for block in val_shard.iter_batches(batch_size=1024, batch_format="numpy"):
+        sequences = [np.asarray(seq, dtype=np.int32) for seq in block["input_ids"]]
+        true_ids = block["label_id"].astype(np.int64)
+        probs = predictor.predict_tokens(sequences)
+        matrix.add_indices(true_ids, probs.argmax(axis=1))
+        loss_sum += float(-np.log(np.clip(probs[np.arange(len(true_ids)), true_ids], 1e-12, 1.0)).sum())
+    report = matrix.report()
+    return {
+        "val_loss": loss_sum / max(matrix.total, 1),
+        "val_accuracy": report["accuracy"],
+        "val_macro_f1": report["macro_f1"],
+    }
+
+
+class EpochProgress(tf.keras.callbacks.Callback):
+    """Epoch/step, rows/s and ETA on rank 0 every tenth of an epoch (visible in the driver's log)."""
+
+    def __init__(self, rank: int, epoch: int, epochs: int, steps: int, global_batch: int) -> None:
+        super().__init__()
+        self.rank, self.epoch, self.epochs, self.steps = rank, epoch, epochs, steps
+        self.global_batch = global_batch
+        self.every = max(1, steps // 10)
+        self.started = time.time()
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        """Start the epoch clock."""
+        self.started = time.time()
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        """Print progress every `every` steps and at the last step."""
+        done = batch + 1
+        if self.rank != 0 or (done % self.every and done != self.steps):
+            return
+        elapsed = time.time() - self.started
+        eta = (self.steps - done) * elapsed / done
+        print(
+            f"[bm-ray] epoch {self.epoch + 1}/{self.epochs} step {done}/{self.steps} "
+            f"{done * self.global_batch / elapsed:.1f} rows/s ETA {eta:.0f}s",
+            flush=True,
+        )
+
+
+def run_name(output: str) -> str:
+    """Stable Ray Train run name for an output location (the key `--resume` finds the run by)."""
+    return "bm-ray-train-" + hashlib.blake2b(output.encode(), digest_size=6).hexdigest()
+
+
+def train(spec: TrainSpec) -> dict[str, Any]:
+    """Run the training job end to end and write the model directory; returns metrics.json's content."""
+    import ray.train
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.tensorflow import TensorflowTrainer
+
+    from bm_ray.runtime import init_ray, runtime_env
+
+    started = time.time()
+    init_ray(spec.address)
+    remote_output = is_remote(spec.output)
+    local_output = Path(tempfile.mkdtemp(prefix="bm-ray-model-")) if remote_output else Path(spec.output)
+    local_output.mkdir(parents=True, exist_ok=True)
+    storage_path = (
+        f"{spec.output.rstrip('/')}/_ray_train" if remote_output else str(local_output / "_ray_train")
+    )
+    name = run_name(spec.output)
+    if not spec.resume and not remote_output:
+        shutil.rmtree(Path(storage_path) / name, ignore_errors=True)
+
+    data = prepare_data(spec)
+    rejects = data.counts.pop("rejects")
+    print(
+        f"[bm-ray] training on {data.counts['train_rows']} rows, validating on {data.counts['val_rows']}, "
+        f"{len(data.labels)} labels, max_length {data.max_length}, {spec.workers} workers",
+        flush=True,
+    )
+    config = {
+        "labels": data.labels,
+        "max_length": data.max_length,
+        "train_rows": data.counts["train_rows"],
+        "base_model": spec.base_model,
+        "name": Path(spec.output.rstrip("/")).name or "bm-ray-model",
+        "tensorboard_dir": str(local_output / "tensorboard"),
+        "threads": max(1, int(spec.cpus_per_worker)),
+        **spec.model_dump(include={"epochs", "batch_size", "learning_rate", "warmup_fraction"}),
+        **spec.model_dump(include={"weight_decay", "seed", "mixed_precision"}),
+    }
+    trainer = TensorflowTrainer(
+        train_loop_per_worker=train_loop_per_worker,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(
+            num_workers=spec.workers,
+            use_gpu=spec.gpus_per_worker > 0,
+            resources_per_worker={"CPU": spec.cpus_per_worker, "GPU": spec.gpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=spec.keep_checkpoints,
+                checkpoint_score_attribute="val_macro_f1",
+                checkpoint_score_order="max",
+            ),
+            failure_config=FailureConfig(max_failures=spec.max_failures),
+            worker_runtime_env=runtime_env(),
+        ),
+        datasets={"train": data.train, "val": data.val},
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    best_checkpoint, _ = max(result.best_checkpoints, key=lambda item: item[1]["val_macro_f1"])
+    return _finish(spec, data, rejects, best_checkpoint, result.metrics, local_output, started)
+
+
+def _finish(
+    spec: TrainSpec,
+    data: PreparedData,
+    rejects: Any,
+    checkpoint: Any,
+    latest_metrics: dict[str, Any],
+    local_output: Path,
+    started: float,
+) -> dict[str, Any]:
+    """Materialise the best checkpoint as the model directory, evaluate it, write metrics and plots."""
+    from bm_ray.engine import Predictor
+    from bm_ray.evaluate import corpus_batches, evaluate_batches, write_report
+    from bm_ray.metrics import plot_training_curves
+
+    checkpoint.to_directory(str(local_output))
+    state = json.loads((local_output / TRAIN_STATE_FILE).read_text(encoding="utf-8"))
+    (local_output / TRAIN_STATE_FILE).unlink()
+    predictor = Predictor.load(str(local_output), batch_size=64)
+    report = evaluate_batches(predictor, corpus_batches(data.val_rows, Counter()))
+    report.update(
+        epochs=state["history"],
+        best_epoch=state["epoch"],
+        recovered_after_epochs=latest_metrics.get("recovered_after_epochs", []),
+        data=data.counts,
+        spec=spec.model_dump(mode="json"),
+        elapsed_s=round(time.time() - started, 1),
+    )
+    if rejects.count():
+        rejects.drop_columns(["_unit", "_row"]).write_parquet(str(local_output / "rejects"))
+    write_report(report, local_output, title="validation")
+    plot_training_curves(state["history"], local_output / "training_curves.png")
+    if is_remote(spec.output):
+        import pyarrow.fs as pafs
+
+        fs, path = pafs.FileSystem.from_uri(spec.output)
+        pafs.copy_files(str(local_output), path, destination_filesystem=fs)
+    return report

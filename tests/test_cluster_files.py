@@ -1,0 +1,58 @@
+"""Cluster launcher configs and the cluster image agree with Ray's schema and with pyproject.toml's pins."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import jsonschema
+import pytest
+import ray
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = ROOT / "cluster"
+PINNED = ("ray", "tensorflow", "tf-keras", "transformers")
+
+
+def _pins() -> dict[str, str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    pins = {}
+    for requirement in project["dependencies"]:
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?==([\w.]+)", requirement)
+        if match:
+            pins[match[1]] = match[2]
+    return pins
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "aws.yaml"])
+def test_launcher_config_matches_ray_schema(name: str) -> None:
+    schema = json.loads(
+        (Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text(encoding="utf-8")
+    )
+    config = yaml.safe_load((CLUSTER / name).read_text(encoding="utf-8"))
+    jsonschema.validate(config, schema)
+    assert any("pip install" in command for command in config["setup_commands"])
+
+
+def test_dockerfile_versions_match_pyproject() -> None:
+    dockerfile = (CLUSTER / "Dockerfile").read_text(encoding="utf-8")
+    pins = _pins()
+    assert set(PINNED) <= set(pins)
+    for package in PINNED:
+        found = set(re.findall(rf"\b{re.escape(package)}(?:\[[^\]]*\])?==([\w.]*\w)", dockerfile))
+        assert found == {pins[package]}, f"{package}: Dockerfile {found} vs pyproject.toml {pins[package]}"
+    bases = re.findall(r"rayproject/ray:([\w.]+)-py(\d)(\d+)-(cpu|gpu)", dockerfile)
+    assert {base[3] for base in bases} == {"cpu", "gpu"}
+    assert {base[0] for base in bases} == {pins["ray"]}
+    assert {(base[1], base[2]) for base in bases} == {("3", "11")}
+    assert "TF_USE_LEGACY_KERAS=1" in dockerfile
+    assert re.search(r"^USER ray$", dockerfile, re.M)
+    assert "! pip show torch" in dockerfile, "the build must fail when torch is pulled in"
+
+
+def test_python_version_matches_pyproject() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["requires-python"].startswith(">=3.11")

@@ -1,0 +1,188 @@
+"""Ray Train fine-tuning: learnable task with a killed worker, checkpoint round trip, bad training data."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from bm_ray.engine import Predictor
+from bm_ray.models import load_classifier, make_tiny_model, save_model_dir
+from bm_ray.specs import IngestSpec, TrainSpec
+from bm_ray.train import TrainError, prepare_data, run_name, train
+
+LABELS = ["alpha", "beta", "gamma"]
+TOPIC_WORDS = {
+    "alpha": "football match goal league coach striker season",
+    "beta": "shares profit market bank earnings investors merger",
+    "gamma": "software chip satellite research laptop internet robot",
+}
+FILLER = ["the", "a", "of", "and", "today", "report", "said", "new", "after", "week"]
+
+
+def write_synthetic(path: Path, rows: int, seed: int = 0, labels: list[str] = LABELS) -> Path:
+    """A learnable corpus: each text mixes its label's topic words with common filler."""
+    rng = random.Random(seed)
+    with path.open("w", encoding="utf-8") as handle:
+        for i in range(rows):
+            label = labels[i % len(labels)]
+            words = rng.sample(TOPIC_WORDS[label].split(), 3) + rng.sample(FILLER, 4)
+            rng.shuffle(words)
+            handle.write(json.dumps({"id": f"r{i}", "text": " ".join(words), "label": label}) + "\n")
+    return path
+
+
+def spec_for(data: Path, output: Path, base: Path, **overrides: object) -> TrainSpec:
+    """A fast tiny-model training spec."""
+    values: dict[str, object] = {
+        "data": {"input": [str(data)]},
+        "output": str(output),
+        "base_model": str(base),
+        "workers": 2,
+        "epochs": 4,
+        "batch_size": 16,
+        "learning_rate": 3e-3,
+        "warmup_fraction": 0.05,
+        "max_failures": 2,
+        "keep_checkpoints": 1,
+        **overrides,
+    }
+    return TrainSpec.model_validate(values)
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: str) -> Path:
+    """A tiny random BERT used as the base model."""
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-base"), LABELS, tokenizer_dir, hidden=32)
+
+
+def _kill_a_worker_after_first_checkpoint(run_dir: Path, killed: list[int], stop: threading.Event) -> None:
+    """SIGKILL one Ray Train worker process once the first checkpoint exists (bounded wait)."""
+    deadline = time.monotonic() + 240
+    while not stop.is_set() and time.monotonic() < deadline:
+        if any(run_dir.glob("checkpoint_*")):
+            workers = [
+                p
+                for p in psutil.process_iter(["cmdline"])
+                if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])
+            ]
+            if workers:
+                os.kill(workers[-1].pid, signal.SIGKILL)
+                killed.append(workers[-1].pid)
+                return
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def trained_with_fault(ray_local: None, tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Train with 2 workers and kill one of them after the first epoch's checkpoint."""
+    tmp = tmp_path_factory.mktemp("train")
+    data = write_synthetic(tmp / "train.jsonl", 360)
+    output = tmp / "model"
+    spec = spec_for(data, output, tiny_base)
+    killed: list[int] = []
+    stop = threading.Event()
+    killer = threading.Thread(
+        target=_kill_a_worker_after_first_checkpoint,
+        args=(output / "_ray_train" / run_name(str(output)), killed, stop),
+        daemon=True,
+    )
+    killer.start()
+    try:
+        report = train(spec)
+    finally:
+        stop.set()
+        killer.join(timeout=5)
+    return {"report": report, "output": output, "killed": killed}
+
+
+def test_training_survives_a_killed_worker_and_learns(trained_with_fault: dict) -> None:
+    report, output = trained_with_fault["report"], trained_with_fault["output"]
+    assert trained_with_fault["killed"], "no training worker was found to kill"
+    assert report["recovered_after_epochs"], "the run did not restart from a checkpoint"
+    assert [h["epoch"] for h in report["epochs"]] == [1, 2, 3, 4]
+    assert report["accuracy"] > 0.6, report["accuracy"]  # chance is 1/3
+    for name in ("tf_model.h5", "config.json", "vocab.txt", "labels.json", "metrics.json"):
+        assert (output / name).exists(), name
+    assert (output / "confusion_matrix.png").stat().st_size > 0
+    assert (output / "training_curves.png").stat().st_size > 0
+    assert any((output / "tensorboard").iterdir())
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["confusion_matrix"]["labels"] == LABELS
+    assert set(metrics["per_class"]) == set(LABELS)
+
+
+def test_model_dir_loads_with_plain_transformers(trained_with_fault: dict) -> None:
+    from transformers import AutoTokenizer, TFBertForSequenceClassification
+
+    output = trained_with_fault["output"]
+    model = TFBertForSequenceClassification.from_pretrained(str(output))
+    tokenizer = AutoTokenizer.from_pretrained(str(output))
+    assert model.config.num_labels == len(LABELS)
+    assert tokenizer("football goal")["input_ids"][0] == tokenizer.cls_token_id
+
+
+def test_checkpoint_round_trip_keeps_logits(trained_with_fault: dict, tmp_path: Path) -> None:
+    model, tokenizer, info = load_classifier(trained_with_fault["output"])
+    texts = ["football goal coach", "bank shares merger", "robot chip research"]
+    before = Predictor(model, tokenizer, info).predict_proba(texts)
+    save_model_dir(model, tokenizer, info, tmp_path / "copy")
+    after = Predictor.load(str(tmp_path / "copy")).predict_proba(texts)
+    np.testing.assert_allclose(before, after, atol=1e-6)
+
+
+def test_rows_without_label_are_rejected_not_fatal(ray_local: None, tiny_base: Path, tmp_path: Path) -> None:
+    data = write_synthetic(tmp_path / "d.jsonl", 60)
+    with data.open("a") as handle:
+        handle.write(json.dumps({"id": "nolabel", "text": "football goal"}) + "\n")
+        handle.write(json.dumps({"id": "empty", "text": "", "label": "alpha"}) + "\n")
+    prepared = prepare_data(spec_for(data, tmp_path / "out", tiny_base))
+    counts = prepared.counts["train_data"]
+    assert counts["rows_read"] == 62
+    assert counts["rejected_by_reason"] == {"missing_label": 1, "empty_text": 1}
+    assert prepared.counts["train_rows"] + prepared.counts["val_rows"] == 60
+
+
+def test_unknown_validation_labels_are_rejected(ray_local: None, tiny_base: Path, tmp_path: Path) -> None:
+    data = write_synthetic(tmp_path / "d.jsonl", 60)
+    val = write_synthetic(tmp_path / "v.jsonl", 12)
+    with val.open("a") as handle:
+        handle.write(json.dumps({"id": "odd", "text": "weather rain", "label": "delta"}) + "\n")
+    spec = spec_for(data, tmp_path / "out", tiny_base, val_data={"input": [str(val)]})
+    prepared = prepare_data(spec)
+    assert prepared.counts["val_data"]["rejected_by_reason"] == {"unknown_label": 1}
+    assert prepared.counts["val_rows"] == 12
+    assert prepared.counts["rejects"].count() == 1
+
+
+@pytest.mark.parametrize(
+    ("rows", "labels", "message"),
+    [(30, ["alpha"], "at least 2 labels"), (3, LABELS, "too few"), (0, LABELS, "no rows")],
+)
+def test_bad_training_data_gives_clear_errors(
+    ray_local: None, tiny_base: Path, tmp_path: Path, rows: int, labels: list[str], message: str
+) -> None:
+    data = write_synthetic(tmp_path / "d.jsonl", rows, labels=labels)
+    spec = spec_for(data, tmp_path / "out", tiny_base, workers=4)
+    with pytest.raises(TrainError, match=message):
+        prepare_data(spec)
+
+
+def test_corpus_without_any_label_is_a_clear_error(ray_local: None, tiny_base: Path, tmp_path: Path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"text": f"news {i}"}) + "\n" for i in range(10)))
+    with pytest.raises(TrainError, match="--label-field"):
+        prepare_data(spec_for(data, tmp_path / "out", tiny_base))
+
+
+def test_spec_rejects_batch_smaller_than_workers(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainSpec(data=IngestSpec(input=["x.jsonl"]), output=str(tmp_path), workers=4, batch_size=2)
