@@ -388,6 +388,44 @@ def bench_serve_cmd(
         ray.shutdown()
 
 
+@bench_app.command("train")
+def bench_train_cmd(
+    data: Annotated[
+        str, typer.Option("--data", help="Labelled corpus (the first --rows valid rows are used).")
+    ],
+    format: FormatOpt = None,
+    text_fields: TextFieldsOpt = None,
+    label_field: LabelFieldOpt = None,
+    csv_header: CsvHeaderOpt = None,
+    csv_columns: CsvColumnsOpt = None,
+    base_model: Annotated[str, typer.Option("--base-model")] = "minilm-l6",
+    rows: Annotated[int, typer.Option("--rows")] = 1024,
+    workers: Annotated[int, typer.Option("--workers")] = 2,
+    epochs: Annotated[int, typer.Option("--epochs", help="Epochs per path; the first is not timed.")] = 2,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    json_path: Annotated[str | None, typer.Option("--json", help="Write the figures as JSON.")] = None,
+) -> None:
+    """Training rows/s: Ray Train (N workers x 1 CPU) vs plain Keras fit on N cores, plus padding waste."""
+    from bm_ray.bench_train import bench_train
+
+    flags = ingest_options(data, format, text_fields, label_field, None, None, None, csv_header, csv_columns)
+    result = bench_train(
+        validate_spec(IngestSpec, flags, "command line"),
+        base_model,
+        rows,
+        workers,
+        epochs,
+        batch_size,
+        json_path,
+    )
+    console.print(
+        f"Ray Train {result['ray_rows_per_s']:.1f} rows/s vs Keras fit {result['keras_rows_per_s']:.1f} rows/s: "
+        f"ratio {result['ratio']:.2f} (target >= 0.85); padding waste {result['padding_waste']:.2f} "
+        f"vs {result['padding_waste_max_length']:.2f} padding to max_length"
+    )
+    print_json(result)
+
+
 @jobs_app.command("validate")
 def jobs_validate(files: list[Path] = typer.Argument(..., help="Job files (jobs/*.yaml).")) -> None:
     """Validate job files: train/classify specs, and Serve configs (Ray's schema + ServeSpec args)."""

@@ -50,7 +50,8 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -842,6 +843,7 @@ def read_corpus(
     registry: Any = None,
     dedupe: bool = True,
     skip: dict[str, list[tuple[int, int]]] | None = None,
+    ray_remote_args: dict[str, Any] | None = None,
 ) -> tuple[ray.data.Dataset, CorpusInfo]:
     """Dataset (streaming) of every record of the corpus as a normalised row: ok, rejects and blank lines.
 
@@ -849,13 +851,17 @@ def read_corpus(
     (see :func:`ok_rows`). Duplicate ids are rejected through `registry` (an :class:`IdRegistry`
     handle; a new one, kept in ``CorpusInfo.registry``, when None) unless `dedupe` is False.
     `skip` (``{unit: [(first_row, last_row)]}``, from :func:`bm_ray.sink.committed_rows`) lists rows
-    that are not emitted at all (already committed by an earlier run).
+    that are not emitted at all (already committed by an earlier run). `ray_remote_args` (e.g.
+    ``{"num_cpus": 0}`` beside an actor pool holding every CPU) apply to the read and dedupe tasks.
     """
     init_ray()
+    remote_args = ray_remote_args or {}
     info = list_corpus(spec)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     source = CorpusDatasource(spec, info, skip, parallelism=max(2, 2 * cpus))
-    ds = ray.data.read_datasource(source, override_num_blocks=source.num_tasks)
+    ds = ray.data.read_datasource(
+        source, override_num_blocks=source.num_tasks, ray_remote_args=remote_args or None
+    )
     if dedupe:
         info.registry = registry if registry is not None else create_id_registry()
         ds = ds.map_batches(
@@ -864,6 +870,7 @@ def read_corpus(
             batch_format="pyarrow",
             batch_size=None,
             zero_copy_batch=True,
+            **remote_args,
         )
     return ds, info
 
@@ -887,42 +894,53 @@ def _commit(batch: pa.Table, processor: sink.CommitProcessor) -> pa.Table:
     return processor(batch)
 
 
-def ingest(spec: IngestSpec, output: str, *, overwrite: bool = False) -> dict[str, Any]:
-    """`bm-ray ingest`: validate a corpus into ``output/ok/`` + ``output/rejects/`` + ``output/summary.json``.
+PROGRESS_LOG_S = 10.0
+"""Seconds between the driver's `rows committed (rows/s)` log lines."""
 
-    Resumes into an existing output of the same spec (rows already committed are not read again),
-    unless `overwrite`, which starts afresh. Returns the summary (see :func:`bm_ray.sink.summarize`).
+
+def commit_corpus(
+    spec: IngestSpec,
+    output: str,
+    commit: Callable[[ray.data.Dataset], ray.data.Dataset],
+    *,
+    job: dict[str, Any],
+    ok_dir: str = "ok",
+    overwrite: bool = False,
+    read_args: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], Counter[str]]:
+    """Drive one resumable, exactly-once pass of a corpus through a commit stage (ingest, classify).
+
+    Prepares `output` (see :func:`bm_ray.sink.prepare_output`; `job` guards resuming into another job's
+    output), skips the rows already committed, seeds the duplicate-id registry with the committed ids,
+    reads the corpus, applies `commit` (dataset → dataset of per-run count rows, at least
+    :data:`bm_ray.sink.PROGRESS_SCHEMA`, e.g. a `map_batches` over a :class:`~bm_ray.sink.CommitProcessor`)
+    and drains it, logging rows committed and rows/s. `read_args` are the read tasks' Ray remote args
+    (see :func:`read_corpus`). Returns the summary extras (format, inputs, files,
+    ignored_files, rows_resumed) and the totals of every integer column of the count rows of this run.
     """
     started = time.monotonic()
     init_ray()
-    job = {"kind": "ingest", **spec.model_dump(mode="json", exclude={"rows_per_block"})}
-    sink.prepare_output(output, overwrite=overwrite, job=job)
+    sink.prepare_output(output, ok_dir=ok_dir, overwrite=overwrite, job=job)
     skip = sink.committed_rows(output)
     registry = create_id_registry()
+    totals: Counter[str] = Counter()
     try:
-        seeded = [registry.seed.remote(ids) for ids in sink.iter_committed_ids(output)]
-        ray.get(seeded)
-        ds, info = read_corpus(spec, registry=registry, skip=skip)
-        ok_columns = [*OK_COLUMNS, *(k for k in spec.keep_fields if k not in ROW_COLUMNS)]
-        processor = sink.CommitProcessor(output, functools.partial(_ok_table, ok_columns))
-        progress = ds.map_batches(
-            _commit,
-            fn_kwargs={"processor": processor},
-            batch_format="pyarrow",
-            batch_size=None,
-            zero_copy_batch=True,
-        )
-        done = 0
+        ray.get([registry.seed.remote(ids) for ids in sink.iter_committed_ids(output, ok_dir=ok_dir)])
+        ds, info = read_corpus(spec, registry=registry, skip=skip, ray_remote_args=read_args)
         last_log = time.monotonic()
-        for batch in progress.iter_batches(batch_format="pyarrow", batch_size=None):
-            done += sum(batch.column("rows_read").to_pylist())
-            if time.monotonic() - last_log > 10:
-                logger.warning("ingest: %d rows committed so far", done)
+        for batch in commit(ds).iter_batches(batch_format="pyarrow", batch_size=None):
+            for name, column in zip(batch.column_names, batch.columns, strict=True):
+                if pa.types.is_integer(column.type):
+                    totals[name] += int(pc.sum(column).as_py() or 0)
+            if time.monotonic() - last_log > PROGRESS_LOG_S:
                 last_log = time.monotonic()
+                rate = totals["rows_read"] / (last_log - started)
+                logger.warning(
+                    "%s: %d rows committed so far (%.1f rows/s)", job.get("kind"), totals["rows_read"], rate
+                )
     finally:
         ray.kill(registry)
     extra = {
-        "elapsed_s": round(time.monotonic() - started, 3),
         "format": info.format,
         "inputs": info.inputs,
         "files": len(info.files),
@@ -930,4 +948,29 @@ def ingest(spec: IngestSpec, output: str, *, overwrite: bool = False) -> dict[st
         "ignored_files_count": len(info.ignored_files),
         "rows_resumed": sum(b - a + 1 for spans in skip.values() for a, b in spans),
     }
+    return extra, totals
+
+
+def ingest(spec: IngestSpec, output: str, *, overwrite: bool = False) -> dict[str, Any]:
+    """`bm-ray ingest`: validate a corpus into ``output/ok/`` + ``output/rejects/`` + ``output/summary.json``.
+
+    Resumes into an existing output of the same spec (rows already committed are not read again),
+    unless `overwrite`, which starts afresh. Returns the summary (see :func:`bm_ray.sink.summarize`).
+    """
+    started = time.monotonic()
+    job = {"kind": "ingest", **spec.model_dump(mode="json", exclude={"rows_per_block"})}
+    ok_columns = [*OK_COLUMNS, *(k for k in spec.keep_fields if k not in ROW_COLUMNS)]
+    processor = sink.CommitProcessor(output, functools.partial(_ok_table, ok_columns))
+
+    def commit(ds: ray.data.Dataset) -> ray.data.Dataset:
+        return ds.map_batches(
+            _commit,
+            fn_kwargs={"processor": processor},
+            batch_format="pyarrow",
+            batch_size=None,
+            zero_copy_batch=True,
+        )
+
+    extra, _ = commit_corpus(spec, output, commit, job=job, overwrite=overwrite)
+    extra["elapsed_s"] = round(time.monotonic() - started, 3)
     return sink.summarize(output, extra)

@@ -78,13 +78,17 @@ def encode_batch(batch: pa.Table, model_ref: str, max_length: int, labels: list[
     )
 
 
-def _read_rows(ingest: IngestSpec, name: str) -> tuple[Any, Any, Counter[str], int]:
-    """(labelled ok rows, reject rows, rejects by reason, rows read) of one corpus, materialised once."""
+def _read_rows(ingest: IngestSpec, name: str) -> tuple[Any, Any, Counter[str], Counter[str], int]:
+    """(labelled ok rows, reject rows, rejects by reason, ok label counts, rows read) of one corpus.
+
+    The corpus is read and validated once (materialised in the object store, not the driver).
+    """
     from bm_ray.corpus import read_corpus
 
     ds, _ = read_corpus(ingest)
     ds = ds.filter(lambda row: row["reason"] != "blank_line").materialize()
     reasons: Counter[str] = Counter()
+    label_counts: Counter[str] = Counter()
     rows_read = 0
     for batch in ds.select_columns(["reason", "label"]).iter_batches(
         batch_format="pyarrow", batch_size=65536
@@ -97,19 +101,20 @@ def _read_rows(ingest: IngestSpec, name: str) -> tuple[Any, Any, Counter[str], i
                 reasons[reason] += 1
             elif label is None:
                 reasons[MISSING_LABEL] += 1
-    ok = ds.filter(lambda row: row["reason"] is None and row["label"] is not None)
-    rejects = ds.filter(lambda row: row["reason"] is not None or row["label"] is None)
+            else:
+                label_counts[label] += 1
     if rows_read == 0:
         raise TrainError(f"{name}: no rows read from {', '.join(ingest.input)}")
-    return ok, rejects, reasons, rows_read
+    ok = ds.filter(lambda row: row["reason"] is None and row["label"] is not None)
+    rejects = ds.filter(lambda row: row["reason"] is not None or row["label"] is None)
+    return ok, rejects, reasons, label_counts, rows_read
 
 
 def prepare_data(spec: TrainSpec) -> PreparedData:
     """Ingest, validate, split (stratified, seeded) and tokenise the training and validation data."""
     from bm_ray.preprocess import TextEncoder, choose_max_length
 
-    ok, rejects, reasons, rows_read = _read_rows(spec.data, "data")
-    label_counts = Counter(ok.select_columns(["label"]).to_pandas()["label"].tolist())
+    ok, rejects, reasons, label_counts, rows_read = _read_rows(spec.data, "data")
     if not label_counts:
         raise TrainError(
             f"data: none of the {rows_read} rows has a label; pass --label-field (rejected: {dict(reasons)})"
@@ -124,11 +129,19 @@ def prepare_data(spec: TrainSpec) -> PreparedData:
     counts: dict[str, Any] = {"train_data": {"rows_read": rows_read, "rows_ok": n_ok}}
     if spec.val_data is not None:
         train_rows = ok
-        val_ok, val_rejects, val_reasons, val_read = _read_rows(spec.val_data, "val_data")
+        val_ok, val_rejects, val_reasons, val_labels, val_read = _read_rows(spec.val_data, "val_data")
         known = set(labels)
-        val_reasons[UNKNOWN_LABEL] = val_ok.filter(lambda row: row["label"] not in known).count()
+        unknown = sum(n for label, n in val_labels.items() if label not in known)
         val_rows = val_ok.filter(lambda row: row["label"] in known)
         rejects = rejects.union(val_rejects)
+        if unknown:
+            val_reasons[UNKNOWN_LABEL] = unknown
+            # Unknown validation labels cannot be scored; they are rejected rows, not a crash.
+            rejects = rejects.union(
+                val_ok.filter(lambda row: row["label"] not in known).map_batches(
+                    _mark_reason, fn_kwargs={"reason": UNKNOWN_LABEL}, batch_format="pyarrow"
+                )
+            )
         n_val_ok = val_read - sum(val_reasons.values())
         counts["val_data"] = {
             "rows_read": val_read,
@@ -136,13 +149,6 @@ def prepare_data(spec: TrainSpec) -> PreparedData:
             "rows_rejected": sum(val_reasons.values()),
             "rejected_by_reason": dict(val_reasons),
         }
-        if val_reasons[UNKNOWN_LABEL]:
-            # Unknown validation labels cannot be scored; they are rejected rows, not a crash.
-            rejects = rejects.union(
-                val_ok.filter(lambda row: row["label"] not in known).map_batches(
-                    _mark_reason, fn_kwargs={"reason": UNKNOWN_LABEL}, batch_format="pyarrow"
-                )
-            )
     else:
         # Seeded shuffle first: Ray's stratified split itself takes rows in order.
         train_rows, val_rows = ok.random_shuffle(seed=spec.seed).train_test_split(
@@ -181,22 +187,23 @@ def _mark_reason(batch: pa.Table, reason: str) -> pa.Table:
     )
 
 
-def _epoch_batches(shard: Any, batch_size: int, steps: int) -> Any:
-    """Length-bucketed, dynamically padded (inputs, labels) batches for one epoch of this worker's shard.
+def epoch_batches(blocks: Any, batch_size: int, steps: int) -> Any:
+    """Length-bucketed, dynamically padded (inputs, labels) batches for one epoch.
 
-    Exactly `steps` batches come out on every worker (MultiWorkerMirroredStrategy needs the same
-    number of steps everywhere); a shard that runs short repeats its first batch.
+    `blocks` yields dicts with `input_ids` (token id arrays) and `label_id` (e.g. a Ray Data shard's
+    `iter_batches(batch_format="numpy")`). Exactly `steps` batches come out on every worker
+    (MultiWorkerMirroredStrategy needs the same number of steps everywhere); a shard that runs
+    short repeats its first batch.
     """
     from bm_ray.preprocess import length_batches, pad_batch
 
     produced = 0
     first = None
-    window = batch_size * 64  # sort window: bounded memory, batches of similar length
-    for block in shard.iter_batches(batch_size=window, batch_format="numpy"):
+    for block in blocks:
         sequences = block["input_ids"]
         label_ids = block["label_id"]
         lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
-        for batch in length_batches(lengths, batch_size, window=window):
+        for batch in length_batches(lengths, batch_size, window=len(lengths)):
             ids, mask = pad_batch([np.asarray(sequences[i], dtype=np.int32) for i in batch])
             item = ({"input_ids": ids, "attention_mask": mask}, label_ids[batch].astype(np.int32))
             first = first or item
@@ -208,16 +215,57 @@ def _epoch_batches(shard: Any, batch_size: int, steps: int) -> Any:
         yield first
 
 
+SORT_WINDOW_BATCHES = 64
+"""Rows of this many batches are sorted by length together: bounded memory, similar-length batches."""
+
+
+def batch_signature() -> tuple[Any, Any]:
+    """tf.data element spec of :func:`epoch_batches`: any batch size, any padded length."""
+    return (
+        {
+            "input_ids": tf.TensorSpec([None, None], tf.int32),
+            "attention_mask": tf.TensorSpec([None, None], tf.int32),
+        },
+        tf.TensorSpec([None], tf.int32),
+    )
+
+
+def compile_classifier(weights_from: str, labels: list[str], total_steps: int, config: dict[str, Any]) -> Any:
+    """The classifier with AdamW, linear warm-up then linear decay, and the loss, compiled (call in scope)."""
+    from transformers import create_optimizer
+
+    from bm_ray.engine import gpu_available, keras_precision
+    from bm_ray.models import build_classifier
+
+    precision = "fp32"
+    if config["mixed_precision"]:
+        precision = "fp16" if gpu_available() else "bf16"
+    with keras_precision(precision):
+        model = build_classifier(weights_from, labels)
+        optimizer, _ = create_optimizer(
+            init_lr=config["learning_rate"],
+            num_train_steps=total_steps,
+            num_warmup_steps=int(config["warmup_fraction"] * total_steps),
+            weight_decay_rate=config["weight_decay"],
+        )
+        model.compile(
+            optimizer=optimizer,
+            loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+    return model
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker: build under the strategy, fit an epoch, validate, report, checkpoint."""
     import os
 
     import ray.data
     import ray.train
-    from transformers import AutoTokenizer, create_optimizer
+    from transformers import AutoTokenizer
 
-    from bm_ray.engine import Predictor, configure_threads, gpu_available, keras_precision
-    from bm_ray.models import build_classifier, save_model_dir
+    from bm_ray.engine import Predictor, configure_threads
+    from bm_ray.models import save_model_dir
 
     configure_threads(config["threads"])
     tf.keras.utils.set_random_seed(config["seed"])
@@ -243,34 +291,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         weights_from = restored_dir
         print(f"[bm-ray] rank {rank}: resuming after epoch {start_epoch} from checkpoint", flush=True)
 
-    precision = "fp32"
-    if config["mixed_precision"]:
-        precision = "fp16" if gpu_available() else "bf16"
-    with strategy.scope(), keras_precision(precision):
-        model = build_classifier(weights_from, labels)
-        optimizer, _ = create_optimizer(
-            init_lr=config["learning_rate"],
-            num_train_steps=total_steps,
-            num_warmup_steps=int(config["warmup_fraction"] * total_steps),
-            weight_decay_rate=config["weight_decay"],
-        )
-        model.compile(
-            optimizer=optimizer,
-            loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-        )
-        optimizer.iterations.assign(start_epoch * steps)  # the LR schedule continues after a restore
+    with strategy.scope():
+        model = compile_classifier(weights_from, labels, total_steps, config)
+        model.optimizer.iterations.assign(start_epoch * steps)  # the LR schedule continues after a restore
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(config["base_model"]))
     info = ModelInfo(labels, config["max_length"], config["name"], "0", config["base_model"])
     predictor = Predictor(model, tokenizer, info, batch_size=64)
     shard = ray.train.get_dataset_shard("train")
-    signature = (
-        {
-            "input_ids": tf.TensorSpec([None, None], tf.int32),
-            "attention_mask": tf.TensorSpec([None, None], tf.int32),
-        },
-        tf.TensorSpec([None], tf.int32),
-    )
     options = tf.data.Options()
     # Each worker already holds only its own Ray Data shard: TF must not shard it again.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
@@ -278,8 +305,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     for epoch in range(start_epoch, config["epochs"]):
         started = time.time()
+        blocks = shard.iter_batches(batch_size=per_worker_batch * SORT_WINDOW_BATCHES, batch_format="numpy")
         dataset = tf.data.Dataset.from_generator(
-            lambda: _epoch_batches(shard, per_worker_batch, steps), output_signature=signature
+            lambda blocks=blocks: epoch_batches(blocks, per_worker_batch, steps),
+            output_signature=batch_signature(),
         ).with_options(options)
         progress = EpochProgress(rank, epoch, config["epochs"], steps, config["batch_size"])
         fit = model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[progress])

@@ -49,7 +49,8 @@ def spec_for(data: Path, output: Path, base: Path, **overrides: object) -> Train
         "workers": 2,
         "epochs": 4,
         "batch_size": 16,
-        "learning_rate": 3e-3,
+        "learning_rate": 5e-3,
+        "val_fraction": 0.2,
         "warmup_fraction": 0.05,
         "max_failures": 2,
         "keep_checkpoints": 1,
@@ -65,10 +66,11 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: str) -> P
 
 
 def _kill_a_worker_after_first_checkpoint(run_dir: Path, killed: list[int], stop: threading.Event) -> None:
-    """SIGKILL one Ray Train worker process once the first checkpoint exists (bounded wait)."""
+    """SIGKILL one Ray Train worker process a few seconds into epoch 2 (bounded wait)."""
     deadline = time.monotonic() + 240
     while not stop.is_set() and time.monotonic() < deadline:
         if any(run_dir.glob("checkpoint_*")):
+            time.sleep(4)  # let Ray Train register the checkpoint; the kill then lands mid-epoch 2
             workers = [
                 p
                 for p in psutil.process_iter(["cmdline"])

@@ -1,0 +1,243 @@
+"""`bm-ray classify`: bulk classification of a corpus with Ray Data, exactly once, resumable.
+
+One streaming pass: :func:`bm_ray.corpus.read_corpus` (ok rows, rejects and blank lines together,
+committed rows skipped) → one ``map_batches`` over an actor pool of :class:`ClassifyProcessor`, which
+loads the :class:`~bm_ray.engine.Predictor` once per actor, predicts the ok rows of each batch in one
+engine call and commits every run through :class:`~bm_ray.sink.CommitProcessor`::
+
+    DIR/predictions/<run>.parquet   id, label, score, scores (map<string, float>), model, keep_fields
+    DIR/rejects/<run>.parquet       id, source, reason, raw
+    DIR/_commits/<run>.json         counts (the commit point)
+    DIR/summary.json                rows_read = rows_classified + rows_rejected, labels, speed, model
+
+A Ray retry of a batch (dead actor) rewrites the same deterministic file names; a killed job rerun
+into the same output skips what was committed; ``overwrite`` starts afresh.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from bm_ray import sink
+from bm_ray.corpus import ROW_COLUMNS, commit_corpus
+from bm_ray.engine import Predictor
+from bm_ray.models import read_model_info, resolve_model
+from bm_ray.runtime import init_ray
+from bm_ray.specs import ClassifySpec, Precision
+
+PREDICTIONS_DIR = "predictions"
+PROBS_COLUMN = "_probs"
+SCORES_TYPE = pa.map_(pa.string(), pa.float32())
+
+EXIT_AFTER_BATCHES_ENV = "BM_RAY_TEST_EXIT_AFTER_BATCHES"
+EXIT_MARKER_ENV = "BM_RAY_TEST_EXIT_MARKER"
+"""Test-only fault injection: the first actor to claim the marker file exits after that many batches."""
+
+READ_ARGS = {"num_cpus": 0}
+"""Read + dedupe tasks run beside the actors: parsing is light next to the forward pass, and a pool
+holding every CPU would otherwise starve the reads (they cannot fuse into an explicit-batch_size map)."""
+
+
+class ClassifyProcessor(sink.CommitProcessor):
+    """Ray Data callable class: predict the ok rows of a batch with the engine, then commit its runs.
+
+    Returns the per-run count rows of :data:`bm_ray.sink.PROGRESS_SCHEMA` plus ``real_tokens`` and
+    ``padded_tokens`` (of this batch's forward passes, on its first row) for the padding accounting.
+    """
+
+    def __init__(
+        self,
+        output: str,
+        model: str,
+        *,
+        batch_size: int,
+        precision: Precision = "auto",
+        num_threads: int | None = None,
+        keep_fields: Sequence[str] = (),
+    ) -> None:
+        super().__init__(output, self.prediction_table, ok_dir=PREDICTIONS_DIR, label_column="label")
+        self.predictor = Predictor.load(model, batch_size, precision, num_threads)
+        info = self.predictor.info
+        self.model_tag = f"{info.name}/{info.version}"
+        self.keep_fields = [k for k in keep_fields if k not in ROW_COLUMNS]
+        self._batches = 0
+        self._exit_after = int(os.environ.get(EXIT_AFTER_BATCHES_ENV, "0") or 0)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        """Predict every ok row of `batch` in one engine call, commit its runs, return their counts."""
+        self._maybe_die()
+        labels = len(self.predictor.labels)
+        ok = np.flatnonzero(batch.column("reason").is_null().to_numpy(zero_copy_only=False))
+        probs = np.zeros((batch.num_rows, labels), dtype=np.float32)
+        before = (self.predictor.padding.real_tokens, self.predictor.padding.padded_tokens)
+        if len(ok):
+            texts = batch.column("text").take(pa.array(ok)).to_pylist()
+            probs[ok] = self.predictor.predict_proba(texts)
+        flat = pa.FixedSizeListArray.from_arrays(pa.array(probs.ravel()), labels)
+        progress = super().__call__(batch.append_column(PROBS_COLUMN, flat))
+        self._batches += 1
+        tokens = np.zeros(progress.num_rows, dtype=np.int64), np.zeros(progress.num_rows, dtype=np.int64)
+        if progress.num_rows:
+            tokens[0][0] = self.predictor.padding.real_tokens - before[0]
+            tokens[1][0] = self.predictor.padding.padded_tokens - before[1]
+        return progress.append_column("real_tokens", pa.array(tokens[0])).append_column(
+            "padded_tokens", pa.array(tokens[1])
+        )
+
+    def prediction_table(self, rows: pa.Table) -> pa.Table:
+        """The predictions table of the ok rows of one run (probabilities in :data:`PROBS_COLUMN`)."""
+        labels = self.predictor.labels
+        n = rows.num_rows
+        probs = np.asarray(rows.column(PROBS_COLUMN).combine_chunks().flatten()).reshape(n, len(labels))
+        top = probs.argmax(axis=1)
+        scores = pa.MapArray.from_arrays(
+            pa.array(np.arange(0, (n + 1) * len(labels), len(labels), dtype=np.int32)),
+            pa.array(labels * n, pa.string()),
+            pa.array(probs.ravel(), pa.float32()),
+        )
+        columns = {
+            "id": rows.column("id"),
+            "label": pa.array([labels[k] for k in top], pa.string()),
+            "score": pa.array(probs[np.arange(n), top], pa.float32()),
+            "scores": scores.cast(SCORES_TYPE),
+            "model": pa.array([self.model_tag] * n, pa.string()),
+        }
+        columns.update({name: rows.column(name) for name in self.keep_fields})
+        return pa.table(columns)
+
+    def _maybe_die(self) -> None:
+        """Test hook: simulate an actor process dying mid-run, once per marker file."""
+        if not self._exit_after or self._batches < self._exit_after:
+            return
+        try:
+            os.close(os.open(os.environ[EXIT_MARKER_ENV], os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except (KeyError, FileExistsError):
+            self._exit_after = 0
+            return
+        os._exit(1)
+
+
+def actor_pool(spec: ClassifySpec) -> tuple[int, int]:
+    """(min, max) actors: `spec.actors`, else as many as the cluster's CPUs (and GPUs) hold."""
+    if spec.actors is not None:
+        return spec.actors.min, spec.actors.max
+    resources = ray.cluster_resources()
+    size = int(resources.get("CPU", 1) // spec.cpus_per_actor)
+    if spec.gpus_per_actor:
+        size = min(size, int(resources.get("GPU", 0) // spec.gpus_per_actor))
+    return max(1, size), max(1, size)
+
+
+def map_batch_rows(spec: ClassifySpec) -> int:
+    """Rows per `map_batches` batch: a read block (≥ the engine batch), so the engine buckets by length."""
+    return max(spec.batch_size, spec.input.rows_per_block)
+
+
+def classify(spec: ClassifySpec) -> dict[str, Any]:
+    """Run the classify job; returns the summary also written to ``output/summary.json``.
+
+    Keys (beyond :func:`bm_ray.sink.summarize`): rows_classified, elapsed_s, rows_per_s (rows read by
+    this run / its wall time), rows_this_run, padding_waste, model (name, version, path), precision,
+    actors, batch_size.
+    """
+    started = time.monotonic()
+    info = read_model_info(resolve_model(spec.model))  # fail fast, before touching the output
+    init_ray(spec.address)
+    min_actors, max_actors = actor_pool(spec)
+    job = {
+        "kind": "classify",
+        "model": spec.model,
+        "input": spec.input.model_dump(mode="json", exclude={"rows_per_block"}),
+    }
+
+    def commit(ds: ray.data.Dataset) -> ray.data.Dataset:
+        return ds.map_batches(
+            ClassifyProcessor,
+            fn_constructor_args=(spec.output, spec.model),
+            fn_constructor_kwargs={
+                "batch_size": spec.batch_size,
+                "precision": spec.precision,
+                "num_threads": math.ceil(spec.cpus_per_actor),
+                "keep_fields": spec.input.keep_fields,
+            },
+            compute=ray.data.ActorPoolStrategy(min_size=min_actors, max_size=max_actors),
+            num_cpus=spec.cpus_per_actor,
+            num_gpus=spec.gpus_per_actor,
+            batch_size=map_batch_rows(spec),
+            batch_format="pyarrow",
+            zero_copy_batch=True,
+        )
+
+    extra, totals = commit_corpus(
+        spec.input,
+        spec.output,
+        commit,
+        job=job,
+        ok_dir=PREDICTIONS_DIR,
+        overwrite=spec.overwrite,
+        read_args=READ_ARGS,
+    )
+    elapsed = time.monotonic() - started
+    extra.update(
+        elapsed_s=round(elapsed, 3),
+        rows_this_run=totals["rows_read"],
+        rows_per_s=round(totals["rows_read"] / elapsed, 2) if elapsed else 0.0,
+        padding_waste=round(totals["padded_tokens"] / totals["real_tokens"], 4)
+        if totals["real_tokens"]
+        else 1.0,
+        real_tokens=totals["real_tokens"],
+        model={"name": info.name, "version": info.version, "path": spec.model},
+        precision=spec.precision,
+        actors={"min": min_actors, "max": max_actors, "cpus_per_actor": spec.cpus_per_actor},
+        batch_size=spec.batch_size,
+        output=spec.output,
+    )
+    summary = sink.summarize(spec.output, extra, write=False)
+    summary["rows_classified"] = summary["rows_ok"]
+    fs, root = sink.resolve_uri(spec.output)
+    sink.write_json_atomic(fs, f"{root.rstrip('/')}/{sink.SUMMARY_FILE}", summary)
+    return summary
+
+
+def precision_agreement(
+    model: str, texts: Sequence[str], precision: Precision, batch_size: int = 32
+) -> float:
+    """Fraction of `texts` whose predicted label at `precision` equals the fp32 one (1.0 when no texts)."""
+    if not texts:
+        return 1.0
+    reference = Predictor.load(model, batch_size, "fp32").predict_proba(texts).argmax(axis=1)
+    reduced = Predictor.load(model, batch_size, precision).predict_proba(texts).argmax(axis=1)
+    return float(np.mean(reference == reduced))
+
+
+def summary_table(summary: dict[str, Any]) -> Any:
+    """A one-screen rich rendering of a classify summary."""
+    from rich.table import Table
+
+    table = Table(title=f"bm-ray classify → {summary['output']}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    model = summary["model"]
+    table.add_row("model", f"{model['name']} {model['version']} ({model['path']})")
+    table.add_row("rows read", f"{summary['rows_read']:,} ({summary['rows_resumed']:,} resumed)")
+    table.add_row("classified", f"{summary['rows_classified']:,}")
+    reasons = ", ".join(f"{k} {v:,}" for k, v in summary["rejected_by_reason"].items())
+    table.add_row("rejected", f"{summary['rows_rejected']:,}" + (f" ({reasons})" if reasons else ""))
+    top = sorted(summary["label_counts"].items(), key=lambda kv: -kv[1])[:10]
+    table.add_row("labels", ", ".join(f"{k} {v:,}" for k, v in top))
+    table.add_row(
+        "speed",
+        f"{summary['rows_per_s']:,.1f} rows/s, {summary['elapsed_s']:.1f} s, "
+        f"padding ×{summary['padding_waste']:.2f}",
+    )
+    actors = summary["actors"]
+    table.add_row("actors", f"{actors['min']}–{actors['max']} × {actors['cpus_per_actor']} CPU")
+    return table
