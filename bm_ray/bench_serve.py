@@ -1,4 +1,4 @@
-"""Benchmarks of the Serve endpoint over loopback HTTP: batching on/off, malformed-traffic load, replica kill.
+"""Benchmarks of the Serve endpoint over loopback HTTP: batching on/off, malformed-traffic load, model replica kill.
 
 Every run is bounded: a fixed request count per load and a client timeout per request.
 """
@@ -8,9 +8,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import math
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import numpy as np
 import ray
 from ray import serve
 
-from bm_ray.serve import APP_NAME, app_url, deploy
+from bm_ray.serve import APP_NAME, INGRESS_NUM_CPUS, MODEL_DEPLOYMENT, app_url, deploy
 from bm_ray.specs import IngestSpec, ServeSpec
 
 REQUEST_TIMEOUT_S = 60.0
@@ -88,9 +89,16 @@ def malformed_shots(spec: ServeSpec) -> list[Shot]:
 
 
 async def drive(
-    url: str, shots: Sequence[Shot], concurrency: int, headers: dict[str, str] | None = None
+    url: str,
+    shots: Sequence[Shot],
+    concurrency: int,
+    headers: dict[str, str] | None = None,
+    on_outcome: Callable[[Outcome], None] | None = None,
 ) -> list[Outcome]:
-    """Send `shots` to `url`/v1/classify from `concurrency` concurrent clients; outcomes in shot order."""
+    """Send `shots` to `url`/v1/classify from `concurrency` concurrent clients; outcomes in shot order.
+
+    `on_outcome` is called with each outcome as it arrives (e.g. to act mid-load).
+    """
     outcomes: list[Outcome | None] = [None] * len(shots)
     queue = iter(enumerate(shots))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -108,7 +116,11 @@ async def drive(
                     status, body = response.status_code, _json_or_text(response)
                 except httpx.HTTPError as err:
                     status, body = 0, repr(err)
-                outcomes[i] = Outcome(shot.kind, status, shot.expect, time.perf_counter() - started, body)
+                outcomes[i] = outcome = Outcome(
+                    shot.kind, status, shot.expect, time.perf_counter() - started, body
+                )
+                if on_outcome is not None:
+                    on_outcome(outcome)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     return [o for o in outcomes if o is not None]
@@ -146,7 +158,19 @@ def _bench_spec(model: str, spec: ServeSpec | None, **overrides: Any) -> ServeSp
     base = spec or ServeSpec(
         model=model, port=DEFAULT_PORT, min_replicas=1, max_replicas=1, cpus_per_replica=2
     )
-    return base.model_copy(update={"model": model, **overrides})
+    return fit_to_cluster(base.model_copy(update={"model": model, **overrides}))
+
+
+def fit_to_cluster(spec: ServeSpec) -> ServeSpec:
+    """`spec` with `cpus_per_replica` lowered (if needed) so max_replicas model replicas and the ingress fit.
+
+    A bench asking for the whole machine (e.g. 2 replicas of 1 CPU on 2 cores) would otherwise leave a
+    model replica or the ingress pending forever.
+    """
+    room = (ray.cluster_resources().get("CPU", 0.0) - INGRESS_NUM_CPUS) / spec.max_replicas
+    if room <= 0 or spec.cpus_per_replica <= room:
+        return spec
+    return spec.model_copy(update={"cpus_per_replica": math.floor(room * 100) / 100})
 
 
 def bench_serve(
@@ -241,23 +265,63 @@ def load_run(
         serve.delete(APP_NAME)
 
 
-def replica_actor_names(app_name: str = APP_NAME) -> list[tuple[str, str]]:
-    """(name, namespace) of the Classifier replica actors of `app_name`."""
-    return [
+def replica_actor_names(
+    app_name: str = APP_NAME, deployment: str = MODEL_DEPLOYMENT
+) -> list[tuple[str, str]]:
+    """(name, namespace) of the live replica actors of `deployment` (the model, by default) in `app_name`."""
+    return sorted(
         (actor["name"], actor["namespace"])
         for actor in ray.util.list_named_actors(all_namespaces=True)
-        if actor["name"].startswith("SERVE_REPLICA::") and f"{app_name}#Classifier#" in actor["name"]
-    ]
+        if actor["name"].startswith("SERVE_REPLICA::") and f"{app_name}#{deployment}#" in actor["name"]
+    )
 
 
-async def _load_with_kill(
-    url: str, shots: Sequence[Shot], concurrency: int, kill_after_s: float
-) -> list[Outcome]:
-    load = asyncio.create_task(drive(url, shots, concurrency))
-    await asyncio.sleep(kill_after_s)
-    name, namespace = replica_actor_names()[0]
+def running_replicas(app_name: str = APP_NAME, deployment: str = MODEL_DEPLOYMENT) -> int:
+    """How many replicas of `deployment` Serve reports RUNNING (0 when the app or deployment is absent)."""
+    app = serve.status().applications.get(app_name)
+    if app is None or deployment not in app.deployments:
+        return 0
+    return sum(n for state, n in app.deployments[deployment].replica_states.items() if state == "RUNNING")
+
+
+def wait_replaced(
+    killed: str, replicas: int, app_name: str = APP_NAME, timeout_s: float = 180.0
+) -> float | None:
+    """Seconds until `replicas` model replicas are RUNNING again without the actor `killed`; None on timeout."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        names = [name for name, _ in replica_actor_names(app_name)]
+        if killed not in names and running_replicas(app_name) >= replicas:
+            return time.monotonic() - started
+        time.sleep(0.5)
+    return None
+
+
+async def load_with_kill(
+    url: str, shots: Sequence[Shot], concurrency: int, kill_after: float = 0.3, app_name: str = APP_NAME
+) -> tuple[list[Outcome], str, int]:
+    """Run `shots` and kill one model replica actor once a `kill_after` fraction of them is answered.
+
+    Returns the outcomes, the killed actor's name and how many requests were answered before the kill.
+    """
+    answered = 0
+    kill_at = max(1, min(len(shots), math.ceil(len(shots) * kill_after)))
+    reached = asyncio.Event()
+
+    def count(_: Outcome) -> None:
+        nonlocal answered
+        answered += 1
+        if answered >= kill_at:
+            reached.set()
+
+    load = asyncio.create_task(drive(url, shots, concurrency, on_outcome=count))
+    waiter = asyncio.create_task(reached.wait())
+    await asyncio.wait({load, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    name, namespace = replica_actor_names(app_name)[0]
+    answered_at_kill = answered
     ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
-    return await load
+    return await load, name, answered_at_kill
 
 
 def wait_ready(url: str, timeout_s: float = 120.0) -> bool:
@@ -265,7 +329,7 @@ def wait_ready(url: str, timeout_s: float = 120.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+            if httpx.get(f"{url}/readyz", timeout=10).status_code == 200:
                 return True
         except httpx.HTTPError:
             pass
@@ -278,24 +342,33 @@ def fault_run(
     texts: Sequence[str],
     requests: int = 1000,
     concurrency: int = 32,
-    kill_after_s: float = 3.0,
+    kill_after: float = 0.3,
     spec: ServeSpec | None = None,
 ) -> dict[str, Any]:
-    """Two replicas under load; one replica actor is killed after `kill_after_s`. Success rate and health after."""
+    """Two model replicas under load; one model replica actor is killed once `kill_after` of the load is answered.
+
+    Reports the success rate, the model replicas before and after (waiting, bounded, for Serve's
+    replacement to be RUNNING), how long the replacement took and whether the endpoint is healthy after.
+    """
     run_spec = _bench_spec(model, spec, min_replicas=2, max_replicas=2, cpus_per_replica=1)
     deploy(run_spec)
     url = app_url(run_spec)
-    before = len(replica_actor_names())
-    outcomes = asyncio.run(_load_with_kill(url, text_shots(texts, requests), concurrency, kill_after_s))
-    report = status_report(outcomes)
-    ok = report["by_status"].get(200, 0)
-    healthy = wait_ready(url) and asyncio.run(drive(url, text_shots(texts, 1), 1))[0].status == 200
-    result = {
-        **report,
-        "replicas_before": before,
-        "replicas_after": len(replica_actor_names()),
-        "success_rate": ok / len(outcomes),
-        "healthy_after": healthy,
-    }
-    serve.delete(APP_NAME)
-    return result
+    try:
+        before = running_replicas()
+        outcomes, killed, answered_at_kill = asyncio.run(
+            load_with_kill(url, text_shots(texts, requests), concurrency, kill_after)
+        )
+        report = status_report(outcomes)
+        replaced_s = wait_replaced(killed, before)
+        healthy = wait_ready(url) and asyncio.run(drive(url, text_shots(texts, 1), 1))[0].status == 200
+        return {
+            **report,
+            "answered_before_kill": answered_at_kill,
+            "success_rate": report["by_status"].get(200, 0) / len(outcomes),
+            "replicas_before": before,
+            "replicas_after": running_replicas(),
+            "replacement_s": replaced_s,
+            "healthy_after": healthy,
+        }
+    finally:
+        serve.delete(APP_NAME)

@@ -264,6 +264,104 @@ def evaluate(
     )
 
 
+@app.command()
+def demo(
+    data: Annotated[
+        str | None, typer.Option("--data", help="Corpus to use instead of the bundled sample.")
+    ] = None,
+    format: FormatOpt = None,
+    text_fields: TextFieldsOpt = None,
+    label_field: LabelFieldOpt = None,
+    id_field: IdFieldOpt = None,
+    clean_text: CleanOpt = None,
+    csv_header: CsvHeaderOpt = None,
+    csv_columns: CsvColumnsOpt = None,
+    workdir: Annotated[Path, typer.Option("--workdir", help="Where every stage writes.")] = Path(
+        "bm-ray-demo"
+    ),
+    base_model: Annotated[str, typer.Option("--base-model")] = "minilm-l6",
+    epochs: Annotated[int, typer.Option("--epochs")] = 3,
+    port: Annotated[int, typer.Option("--port", help="Loopback port of the demo endpoint.")] = 8000,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the stage summary as JSON.")] = None,
+) -> None:
+    """Fetch weights, ingest, train (2 workers), evaluate, bulk-classify and serve on an embedded local Ray."""
+    from bm_ray.demo import run_demo, summary_rows
+
+    spec = None
+    if data is not None:
+        flags = ingest_options(
+            data, format, text_fields, label_field, id_field, None, clean_text, csv_header, csv_columns
+        )
+        spec = validate_spec(IngestSpec, flags, "command line")
+    results = run_demo(workdir, spec, base_model=base_model, epochs=epochs, port=port)
+    if json_path:
+        json_path.write_text(json.dumps(summary_rows(results), indent=2), encoding="utf-8")
+
+
+@app.command()
+def classify(
+    model: Annotated[str | None, typer.Option("--model", help="Model directory or URI.")] = None,
+    input: Annotated[
+        str | None, typer.Option("--input", help="Corpus: files, dirs, globs or URIs (comma-separated).")
+    ] = None,
+    output: Annotated[
+        str | None, typer.Option("--output", help="Output dir (predictions/, rejects/, summary.json).")
+    ] = None,
+    format: FormatOpt = None,
+    text_fields: TextFieldsOpt = None,
+    label_field: LabelFieldOpt = None,
+    id_field: IdFieldOpt = None,
+    keep_fields: KeepFieldsOpt = None,
+    clean_text: CleanOpt = None,
+    csv_header: CsvHeaderOpt = None,
+    csv_columns: CsvColumnsOpt = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Rows per forward pass (length-bucketed).")
+    ] = None,
+    actors: Annotated[
+        str | None,
+        typer.Option("--actors", help="Predictor actors: N or MIN,MAX (default: fill the cluster)."),
+    ] = None,
+    cpus_per_actor: Annotated[float | None, typer.Option("--cpus-per-actor")] = None,
+    gpus_per_actor: Annotated[float | None, typer.Option("--gpus-per-actor")] = None,
+    precision: Annotated[str | None, typer.Option("--precision", help="auto|fp32|bf16|fp16.")] = None,
+    overwrite: Annotated[
+        bool | None, typer.Option("--overwrite", help="Start afresh instead of resuming into --output.")
+    ] = None,
+    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address.")] = None,
+    spec: SpecOpt = None,
+) -> None:
+    """Classify a corpus with Ray Data: every row ends once in predictions/ or rejects/; resumable."""
+    from bm_ray.classify import classify as run_classify
+    from bm_ray.classify import summary_table
+    from bm_ray.specs import ClassifySpec
+
+    ingest_flags = ingest_options(
+        input, format, text_fields, label_field, id_field, keep_fields, clean_text, csv_header, csv_columns
+    )
+    flags = drop_none(
+        {
+            "model": model,
+            "input": ingest_flags or None,
+            "output": output,
+            "batch_size": batch_size,
+            "actors": actors,
+            "cpus_per_actor": cpus_per_actor,
+            "gpus_per_actor": gpus_per_actor,
+            "precision": precision,
+            "overwrite": overwrite,
+            "address": address,
+        }
+    )
+    classify_spec = build_spec(ClassifySpec, spec, flags)
+    try:
+        summary = run_classify(classify_spec)
+    except ValueError as err:
+        fail(str(err))
+    console.print(summary_table(summary))
+    typer.echo(f"{classify_spec.output.rstrip('/')}/summary.json")
+
+
 @model_app.command("fetch")
 def model_fetch(
     name: str = typer.Argument("minilm-l6", help="Preset name."),
@@ -422,6 +520,39 @@ def bench_train_cmd(
         f"Ray Train {result['ray_rows_per_s']:.1f} rows/s vs Keras fit {result['keras_rows_per_s']:.1f} rows/s: "
         f"ratio {result['ratio']:.2f} (target >= 0.85); padding waste {result['padding_waste']:.2f} "
         f"vs {result['padding_waste_max_length']:.2f} padding to max_length"
+    )
+    print_json(result)
+
+
+@bench_app.command("classify")
+def bench_classify_cmd(
+    model: Annotated[str, typer.Option("--model", help="Model directory or URI.")],
+    input: Annotated[str, typer.Option("--input", help="Corpus with the texts (the first --rows ok rows).")],
+    format: FormatOpt = None,
+    text_fields: TextFieldsOpt = None,
+    label_field: LabelFieldOpt = None,
+    csv_header: CsvHeaderOpt = None,
+    csv_columns: CsvColumnsOpt = None,
+    rows: Annotated[
+        int, typer.Option("--rows", help="Rows per path (cycled if the corpus is smaller).")
+    ] = 2000,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Engine batch size.")] = 32,
+    memory: Annotated[
+        bool, typer.Option("--memory", help="Also peak RSS of the Ray job at --rows and 10x --rows.")
+    ] = False,
+    json_path: Annotated[str | None, typer.Option("--json", help="Write the figures as JSON.")] = None,
+) -> None:
+    """Bulk classification rows/s: naive Keras predict vs the engine vs the Ray Data job, plus GFLOP/s."""
+    from bm_ray.bench import bench_classify
+
+    flags = ingest_options(input, format, text_fields, label_field, None, None, None, csv_header, csv_columns)
+    result = bench_classify(
+        model,
+        validate_spec(IngestSpec, flags, "command line"),
+        rows=rows,
+        batch_size=batch_size,
+        memory=memory,
+        json_path=json_path,
     )
     print_json(result)
 

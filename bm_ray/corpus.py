@@ -859,9 +859,7 @@ def read_corpus(
     info = list_corpus(spec)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     source = CorpusDatasource(spec, info, skip, parallelism=max(2, 2 * cpus))
-    ds = ray.data.read_datasource(
-        source, override_num_blocks=source.num_tasks, ray_remote_args=remote_args or None
-    )
+    ds = ray.data.read_datasource(source, override_num_blocks=source.num_tasks, **remote_args)
     if dedupe:
         info.registry = registry if registry is not None else create_id_registry()
         ds = ds.map_batches(

@@ -1,18 +1,27 @@
-"""Online classification with Ray Serve: a FastAPI ingress over the shared :class:`~bm_ray.engine.Predictor`.
+"""Online classification with Ray Serve: a FastAPI ingress in front of a batched model deployment.
 
-Concurrent requests are batched across clients with ``@serve.batch``; a change of ``user_config``
-(``{"model": ...}``) switches the model with zero downtime (``reconfigure`` loads and warms the new
-predictor, then swaps the reference; batches already running finish on the old one).
+Two deployments (Serve model composition):
+
+- ``ApiGateway`` (the HTTP ingress, no model, a tenth of a CPU): auth, body parsing and validation,
+  error mapping and the rejected-requests metric. It calls the model through a ``DeploymentHandle`` and
+  retries a call (at most :data:`MODEL_CALL_RETRIES` times) when the model replica serving it dies
+  mid-request, so a killed or crashed model replica costs latency, not failed requests.
+- ``Classifier`` (the model): one warm :class:`~bm_ray.engine.Predictor` per replica, concurrent
+  requests batched with ``@serve.batch``, autoscaling, a bounded queue, ``check_health``. A change of
+  its ``user_config`` (``{"model": ...}``) switches the model with zero downtime (``reconfigure`` loads
+  and warms the new predictor, then swaps the reference; batches already running finish on the old one).
+  In a Serve config: ``deployments: [{name: Classifier, user_config: {model: ...}}]``.
 
 HTTP API (all errors are ``{"error": {"code", "message", "field"?}}``):
 
 - ``POST /v1/classify`` ``{"texts": [...]}`` or ``{"instances": [{"id", "text"}]}``.
   422: bad field (empty list, non-string or blank text, too many texts, a text longer than
   ``max_text_chars`` — refused, never truncated — both or neither of texts/instances, malformed
-  JSON); 413: body over ``max_body_bytes``; 415: not JSON; 401: missing/wrong Bearer key.
-- ``GET /v1/model``, ``GET /healthz`` (process alive), ``GET /readyz`` (model loaded and warm; 503 otherwise).
-- Queue full (``max_queued_requests``): Serve's proxy answers 503 with ``Retry-After`` itself
-  (``backpressure_config``); that body is Serve's plain-text message.
+  JSON); 413: body over ``max_body_bytes``; 415: not JSON; 401: missing/wrong Bearer key;
+  503 with ``Retry-After``: the model's queue is full (``max_queued_requests``), the model is not
+  loaded, or no model replica could answer after the retries.
+- ``GET /v1/model``, ``GET /healthz`` (ingress process alive), ``GET /readyz`` (a model replica answers
+  with its model loaded and warm; 503 otherwise).
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures of the ingress class at runtime.
@@ -32,7 +41,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.config import BackpressureConfig
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter, Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -47,8 +58,18 @@ logger = logging.getLogger("ray.serve")
 
 APP_NAME = "bm-ray"
 IMPORT_PATH = "bm_ray.serve:build_app"
+MODEL_DEPLOYMENT = "Classifier"
+INGRESS_DEPLOYMENT = "ApiGateway"
 GRACEFUL_SHUTDOWN_S = 30.0
 """In-flight requests (at most a few batches) get this long to finish when a replica stops."""
+INGRESS_NUM_CPUS = 0.1
+"""The ingress only parses and forwards: the cores go to the model replicas."""
+INGRESS_HEADROOM = 64
+"""Ingress slots beyond the model deployment's capacity, for requests being parsed or refused."""
+MODEL_CALL_RETRIES = 2
+"""Times a model call is sent again after its replica died mid-request (never for other errors)."""
+RETRY_BACKOFF_S = 0.05
+READY_TIMEOUT_S = 5.0
 BATCH_SIZE_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
 
 
@@ -214,26 +235,31 @@ async def read_json_body(request: Request, max_bytes: int) -> Any:
         raise ApiError(422, "malformed_json", f"body is not valid JSON: {err}", "body") from None
 
 
-@serve.deployment(name="Classifier", graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_S)
-@serve.ingress(http_app)
+class ModelNotReadyError(RuntimeError):
+    """Raised by a Classifier replica that has no model loaded (picklable: one message argument)."""
+
+
+def _prediction_json(info: ModelInfo, predictions: list[Prediction]) -> dict[str, Any]:
+    # Plain data crosses the handle: the ingress never needs the engine's types.
+    return {
+        "model": {"name": info.name, "version": info.version},
+        "predictions": [{"label": p.label, "score": p.score, "scores": p.scores} for p in predictions],
+    }
+
+
+@serve.deployment(name=MODEL_DEPLOYMENT, graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_S)
 class Classifier:
-    """A Serve replica: one warm :class:`Predictor`, batched across concurrent requests."""
+    """The model deployment: one warm :class:`Predictor` per replica, batched across concurrent calls."""
 
     def __init__(self, spec: ServeSpec) -> None:
         self.spec = spec
         self._predictor: Predictor | None = None
         self._model_ref: str | None = None
         self._forward_error: str | None = None
-        self._api_key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
-        if spec.api_key_env and not self._api_key:
-            logger.warning("api_key_env %s is not set in the replica: the endpoint is open", spec.api_key_env)
         self._classify_batch.set_max_batch_size(spec.max_batch_size)
         self._classify_batch.set_batch_wait_timeout_s(spec.batch_wait_ms / 1000)
         self._predictions = Counter(
             "bm_ray_predictions", description="Texts classified, by predicted label.", tag_keys=("label",)
-        )
-        self._rejected = Counter(
-            "bm_ray_rejected_requests", description="Requests refused, by reason.", tag_keys=("reason",)
         )
         self._batch_sizes = Histogram(
             "bm_ray_batch_size", description="Texts per forward pass.", boundaries=BATCH_SIZE_BUCKETS
@@ -265,12 +291,34 @@ class Classifier:
     def check_health(self) -> None:
         """Serve's health probe: unhealthy without a model or after a failed forward pass."""
         if self._predictor is None:
-            raise RuntimeError("no model loaded")
+            raise ModelNotReadyError("no model loaded")
         if self._forward_error is not None:
             raise RuntimeError(f"last forward pass failed: {self._forward_error}")
 
+    def _require_predictor(self) -> Predictor:
+        if self._predictor is None:
+            raise ModelNotReadyError("model is loading")
+        return self._predictor
+
+    async def classify(self, texts: list[str]) -> dict[str, Any]:
+        """``{"model": {"name", "version"}, "predictions": [{"label", "score", "scores"}]}`` for `texts`."""
+        self._require_predictor()
+        return await self._classify_batch(texts)
+
+    async def model_info(self) -> dict[str, Any]:
+        """The served model's :class:`ModelInfo` as JSON."""
+        return self._require_predictor().info.to_json()
+
+    async def ready(self) -> str | None:
+        """None when this replica can classify, else why not (as :meth:`check_health` would fail)."""
+        try:
+            self.check_health()
+        except RuntimeError as err:
+            return str(err)
+        return None
+
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
-    async def _classify_batch(self, requests: list[list[str]]) -> list[tuple[ModelInfo, list[Prediction]]]:
+    async def _classify_batch(self, requests: list[list[str]]) -> list[dict[str, Any]]:
         # One forward pass over the texts of every batched request; a swap mid-batch cannot mix models.
         predictor = self._require_predictor()
         texts = [text for texts in requests for text in texts]
@@ -281,16 +329,80 @@ class Classifier:
             self._forward_error = repr(err)
             raise
         self._forward_error = None
+        for prediction in predictions:
+            self._predictions.inc(tags={"label": prediction.label})
         results, start = [], 0
         for texts in requests:
-            results.append((predictor.info, predictions[start : start + len(texts)]))
+            results.append(_prediction_json(predictor.info, predictions[start : start + len(texts)]))
             start += len(texts)
         return results
 
-    def _require_predictor(self) -> Predictor:
-        if self._predictor is None:
-            raise ApiError(503, "not_ready", "model is loading", retry_after_s=self.spec.retry_after_s)
-        return self._predictor
+
+@serve.deployment(name=INGRESS_DEPLOYMENT, graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_S)
+@serve.ingress(http_app)
+class ApiGateway:
+    """The HTTP ingress: auth, parsing, validation and error mapping; the model runs in :class:`Classifier`."""
+
+    def __init__(self, spec: ServeSpec, model: DeploymentHandle) -> None:
+        self.spec = spec
+        self._model = model
+        self._api_key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
+        if spec.api_key_env and not self._api_key:
+            logger.warning("api_key_env %s is not set in the replica: the endpoint is open", spec.api_key_env)
+        self._rejected = Counter(
+            "bm_ray_rejected_requests", description="Requests refused, by reason.", tag_keys=("reason",)
+        )
+        self._retries = Counter(
+            "bm_ray_model_call_retries",
+            description="Model calls sent again because the model replica died mid-request.",
+            tag_keys=("method",),
+        )
+
+    async def _call_model(self, method: str, *args: Any) -> Any:
+        """``Classifier.<method>(*args)`` through the handle, retried only when the replica died.
+
+        Classification is idempotent, so a request lost with its replica can be sent again: the router
+        has already dropped the dead replica and routes the retry to a live one (or waits for Serve's
+        replacement). Errors raised by the model code itself are never retried.
+        """
+        attempt = 0
+        while True:
+            try:
+                return await getattr(self._model, method).remote(*args)
+            except BackPressureError as err:
+                retry_after = self.spec.retry_after_s if err.retry_after_s is None else err.retry_after_s
+                raise ApiError(
+                    503,
+                    "queue_full",
+                    "the model's queue is full; retry later",
+                    retry_after_s=math.ceil(retry_after),
+                ) from None
+            except ModelNotReadyError as err:
+                raise ApiError(503, "not_ready", str(err), retry_after_s=self.spec.retry_after_s) from None
+            except DeploymentUnavailableError:
+                raise ApiError(
+                    503,
+                    "model_unavailable",
+                    "the model deployment failed to deploy",
+                    retry_after_s=self.spec.retry_after_s,
+                ) from None
+            except RayActorError as err:
+                # ActorDiedError (the replica was killed or crashed mid-request) and ActorUnavailableError
+                # (unreachable replica): the request may be lost, never the model's own answer.
+                if attempt == MODEL_CALL_RETRIES:
+                    logger.warning("%s failed after %d retries: %r", method, attempt, err)
+                    raise ApiError(
+                        503,
+                        "model_unavailable",
+                        f"no model replica could answer ({type(err).__name__})",
+                        retry_after_s=self.spec.retry_after_s,
+                    ) from None
+                attempt += 1
+                self._retries.inc(tags={"method": method})
+                logger.warning(
+                    "%s: model replica lost mid-request (%s); retry %d", method, type(err).__name__, attempt
+                )
+                await asyncio.sleep(RETRY_BACKOFF_S * (attempt - 1))
 
     def _authorize(self, request: Request) -> None:
         if self._api_key is None:
@@ -332,18 +444,15 @@ class Classifier:
             except ValidationError as err:
                 raise _pydantic_error(err) from None
             ids, texts = check_request(body, self.spec)
-            self._require_predictor()
+            result = await self._call_model("classify", texts)
         except ApiError as err:
             return self._reject(err)
-        info, predictions = await self._classify_batch(texts)
-        for prediction in predictions:
-            self._predictions.inc(tags={"label": prediction.label})
         return JSONResponse(
             {
-                "model": {"name": info.name, "version": info.version},
+                "model": result["model"],
                 "predictions": [
-                    {"id": id_, "label": p.label, "score": p.score, "scores": p.scores}
-                    for id_, p in zip(ids, predictions, strict=True)
+                    {"id": id_, **prediction}
+                    for id_, prediction in zip(ids, result["predictions"], strict=True)
                 ],
             }
         )
@@ -353,23 +462,27 @@ class Classifier:
         """Labels, version, name, max_length and base model of the model being served."""
         try:
             self._authorize(request)
-            info = self._require_predictor().info
+            info = await self._call_model("model_info")
         except ApiError as err:
             return self._reject(err)
-        return JSONResponse(info.to_json())
+        return JSONResponse(info)
 
     @http_app.get("/healthz")
     async def healthz(self) -> dict[str, str]:
-        """The replica process is alive."""
+        """The ingress process is alive."""
         return {"status": "ok"}
 
     @http_app.get("/readyz", responses={503: {"description": "Model not loaded or not warm"}})
     async def readyz(self) -> JSONResponse:
-        """The model is loaded and its warm-up prediction is done."""
+        """A model replica answers, with its model loaded and its warm-up prediction done."""
         try:
-            self.check_health()
-        except RuntimeError as err:
-            return ApiError(503, "not_ready", str(err), retry_after_s=self.spec.retry_after_s).response()
+            reason = await asyncio.wait_for(self._call_model("ready"), READY_TIMEOUT_S)
+        except ApiError as err:
+            return err.response()
+        except TimeoutError:
+            reason = f"no model replica answered within {READY_TIMEOUT_S:g}s"
+        if reason is not None:
+            return ApiError(503, "not_ready", reason, retry_after_s=self.spec.retry_after_s).response()
         return JSONResponse({"status": "ready"})
 
 
@@ -379,13 +492,28 @@ def _code_version(spec: ServeSpec) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _ingress_max_ongoing(spec: ServeSpec) -> int:
+    """Room in the ingress for every request the model deployment can hold, running or queued.
+
+    The model's bounded queue, not the ingress, must be what fills first, so that overload is answered
+    by the ingress with a JSON 503 instead of piling up in (or being refused by) the HTTP proxy.
+    """
+    running = spec.max_replicas * spec.max_ongoing_requests
+    queued = spec.max_queued_requests if spec.max_queued_requests >= 0 else running
+    return running + queued + INGRESS_HEADROOM
+
+
 def build_app(args: ServeSpec | dict[str, Any]) -> serve.Application:
     """Application builder (`bm_ray.serve:build_app`) for `serve run`, Serve config files and KubeRay.
 
     `args` are :class:`ServeSpec` fields; unknown keys and wrong types are refused naming the key.
+    The app is the ``ApiGateway`` ingress bound to the ``Classifier`` model deployment.
     """
     spec = args if isinstance(args, ServeSpec) else validate_spec(ServeSpec, dict(args), "serve args")
-    return Classifier.options(
+    backpressure = BackpressureConfig(status_code=503, retry_after_s=spec.retry_after_s)
+    # Serve otherwise versions each `serve.run` afresh and replaces replicas instead of reconfiguring.
+    version = _code_version(spec)
+    model = Classifier.options(
         autoscaling_config={
             "min_replicas": spec.min_replicas,
             "max_replicas": spec.max_replicas,
@@ -393,17 +521,26 @@ def build_app(args: ServeSpec | dict[str, Any]) -> serve.Application:
         },
         max_ongoing_requests=spec.max_ongoing_requests,
         max_queued_requests=spec.max_queued_requests,
-        backpressure_config=BackpressureConfig(status_code=503, retry_after_s=spec.retry_after_s),
+        backpressure_config=backpressure,
         ray_actor_options={
             "num_cpus": spec.cpus_per_replica,
             "num_gpus": spec.gpus_per_replica,
             "runtime_env": runtime_env(),
         },
         user_config={"model": spec.model},
-        # Serve otherwise versions each `serve.run` afresh and replaces replicas instead of reconfiguring.
-        version=_code_version(spec),
+        version=version,
         _internal=True,
     ).bind(spec)
+    return ApiGateway.options(
+        num_replicas=1,
+        max_ongoing_requests=_ingress_max_ongoing(spec),
+        # A last line of defence only: the model's queue fills long before this one.
+        max_queued_requests=spec.max_queued_requests,
+        backpressure_config=backpressure,
+        ray_actor_options={"num_cpus": INGRESS_NUM_CPUS, "runtime_env": runtime_env()},
+        version=version,
+        _internal=True,
+    ).bind(spec, model)
 
 
 def load_serve_spec(config: str | Path | None, flags: dict[str, Any]) -> ServeSpec:

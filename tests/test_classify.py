@@ -1,0 +1,189 @@
+"""`bm-ray classify`: exact accounting with broken rows, parity with the engine and evaluate, exactly-once
+under a killed actor and a killed job (resume), overwrite, and the reduced-precision check."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from fault_corpus import write_fault_corpus
+
+from bm_ray.classify import EXIT_AFTER_BATCHES_ENV, EXIT_MARKER_ENV, classify, precision_agreement
+from bm_ray.corpus import ok_rows, read_corpus
+from bm_ray.engine import Predictor
+from bm_ray.evaluate import corpus_batches, evaluate_batches
+from bm_ray.metrics import ConfusionMatrix
+from bm_ray.models import make_tiny_model
+from bm_ray.specs import ClassifySpec, IngestSpec
+
+LABELS = ["x", "y", "z"]
+WORDS = ["markets", "rally", "as", "central", "bank", "signals", "pause", "while", "tech", "earnings"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: str) -> str:
+    """A tiny random BERT classifier with the real MiniLM tokenizer."""
+    return str(make_tiny_model(tmp_path_factory.mktemp("model") / "tiny", LABELS, tokenizer_dir))
+
+
+def write_good_rows(path: Path, n: int, prefix: str = "g") -> list[str]:
+    """`n` valid JSONL rows of varied length (ids prefix0.., under 200 characters); returns the ids."""
+    ids = [f"{prefix}{i}" for i in range(n)]
+    with path.open("w", encoding="utf-8") as f:
+        for i, id_ in enumerate(ids):
+            text = " ".join(WORDS[(i + k) % len(WORDS)] for k in range(3 + (7 * i) % 20))
+            f.write(json.dumps({"id": id_, "text": text, "label": LABELS[i % 3], "url": f"u{i}"}) + "\n")
+    return ids
+
+
+def read_dir(path: Path) -> pa.Table | None:
+    """All committed Parquet files of one output subdirectory (None when there are none)."""
+    files = sorted(p for p in path.glob("*.parquet") if not p.name.startswith("."))
+    return pa.concat_tables([pq.read_table(p) for p in files]) if files else None
+
+
+def ids_exactly_once(out: Path, expected: set[str]) -> pa.Table:
+    """Predictions ids and rejects sources are unique, and every expected id is predicted."""
+    predictions, rejects = read_dir(out / "predictions"), read_dir(out / "rejects")
+    seen = Counter(predictions.column("id").to_pylist())
+    if rejects is not None:
+        seen.update(rejects.column("source").to_pylist())
+    assert max(seen.values()) == 1, [k for k, v in seen.items() if v > 1]
+    assert set(predictions.column("id").to_pylist()) >= expected
+    return predictions
+
+
+def test_broken_rows_accounted_and_predictions_match_engine_and_evaluate(
+    ray_local, tmp_path: Path, tiny_model: str
+) -> None:
+    corpus = write_fault_corpus(tmp_path, "jsonl")
+    good = write_good_rows(tmp_path / "good.jsonl", 40)
+    ingest = IngestSpec(
+        **{**corpus.spec, "input": [corpus.input, str(tmp_path / "good.jsonl")]},
+        keep_fields=["url"],
+        rows_per_block=7,
+        max_text_chars=200,  # good rows stay whole; the fault corpus' 250-char row is still too_long
+    )
+    out = tmp_path / "out"
+    summary = classify(ClassifySpec(model=tiny_model, input=ingest, output=str(out), batch_size=8, actors=2))
+
+    assert summary["rows_read"] == corpus.rows_read + len(good)
+    assert summary["rows_read"] == summary["rows_classified"] + summary["rows_rejected"]
+    assert summary["rows_classified"] == len(corpus.ok_ids) + len(good)
+    assert summary["rejected_by_reason"] == corpus.rejected_by_reason
+    assert summary["blank_lines"] == corpus.blank_lines
+    assert sum(summary["label_counts"].values()) == summary["rows_classified"]
+    assert summary["model"] == {"name": "tiny-bert", "version": "0", "path": tiny_model}
+    assert summary["elapsed_s"] > 0 and summary["rows_per_s"] > 0
+    assert json.loads((out / "summary.json").read_text()) == summary
+
+    predictions = read_dir(out / "predictions")
+    rejects = read_dir(out / "rejects")
+    assert predictions.column_names == ["id", "label", "score", "scores", "model", "url"]
+    assert predictions.schema.field("scores").type == pa.map_(pa.string(), pa.float32())
+    assert sorted(predictions.column("id").to_pylist()) == sorted([*corpus.ok_ids, *good])
+    assert (
+        dict(zip(*rejects.select(["source", "reason"]).to_pydict().values(), strict=True)) == corpus.reasons
+    )
+    assert predictions.column("model").unique().to_pylist() == ["tiny-bert/0"]
+
+    # The same ok rows through the engine in this process, and through evaluate's path.
+    ds, _ = read_corpus(ingest)
+    rows = ok_rows(ds, ["id", "text", "label"]).take_all()
+    engine = Predictor.load(tiny_model, batch_size=8)
+    expected = {r["id"]: p for r, p in zip(rows, engine.predict([r["text"] for r in rows]), strict=True)}
+    got = {r["id"]: r for r in predictions.to_pylist()}
+    assert set(got) == set(expected)
+    for id_, pred in expected.items():
+        assert got[id_]["label"] == pred.label
+        assert np.isclose(got[id_]["score"], pred.score, atol=1e-5)
+        assert np.allclose(
+            [dict(got[id_]["scores"])[k] for k in LABELS], [pred.scores[k] for k in LABELS], atol=1e-5
+        )
+
+    report = evaluate_batches(engine, corpus_batches(read_corpus(ingest)[0], Counter()))
+    matrix = ConfusionMatrix(LABELS)
+    known = [r for r in rows if r["label"] in matrix.index]
+    matrix.add([r["label"] for r in known], [got[r["id"]]["label"] for r in known])
+    assert matrix.report()["confusion_matrix"] == report["confusion_matrix"]
+
+
+def test_killed_actor_commits_every_id_exactly_once(tmp_path: Path, tiny_model: str) -> None:
+    """An actor process dies mid-run (test hook); Ray restarts it and retries: no id lost or doubled."""
+    ids = write_good_rows(tmp_path / "rows.jsonl", 60)
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(
+        yaml.safe_dump(
+            {
+                "kind": "classify",
+                "model": "/overridden/by/flag",
+                "input": {"input": str(tmp_path / "rows.jsonl"), "rows_per_block": 5},
+                "output": str(tmp_path / "out"),
+                "batch_size": 8,
+            }
+        )
+    )
+    marker = tmp_path / "died"
+    env = {**os.environ, EXIT_AFTER_BATCHES_ENV: "2", EXIT_MARKER_ENV: str(marker)}
+    env.pop("RAY_ADDRESS", None)
+    bm_ray_cli = Path(sys.executable).with_name("bm-ray")
+    result = subprocess.run(
+        [str(bm_ray_cli), "classify", "--spec", str(spec_file), "--model", tiny_model, "--actors", "2", "--address", "local"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert marker.exists(), "the test hook did not kill an actor"
+    out = tmp_path / "out"
+    predictions = ids_exactly_once(out, set(ids))
+    assert sorted(predictions.column("id").to_pylist()) == sorted(ids)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rows_read"] == summary["rows_classified"] == len(ids)
+    assert result.stdout.strip().endswith("summary.json")
+
+
+def test_resume_after_killed_job_and_overwrite(ray_local, tmp_path: Path, tiny_model: str) -> None:
+    ids = write_good_rows(tmp_path / "rows.jsonl", 50)
+    ingest = IngestSpec(input=[str(tmp_path / "rows.jsonl")], rows_per_block=5)
+    out = tmp_path / "out"
+    spec = ClassifySpec(model=tiny_model, input=ingest, output=str(out), batch_size=5, actors=1)
+    first = classify(spec)
+    assert first["rows_read"] == len(ids) and first["commits"] >= 5
+
+    # A job killed mid-run: the last commits never happened (their data files are debris), plus a temp file.
+    records = sorted((out / "_commits").glob("*.json"))
+    for record in records[len(records) // 2 :]:
+        record.unlink()
+    (out / "predictions" / ".tmp-partial.parquet-0000").write_bytes(b"partial")
+    resumed = classify(spec)
+    committed = sum(json.loads(r.read_text())["rows_read"] for r in records[: len(records) // 2])
+    assert resumed["rows_resumed"] == committed and resumed["rows_this_run"] == len(ids) - committed
+    assert resumed["rows_read"] == resumed["rows_classified"] == len(ids)
+    predictions = ids_exactly_once(out, set(ids))
+    assert sorted(predictions.column("id").to_pylist()) == sorted(ids)
+    assert not list((out / "predictions").glob(".tmp-*"))
+
+    with pytest.raises(ValueError, match="different job"):
+        classify(spec.model_copy(update={"input": ingest.model_copy(update={"text_fields": ["body"]})}))
+
+    fresh = classify(spec.model_copy(update={"overwrite": True}))
+    assert fresh["rows_resumed"] == 0 and fresh["rows_this_run"] == fresh["rows_read"] == len(ids)
+    ids_exactly_once(out, set(ids))
+
+
+def test_precision_agreement_bf16_runs(tiny_model: str) -> None:
+    texts = [" ".join(WORDS[i % len(WORDS) :]) for i in range(20)]
+    agreement = precision_agreement(tiny_model, texts, "bf16")
+    assert 0.0 <= agreement <= 1.0
+    assert precision_agreement(tiny_model, texts, "fp32") == 1.0
