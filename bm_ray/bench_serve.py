@@ -287,22 +287,59 @@ def running_replicas(app_name: str = APP_NAME, deployment: str = MODEL_DEPLOYMEN
 def wait_replaced(
     killed: str, replicas: int, app_name: str = APP_NAME, timeout_s: float = 180.0
 ) -> float | None:
-    """Seconds until `replicas` model replicas are RUNNING again without the actor `killed`; None on timeout."""
+    """Seconds until `replicas` model replicas other than the actor `killed` exist and are RUNNING.
+
+    None on timeout. Both conditions matter: Serve's status counts a killed replica as RUNNING until
+    its controller notices the death, and creates the replacement's actor only after that.
+    """
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:
-        names = [name for name, _ in replica_actor_names(app_name)]
-        if killed not in names and running_replicas(app_name) >= replicas:
+        others = [name for name, _ in replica_actor_names(app_name) if name != killed]
+        if len(others) >= replicas and running_replicas(app_name) >= replicas:
             return time.monotonic() - started
         time.sleep(0.5)
     return None
 
 
+def _ongoing(actor: ray.actor.ActorHandle) -> int:
+    # Serve's replica actor reports its queue length from a separate thread (private API; -1 if it fails).
+    try:
+        return int(ray.get(actor.get_num_ongoing_requests.remote(), timeout=5))
+    except Exception:
+        return -1
+
+
+def kill_busy_replica(app_name: str = APP_NAME, attempts: int = 50) -> tuple[str, int]:
+    """Kill the model replica actor with the most requests in flight; (its name, that count).
+
+    Polls up to `attempts` times for a replica with at least one request in flight, so the kill lands
+    mid-request rather than between two batches.
+    """
+    best: tuple[int, str, ray.actor.ActorHandle] | None = None
+    for _ in range(attempts):
+        for name, namespace in replica_actor_names(app_name):
+            actor = ray.get_actor(name, namespace=namespace)
+            ongoing = _ongoing(actor)
+            if best is None or ongoing > best[0]:
+                best = (ongoing, name, actor)
+        if best is not None and best[0] > 0:
+            break
+        time.sleep(0.02)
+    if best is None:
+        raise RuntimeError(f"no replica of {MODEL_DEPLOYMENT} in app {app_name} to kill")
+    ongoing, name, actor = best
+    ray.kill(actor, no_restart=True)
+    return name, ongoing
+
+
 async def load_with_kill(
     url: str, shots: Sequence[Shot], concurrency: int, kill_after: float = 0.3, app_name: str = APP_NAME
-) -> tuple[list[Outcome], str, int]:
-    """Run `shots` and kill one model replica actor once a `kill_after` fraction of them is answered.
+) -> tuple[list[Outcome], dict[str, Any]]:
+    """Run `shots` and kill the busiest model replica actor once a `kill_after` fraction is answered.
 
-    Returns the outcomes, the killed actor's name and how many requests were answered before the kill.
+    Returns the outcomes and the kill: ``{"replica", "in_flight", "answered_before", "at"}`` (requests
+    in flight on the killed replica just before the kill, requests answered before it, its
+    ``time.monotonic()``).
     """
     answered = 0
     kill_at = max(1, min(len(shots), math.ceil(len(shots) * kill_after)))
@@ -318,10 +355,15 @@ async def load_with_kill(
     waiter = asyncio.create_task(reached.wait())
     await asyncio.wait({load, waiter}, return_when=asyncio.FIRST_COMPLETED)
     waiter.cancel()
-    name, namespace = replica_actor_names(app_name)[0]
-    answered_at_kill = answered
-    ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
-    return await load, name, answered_at_kill
+    answered_before = answered
+    name, in_flight = await asyncio.to_thread(kill_busy_replica, app_name)
+    kill = {
+        "replica": name,
+        "in_flight": in_flight,
+        "answered_before": answered_before,
+        "at": time.monotonic(),
+    }
+    return await load, kill
 
 
 def wait_ready(url: str, timeout_s: float = 120.0) -> bool:
@@ -355,19 +397,20 @@ def fault_run(
     url = app_url(run_spec)
     try:
         before = running_replicas()
-        outcomes, killed, answered_at_kill = asyncio.run(
+        outcomes, kill = asyncio.run(
             load_with_kill(url, text_shots(texts, requests), concurrency, kill_after)
         )
         report = status_report(outcomes)
-        replaced_s = wait_replaced(killed, before)
+        replaced = wait_replaced(kill["replica"], before) is not None
         healthy = wait_ready(url) and asyncio.run(drive(url, text_shots(texts, 1), 1))[0].status == 200
         return {
             **report,
-            "answered_before_kill": answered_at_kill,
+            "killed_replica_in_flight": kill["in_flight"],
+            "answered_before_kill": kill["answered_before"],
             "success_rate": report["by_status"].get(200, 0) / len(outcomes),
             "replicas_before": before,
             "replicas_after": running_replicas(),
-            "replacement_s": replaced_s,
+            "replaced_after_s": round(time.monotonic() - kill["at"], 1) if replaced else None,
             "healthy_after": healthy,
         }
     finally:

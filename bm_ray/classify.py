@@ -77,20 +77,18 @@ class ClassifyProcessor(sink.CommitProcessor):
         labels = len(self.predictor.labels)
         ok = np.flatnonzero(batch.column("reason").is_null().to_numpy(zero_copy_only=False))
         probs = np.zeros((batch.num_rows, labels), dtype=np.float32)
-        before = (self.predictor.padding.real_tokens, self.predictor.padding.padded_tokens)
+        stats = self.predictor.padding
+        real, padded = stats.real_tokens, stats.padded_tokens
         if len(ok):
             texts = batch.column("text").take(pa.array(ok)).to_pylist()
             probs[ok] = self.predictor.predict_proba(texts)
         flat = pa.FixedSizeListArray.from_arrays(pa.array(probs.ravel()), labels)
         progress = super().__call__(batch.append_column(PROBS_COLUMN, flat))
         self._batches += 1
-        tokens = np.zeros(progress.num_rows, dtype=np.int64), np.zeros(progress.num_rows, dtype=np.int64)
-        if progress.num_rows:
-            tokens[0][0] = self.predictor.padding.real_tokens - before[0]
-            tokens[1][0] = self.predictor.padding.padded_tokens - before[1]
-        return progress.append_column("real_tokens", pa.array(tokens[0])).append_column(
-            "padded_tokens", pa.array(tokens[1])
-        )
+        others = [0] * (progress.num_rows - 1)  # a batch has at least one run: counts ride on its first row
+        return progress.append_column(
+            "real_tokens", pa.array([stats.real_tokens - real, *others], pa.int64())
+        ).append_column("padded_tokens", pa.array([stats.padded_tokens - padded, *others], pa.int64()))
 
     def prediction_table(self, rows: pa.Table) -> pa.Table:
         """The predictions table of the ok rows of one run (probabilities in :data:`PROBS_COLUMN`)."""

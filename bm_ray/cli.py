@@ -543,17 +543,24 @@ def bench_classify_cmd(
     json_path: Annotated[str | None, typer.Option("--json", help="Write the figures as JSON.")] = None,
 ) -> None:
     """Bulk classification rows/s: naive Keras predict vs the engine vs the Ray Data job, plus GFLOP/s."""
+    import ray
+
     from bm_ray.bench import bench_classify
+    from bm_ray.runtime import init_ray
 
     flags = ingest_options(input, format, text_fields, label_field, None, None, None, csv_header, csv_columns)
-    result = bench_classify(
-        model,
-        validate_spec(IngestSpec, flags, "command line"),
-        rows=rows,
-        batch_size=batch_size,
-        memory=memory,
-        json_path=json_path,
-    )
+    init_ray("local")  # a fresh embedded Ray sized to this machine, never someone else's cluster
+    try:
+        result = bench_classify(
+            model,
+            validate_spec(IngestSpec, flags, "command line"),
+            rows=rows,
+            batch_size=batch_size,
+            memory=memory,
+            json_path=json_path,
+        )
+    finally:
+        ray.shutdown()
     print_json(result)
 
 

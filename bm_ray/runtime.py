@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 
 import ray
@@ -24,26 +25,41 @@ def runtime_env(extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     return {"env_vars": env}
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: Any) -> None:
-    """Connect to `address` (or RAY_ADDRESS), else start an embedded local Ray.
+def free_port() -> int:
+    """A TCP port on loopback that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
-    Safe to call twice: an already-initialised Ray is kept.
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: Any) -> None:
+    """Connect to `address` (or RAY_ADDRESS), else start an embedded local Ray (also for `address="local"`).
+
+    Safe to call twice: an already-initialised Ray is kept. The embedded Ray runs its dashboard on a
+    loopback port and tells its own workers where it is: Ray Train's placement-group cleaner asks the
+    state API whether the controller is alive, and with several Ray instances on one machine its
+    auto-detection could ask the wrong one and tear down a healthy run.
     """
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     init_kwargs: dict[str, Any] = {
-        "runtime_env": runtime_env(),
         "log_to_driver": True,
-        "include_dashboard": False,
         "configure_logging": True,
         "logging_level": "WARNING",
     }
-    if address:
-        init_kwargs["address"] = address
-        init_kwargs.pop("include_dashboard")
-    elif num_cpus is not None:
-        init_kwargs["num_cpus"] = num_cpus
+    if address and address != "local":
+        init_kwargs.update(address=address, runtime_env=runtime_env())
+    else:
+        port = free_port()
+        init_kwargs.update(
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            dashboard_port=port,
+            runtime_env=runtime_env({"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}),
+        )
+        if num_cpus is not None:
+            init_kwargs["num_cpus"] = num_cpus
     init_kwargs.update(kwargs)
     ray.init(**init_kwargs)
     ray.data.DataContext.get_current().enable_progress_bars = True

@@ -34,6 +34,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -169,7 +170,7 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         413: "Body over max_body_bytes",
         415: "Content-Type is not JSON",
         422: "Invalid request (the `field` names the failing one)",
-        503: "Not ready, or queue full (with Retry-After)",
+        503: "Not ready, queue full or no model replica answered (with Retry-After)",
     }.items()
 }
 
@@ -338,6 +339,59 @@ class Classifier:
         return results
 
 
+async def call_model(
+    handle: DeploymentHandle,
+    method: str,
+    *args: Any,
+    retry_after_s: int,
+    on_retry: Callable[[], None] | None = None,
+) -> Any:
+    """``await handle.<method>.remote(*args)``, retried only when the model replica died; errors as :class:`ApiError`.
+
+    At most :data:`MODEL_CALL_RETRIES` retries. Classification is idempotent, so a request lost with its replica can be sent again: the router
+    has already dropped the dead replica and routes the retry to a live one (or waits for Serve's
+    replacement). Errors raised by the model code itself are never retried.
+    """
+    attempt = 0
+    while True:
+        try:
+            return await getattr(handle, method).remote(*args)
+        except BackPressureError as err:
+            retry_after = retry_after_s if err.retry_after_s is None else err.retry_after_s
+            raise ApiError(
+                503,
+                "queue_full",
+                "the model's queue is full; retry later",
+                retry_after_s=math.ceil(retry_after),
+            ) from None
+        except ModelNotReadyError as err:
+            raise ApiError(
+                503, "not_ready", str(getattr(err, "cause", err)), retry_after_s=retry_after_s
+            ) from None
+        except DeploymentUnavailableError:
+            raise ApiError(
+                503, "model_unavailable", "the model deployment failed to deploy", retry_after_s=retry_after_s
+            ) from None
+        except RayActorError as err:
+            # ActorDiedError (the replica was killed or crashed mid-request) and ActorUnavailableError
+            # (unreachable replica): the request may be lost, never the model's own answer.
+            if attempt == MODEL_CALL_RETRIES:
+                logger.warning("%s failed after %d retries: %r", method, attempt, err)
+                raise ApiError(
+                    503,
+                    "model_unavailable",
+                    f"no model replica could answer ({type(err).__name__})",
+                    retry_after_s=retry_after_s,
+                ) from None
+            attempt += 1
+            if on_retry is not None:
+                on_retry()
+            logger.warning(
+                "%s: model replica lost mid-request (%s); retry %d", method, type(err).__name__, attempt
+            )
+            await asyncio.sleep(RETRY_BACKOFF_S * (attempt - 1))
+
+
 @serve.deployment(name=INGRESS_DEPLOYMENT, graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_S)
 @serve.ingress(http_app)
 class ApiGateway:
@@ -359,50 +413,13 @@ class ApiGateway:
         )
 
     async def _call_model(self, method: str, *args: Any) -> Any:
-        """``Classifier.<method>(*args)`` through the handle, retried only when the replica died.
-
-        Classification is idempotent, so a request lost with its replica can be sent again: the router
-        has already dropped the dead replica and routes the retry to a live one (or waits for Serve's
-        replacement). Errors raised by the model code itself are never retried.
-        """
-        attempt = 0
-        while True:
-            try:
-                return await getattr(self._model, method).remote(*args)
-            except BackPressureError as err:
-                retry_after = self.spec.retry_after_s if err.retry_after_s is None else err.retry_after_s
-                raise ApiError(
-                    503,
-                    "queue_full",
-                    "the model's queue is full; retry later",
-                    retry_after_s=math.ceil(retry_after),
-                ) from None
-            except ModelNotReadyError as err:
-                raise ApiError(503, "not_ready", str(err), retry_after_s=self.spec.retry_after_s) from None
-            except DeploymentUnavailableError:
-                raise ApiError(
-                    503,
-                    "model_unavailable",
-                    "the model deployment failed to deploy",
-                    retry_after_s=self.spec.retry_after_s,
-                ) from None
-            except RayActorError as err:
-                # ActorDiedError (the replica was killed or crashed mid-request) and ActorUnavailableError
-                # (unreachable replica): the request may be lost, never the model's own answer.
-                if attempt == MODEL_CALL_RETRIES:
-                    logger.warning("%s failed after %d retries: %r", method, attempt, err)
-                    raise ApiError(
-                        503,
-                        "model_unavailable",
-                        f"no model replica could answer ({type(err).__name__})",
-                        retry_after_s=self.spec.retry_after_s,
-                    ) from None
-                attempt += 1
-                self._retries.inc(tags={"method": method})
-                logger.warning(
-                    "%s: model replica lost mid-request (%s); retry %d", method, type(err).__name__, attempt
-                )
-                await asyncio.sleep(RETRY_BACKOFF_S * (attempt - 1))
+        return await call_model(
+            self._model,
+            method,
+            *args,
+            retry_after_s=self.spec.retry_after_s,
+            on_retry=lambda: self._retries.inc(tags={"method": method}),
+        )
 
     def _authorize(self, request: Request) -> None:
         if self._api_key is None:
@@ -531,11 +548,13 @@ def build_app(args: ServeSpec | dict[str, Any]) -> serve.Application:
         version=version,
         _internal=True,
     ).bind(spec)
+    ingress_slots = _ingress_max_ongoing(spec)
     return ApiGateway.options(
         num_replicas=1,
-        max_ongoing_requests=_ingress_max_ongoing(spec),
-        # A last line of defence only: the model's queue fills long before this one.
-        max_queued_requests=spec.max_queued_requests,
+        max_ongoing_requests=ingress_slots,
+        # A last line of defence only (the proxy's plain-text 503): the model's queue fills long before.
+        # Not the spec's queue bound: the proxy counts a burst still being assigned as queued.
+        max_queued_requests=ingress_slots,
         backpressure_config=backpressure,
         ray_actor_options={"num_cpus": INGRESS_NUM_CPUS, "runtime_env": runtime_env()},
         version=version,

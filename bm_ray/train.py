@@ -342,7 +342,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             state = {"epoch": epoch + 1, "history": history, "recoveries": recoveries}
             (Path(checkpoint_dir) / TRAIN_STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
             checkpoint_out = ray.train.Checkpoint.from_directory(checkpoint_dir)
-        ray.train.report(metrics, checkpoint=checkpoint_out)
+        # The latest report carries the whole history: the best checkpoint's own copy stops at its epoch.
+        ray.train.report({**metrics, "history": list(history)}, checkpoint=checkpoint_out)
         if checkpoint_out is not None:
             shutil.rmtree(checkpoint_out.path, ignore_errors=True)
     if restored_dir:
@@ -490,7 +491,7 @@ def _finish(
     predictor = Predictor.load(str(local_output), batch_size=64)
     report = evaluate_batches(predictor, corpus_batches(data.val_rows, Counter()))
     report.update(
-        epochs=state["history"],
+        epochs=latest_metrics.get("history") or state["history"],
         best_epoch=state["epoch"],
         recovered_after_epochs=latest_metrics.get("recovered_after_epochs", []),
         data=data.counts,
@@ -500,7 +501,7 @@ def _finish(
     if rejects.count():
         rejects.drop_columns(["_unit", "_row"]).write_parquet(str(local_output / "rejects"))
     write_report(report, local_output, title="validation")
-    plot_training_curves(state["history"], local_output / "training_curves.png")
+    plot_training_curves(report["epochs"], local_output / "training_curves.png")
     if is_remote(spec.output):
         import pyarrow.fs as pafs
 

@@ -67,12 +67,9 @@ def test_broken_rows_accounted_and_predictions_match_engine_and_evaluate(
 ) -> None:
     corpus = write_fault_corpus(tmp_path, "jsonl")
     good = write_good_rows(tmp_path / "good.jsonl", 40)
-    ingest = IngestSpec(
-        **{**corpus.spec, "input": [corpus.input, str(tmp_path / "good.jsonl")]},
-        keep_fields=["url"],
-        rows_per_block=7,
-        max_text_chars=200,  # good rows stay whole; the fault corpus' 250-char row is still too_long
-    )
+    # max_text_chars=200: good rows stay whole; the fault corpus' 250-character row is still too_long
+    options = {**corpus.spec, "input": [corpus.input, str(tmp_path / "good.jsonl")], "max_text_chars": 200}
+    ingest = IngestSpec(**options, keep_fields=["url"], rows_per_block=7)
     out = tmp_path / "out"
     summary = classify(ClassifySpec(model=tiny_model, input=ingest, output=str(out), batch_size=8, actors=2))
 
@@ -137,7 +134,18 @@ def test_killed_actor_commits_every_id_exactly_once(tmp_path: Path, tiny_model: 
     env.pop("RAY_ADDRESS", None)
     bm_ray_cli = Path(sys.executable).with_name("bm-ray")
     result = subprocess.run(
-        [str(bm_ray_cli), "classify", "--spec", str(spec_file), "--model", tiny_model, "--actors", "2", "--address", "local"],
+        [
+            str(bm_ray_cli),
+            "classify",
+            "--spec",
+            str(spec_file),
+            "--model",
+            tiny_model,
+            "--actors",
+            "2",
+            "--address",
+            "local",
+        ],
         env=env,
         capture_output=True,
         text=True,

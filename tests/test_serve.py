@@ -1,4 +1,5 @@
-"""The Serve endpoint on a real local Ray over loopback HTTP: predictions, errors, auth, back-pressure, model swap."""
+"""The Serve endpoint on a real local Ray over loopback HTTP: predictions, errors, auth, back-pressure,
+model swap, a model replica killed under load (and the ingress retry logic on its own)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,33 @@ import httpx
 import numpy as np
 import pytest
 from ray import serve
+from ray.exceptions import ActorDiedError, ActorUnavailableError
+from ray.serve._private.build_app import build_app as serve_build_app
+from ray.serve.exceptions import BackPressureError
 
-from bm_ray.bench_serve import drive, load_test, replica_actor_names, text_shots
+from bm_ray.bench_serve import (
+    drive,
+    load_test,
+    load_with_kill,
+    replica_actor_names,
+    running_replicas,
+    text_shots,
+    wait_replaced,
+)
 from bm_ray.engine import Predictor
 from bm_ray.models import LABELS_FILE, fetch_preset, make_tiny_model
-from bm_ray.serve import app_url, deploy
+from bm_ray.serve import (
+    INGRESS_DEPLOYMENT,
+    INGRESS_NUM_CPUS,
+    MODEL_CALL_RETRIES,
+    MODEL_DEPLOYMENT,
+    ApiError,
+    ModelNotReadyError,
+    app_url,
+    build_app,
+    call_model,
+    deploy,
+)
 from bm_ray.specs import ServeSpec
 
 LABELS = ["World", "Sports", "Business", "Sci/Tech"]
@@ -81,7 +104,7 @@ def guarded(spec: ServeSpec) -> ServeSpec:
             "max_ongoing_requests": 1,
             "max_queued_requests": 1,
             "max_batch_size": 1,
-            "cpus_per_replica": 0.5,
+            "cpus_per_replica": 0.25,
         }
     )
 
@@ -93,6 +116,98 @@ def url(ray_local: None, spec: ServeSpec, guarded: ServeSpec) -> Iterator[str]:
     deploy(guarded, name="guarded")
     yield app_url(spec)
     serve.shutdown()
+
+
+def test_app_is_a_light_ingress_over_the_model_deployment() -> None:
+    """The Serve-config contract: ingress `ApiGateway`, model `Classifier` holding user_config and limits."""
+    app = serve_build_app(build_app({"model": "/m", "max_replicas": 3, "max_queued_requests": 10}), name="x")
+    assert app.ingress_deployment_name == INGRESS_DEPLOYMENT
+    deployments = {d.name: d for d in app.deployments}
+    assert set(deployments) == {INGRESS_DEPLOYMENT, MODEL_DEPLOYMENT}
+    model, ingress = deployments[MODEL_DEPLOYMENT], deployments[INGRESS_DEPLOYMENT]
+    assert model._deployment_config.user_config == {"model": "/m"}
+    assert model._deployment_config.max_queued_requests == 10
+    assert model._deployment_config.autoscaling_config.max_replicas == 3
+    assert ingress._deployment_config.user_config is None
+    assert ingress._deployment_config.num_replicas == 1
+    assert ingress.ray_actor_options["num_cpus"] == INGRESS_NUM_CPUS
+    # Room for everything the model deployment holds, so its queue is what fills first.
+    assert ingress._deployment_config.max_ongoing_requests > 3 * 64 + 10
+    other_model = serve_build_app(
+        build_app({"model": "/m2", "max_replicas": 3, "max_queued_requests": 10}), name="x"
+    )
+    assert {d.name: d.version for d in other_model.deployments} == {
+        d.name: d.version for d in app.deployments
+    }
+
+
+class _FakeMethod:
+    """A handle method whose successive calls raise or return the given outcomes."""
+
+    def __init__(self, outcomes: list[object]) -> None:
+        self.outcomes = list(outcomes)
+        self.calls = 0
+
+    def remote(self, *args: object) -> object:
+        self.calls += 1
+        outcome = self.outcomes.pop(0)
+
+        async def answer() -> object:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
+
+        return answer()
+
+
+class _FakeHandle:
+    def __init__(self, outcomes: list[object]) -> None:
+        self.classify = _FakeMethod(outcomes)
+
+
+def _call(outcomes: list[object]) -> tuple[object, int, int]:
+    """(result or raised exception, handle calls, retries counted) of `call_model` over `outcomes`."""
+    handle, retries = _FakeHandle(outcomes), []
+    try:
+        result: object = asyncio.run(
+            call_model(handle, "classify", ["a"], retry_after_s=1, on_retry=lambda: retries.append(1))  # type: ignore[arg-type]
+        )
+    except Exception as err:
+        result = err
+    return result, handle.classify.calls, len(retries)
+
+
+def test_model_call_retried_after_replica_death() -> None:
+    deaths: list[object] = [ActorDiedError(), ActorUnavailableError("replica gone", None)]
+    assert _call([*deaths, {"ok": 1}]) == ({"ok": 1}, 3, 2)
+
+    err, calls, retries = _call([ActorDiedError()] * (MODEL_CALL_RETRIES + 1))
+    assert isinstance(err, ApiError) and (err.status, err.code, err.retry_after_s) == (
+        503,
+        "model_unavailable",
+        1,
+    )
+    assert calls == MODEL_CALL_RETRIES + 1 and retries == MODEL_CALL_RETRIES
+
+
+@pytest.mark.parametrize(
+    ("raised", "status", "code"),
+    [
+        (BackPressureError(num_queued_requests=4, max_queued_requests=4, retry_after_s=2), 503, "queue_full"),
+        (ModelNotReadyError("model is loading"), 503, "not_ready"),
+        (ValueError("a bug in the model code"), None, None),
+    ],
+)
+def test_model_call_not_retried_for_other_errors(
+    raised: Exception, status: int | None, code: str | None
+) -> None:
+    err, calls, retries = _call([raised, {"ok": 1}])
+    assert (calls, retries) == (1, 0)
+    if status is None:
+        assert err is raised
+    else:
+        assert isinstance(err, ApiError) and (err.status, err.code) == (status, code)
+        assert err.retry_after_s == (2 if code == "queue_full" else 1)
 
 
 def post(url: str, payload: object, **kwargs: object) -> httpx.Response:
@@ -229,6 +344,7 @@ def test_full_queue_is_503_with_retry_after(guarded: ServeSpec) -> None:
     assert {r.status_code for r in responses} == {200, 503}
     rejected = next(r for r in responses if r.status_code == 503)
     assert rejected.headers["retry-after"] == "1"
+    assert rejected.json()["error"]["code"] == "queue_full"
 
 
 def test_load_with_malformed_requests(url: str, spec: ServeSpec) -> None:
@@ -241,6 +357,8 @@ def test_load_with_malformed_requests(url: str, spec: ServeSpec) -> None:
 
 def test_model_update_under_load_has_no_failures(url: str, spec: ServeSpec, models: tuple[str, str]) -> None:
     replicas = replica_actor_names()
+    ingress = replica_actor_names(deployment=INGRESS_DEPLOYMENT)
+    assert len(replicas) == len(ingress) == 1
 
     async def load_while_switching() -> list:
         load = asyncio.create_task(drive(url, text_shots(TEXTS, 200), concurrency=8))
@@ -254,3 +372,29 @@ def test_model_update_under_load_has_no_failures(url: str, spec: ServeSpec, mode
     assert versions[-1] == "2" and "1" in versions
     assert httpx.get(f"{url}/v1/model").json()["version"] == "2"
     assert replica_actor_names() == replicas  # reconfigured in place, not replaced
+    assert replica_actor_names(deployment=INGRESS_DEPLOYMENT) == ingress
+
+
+def test_killed_model_replica_loses_no_requests(url: str, spec: ServeSpec) -> None:
+    """A model replica killed mid-load: its in-flight requests are retried by the ingress on the other one."""
+    fault = spec.model_copy(
+        update={"route_prefix": "/fault", "min_replicas": 2, "max_replicas": 2, "cpus_per_replica": 0.2}
+    )
+    deploy(fault, name="fault")
+    fault_url = app_url(fault)
+    try:
+        assert running_replicas("fault") == 2
+        outcomes, kill = asyncio.run(
+            load_with_kill(
+                fault_url, text_shots(TEXTS, 300), concurrency=16, kill_after=0.2, app_name="fault"
+            )
+        )
+        assert kill["in_flight"] > 0 and kill["answered_before"] < 300  # killed mid-request, mid-load
+        failed = [(o.status, o.body) for o in outcomes if o.status != 200]
+        assert len(failed) <= 3, failed  # >= 99% succeed
+        assert wait_replaced(kill["replica"], 2, app_name="fault", timeout_s=180) is not None
+        assert running_replicas("fault") == 2
+        assert httpx.get(f"{fault_url}/readyz", timeout=30).json() == {"status": "ready"}
+        assert post(fault_url, {"texts": TEXTS}).status_code == 200
+    finally:
+        serve.delete("fault")
