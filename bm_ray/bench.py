@@ -144,7 +144,7 @@ def bench_classify(
     rows: int = 2000,
     *,
     batch_size: int = 32,
-    rows_per_block: int = 250,
+    rows_per_block: int = 1000,
     memory: bool = False,
     json_path: str | None = None,
     **ingest_options: Any,

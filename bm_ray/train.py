@@ -154,6 +154,9 @@ def prepare_data(spec: TrainSpec) -> PreparedData:
         train_rows, val_rows = ok.random_shuffle(seed=spec.seed).train_test_split(
             test_size=spec.val_fraction, stratify="label"
         )
+    # Corpora (and the stratified split) come ordered by label: batches of one class would undo
+    # each other, so the training rows are shuffled once here and locally every epoch.
+    train_rows = train_rows.random_shuffle(seed=spec.seed + 1)
     counts["train_data"].update(rows_rejected=sum(reasons.values()), rejected_by_reason=dict(reasons))
 
     sample = [row["text"] for row in train_rows.take(2000)]
@@ -187,23 +190,27 @@ def _mark_reason(batch: pa.Table, reason: str) -> pa.Table:
     )
 
 
-def epoch_batches(blocks: Any, batch_size: int, steps: int) -> Any:
+def epoch_batches(blocks: Any, batch_size: int, steps: int, seed: int = 0) -> Any:
     """Length-bucketed, dynamically padded (inputs, labels) batches for one epoch.
 
     `blocks` yields dicts with `input_ids` (token id arrays) and `label_id` (e.g. a Ray Data shard's
     `iter_batches(batch_format="numpy")`). Exactly `steps` batches come out on every worker
     (MultiWorkerMirroredStrategy needs the same number of steps everywhere); a shard that runs
-    short repeats its first batch.
+    short repeats its first batch. Batches of one window are visited in a seeded random order, so
+    short and long batches interleave.
     """
     from bm_ray.preprocess import length_batches, pad_batch
 
+    rng = np.random.default_rng(seed)
     produced = 0
     first = None
     for block in blocks:
         sequences = block["input_ids"]
         label_ids = block["label_id"]
         lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
-        for batch in length_batches(lengths, batch_size, window=len(lengths)):
+        batches = length_batches(lengths, batch_size, window=len(lengths))
+        for k in rng.permutation(len(batches)):
+            batch = batches[k]
             ids, mask = pad_batch([np.asarray(sequences[i], dtype=np.int32) for i in batch])
             item = ({"input_ids": ids, "attention_mask": mask}, label_ids[batch].astype(np.int32))
             first = first or item
@@ -305,9 +312,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     for epoch in range(start_epoch, config["epochs"]):
         started = time.time()
-        blocks = shard.iter_batches(batch_size=per_worker_batch * SORT_WINDOW_BATCHES, batch_format="numpy")
+        window = per_worker_batch * SORT_WINDOW_BATCHES
+        epoch_seed = config["seed"] * 1000 + epoch * 10 + rank
+        blocks = shard.iter_batches(
+            batch_size=window,
+            batch_format="numpy",
+            local_shuffle_buffer_size=window,
+            local_shuffle_seed=epoch_seed,
+        )
         dataset = tf.data.Dataset.from_generator(
-            lambda blocks=blocks: epoch_batches(blocks, per_worker_batch, steps),
+            lambda blocks=blocks, epoch_seed=epoch_seed: epoch_batches(
+                blocks, per_worker_batch, steps, epoch_seed
+            ),
             output_signature=batch_signature(),
         ).with_options(options)
         progress = EpochProgress(rank, epoch, config["epochs"], steps, config["batch_size"])
