@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 from typing import Any
 
@@ -25,11 +26,17 @@ def runtime_env(extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     return {"env_vars": env}
 
 
-def free_port() -> int:
-    """A TCP port on loopback that is free right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def free_port(low: int = 20000, high: int = 32000) -> int:
+    """A loopback TCP port free right now, outside both Ray's worker ports (10002-19999) and the
+    kernel's ephemeral range (from 32768), so Ray's own port-0 binds cannot take it before we do."""
+    for port in random.sample(range(low, high), 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free TCP port in {low}-{high}")
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: Any) -> None:
@@ -49,7 +56,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: 
         "logging_level": "WARNING",
     }
     if address and address != "local":
-        init_kwargs.update(address=address, runtime_env=runtime_env())
+        init_kwargs["address"] = address
+        # Inside a submitted Ray job the job's runtime env (bm_ray.jobs sets the same variables) applies;
+        # passing ours as well would be refused as a conflict.
+        if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
+            init_kwargs["runtime_env"] = runtime_env()
     else:
         port = free_port()
         init_kwargs.update(

@@ -13,9 +13,9 @@ HEAD_PORT = 6393
 DASHBOARD_PORT = 8269
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def local_cluster() -> Iterator[ClusterInfo]:
-    """A session-wide local cluster (head with dashboard + one worker node), stopped at the end."""
+    """A local cluster (head with dashboard + one worker node) for one test module, stopped after it."""
     info = cluster_up(
         workers=1, cpus_per_worker=1, head_cpus=1, port=HEAD_PORT, dashboard_port=DASHBOARD_PORT
     )

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
+import json
 import shutil
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from cluster_fixtures import local_cluster  # noqa: F401  (pytest fixture)
@@ -28,9 +29,11 @@ from bm_ray.jobs import (
     validate_job_file,
     wait_job,
 )
+from bm_ray.models import make_tiny_model
 from bm_ray.specs import ClassifySpec, ServeSpec, SpecError, TrainSpec, parse_set_option
 
 JOBS = Path(__file__).resolve().parents[1] / "jobs"
+SAMPLE = Path(__file__).resolve().parents[1] / "bm_ray" / "data" / "sample_news.jsonl"
 WAIT_S = 120
 
 
@@ -181,11 +184,35 @@ def test_unknown_job_id_is_one_line_error(local_cluster) -> None:  # noqa: F811
         job_status("no-such-job", local_cluster.dashboard_url)
 
 
-def test_submit_classify_spec_runs_bm_ray_classify(local_cluster) -> None:  # noqa: F811
-    if importlib.util.find_spec("bm_ray.classify") is None:
-        pytest.skip("bm_ray.classify does not exist yet: `bm-ray classify` cannot run as a job entrypoint")
-    # A missing model makes the real command fail fast, proving the entrypoint and the shipped spec are wired.
-    overrides = parse_set_option("model=/nonexistent/bm-ray-model")
-    with pytest.raises(JobFailedError) as err:
-        submit(JOBS / "classify.yaml", local_cluster.dashboard_url, overrides, wait=True, timeout_s=WAIT_S)
-    assert "/nonexistent/bm-ray-model" in err.value.log_tail
+def test_submit_classify_spec_succeeds_with_complete_outputs(
+    local_cluster,  # noqa: F811
+    tmp_path: Path,
+    tokenizer_dir: str,
+) -> None:
+    """jobs/classify.yaml, pointed at a tiny model and the bundled sample corpus, runs to SUCCEEDED."""
+    model = make_tiny_model(tmp_path / "model", ["World", "Sports", "Business", "Sci/Tech"], tokenizer_dir)
+    output = tmp_path / "labels"
+    overrides: dict = {}
+    for assignment in (
+        f"model={model}",
+        f"input.input={SAMPLE}",
+        "input.format=jsonl",
+        "input.text_fields=[title, body]",
+        "input.keep_fields=[]",
+        f"output={output}",
+        "actors=1",
+        "cpus_per_actor=1",
+    ):
+        overrides = merge_overrides(overrides, parse_set_option(assignment))
+    job_id = submit(
+        JOBS / "classify.yaml", local_cluster.dashboard_url, overrides, wait=True, timeout_s=WAIT_S * 2
+    )
+    assert job_status(job_id, local_cluster.dashboard_url)["status"] == "SUCCEEDED"
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["rows_read"] == summary["rows_classified"] + summary["rows_rejected"] == 406
+    assert summary["rows_classified"] == 400
+    predictions = pq.read_table(output / "predictions")
+    rejects = pq.read_table(output / "rejects")
+    ids = predictions.column("id").to_pylist() + rejects.column("id").to_pylist()
+    assert len(ids) == len(set(ids)) + 1  # sn-0007 appears once predicted, once rejected as duplicate_id
+    assert set(predictions.column("label").to_pylist()) <= {"World", "Sports", "Business", "Sci/Tech"}
