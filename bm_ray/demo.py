@@ -9,6 +9,7 @@ flow on any corpus.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,7 +69,9 @@ class Demo:
         for column in ("stage", "time (s)", "rows", "rows/s", "outputs", "result"):
             table.add_column(column)
         for r in self.results:
-            table.add_row(r.stage, f"{r.seconds:.1f}", str(r.rows or "-"), r.rows_per_s, r.output, r.note)
+            inside = r.output.startswith(os.getcwd() + os.sep)
+            output = os.path.relpath(r.output) if inside else r.output
+            table.add_row(r.stage, f"{r.seconds:.1f}", str(r.rows or "-"), r.rows_per_s, output, r.note)
         return table
 
 
@@ -105,8 +108,12 @@ def run_demo(
 
         def run_ingest() -> tuple[int, str, str]:
             summary = ingest(data, str(work / "ingest"), overwrite=True)
-            note = f"{summary['rows_ok']} ok, {summary['rows_rejected']} rejected {summary['rejected_by_reason']}"
-            return summary["rows_read"], str(work / "ingest"), note
+            console.print(f"  rejected by reason: {summary['rejected_by_reason']}")
+            return (
+                summary["rows_read"],
+                str(work / "ingest"),
+                f"{summary['rows_ok']} ok, {summary['rows_rejected']} rejected",
+            )
 
         demo.stage("ingest", run_ingest)
 

@@ -7,6 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
+import httpx
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -30,6 +31,7 @@ from bm_ray.jobs import (
     wait_job,
 )
 from bm_ray.models import make_tiny_model
+from bm_ray.runtime import free_port
 from bm_ray.specs import ClassifySpec, ServeSpec, SpecError, TrainSpec, parse_set_option
 
 JOBS = Path(__file__).resolve().parents[1] / "jobs"
@@ -41,6 +43,14 @@ def _write(tmp_path: Path, name: str, data: dict) -> Path:
     path = tmp_path / name
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return path
+
+
+def _overrides(*assignments: str) -> dict:
+    """`--set` assignments merged into one override mapping."""
+    overrides: dict = {}
+    for assignment in assignments:
+        overrides = merge_overrides(overrides, parse_set_option(assignment))
+    return overrides
 
 
 def _load(name: str) -> dict:
@@ -192,8 +202,7 @@ def test_submit_classify_spec_succeeds_with_complete_outputs(
     """jobs/classify.yaml, pointed at a tiny model and the bundled sample corpus, runs to SUCCEEDED."""
     model = make_tiny_model(tmp_path / "model", ["World", "Sports", "Business", "Sci/Tech"], tokenizer_dir)
     output = tmp_path / "labels"
-    overrides: dict = {}
-    for assignment in (
+    overrides = _overrides(
         f"model={model}",
         f"input.input={SAMPLE}",
         "input.format=jsonl",
@@ -202,8 +211,7 @@ def test_submit_classify_spec_succeeds_with_complete_outputs(
         f"output={output}",
         "actors=1",
         "cpus_per_actor=1",
-    ):
-        overrides = merge_overrides(overrides, parse_set_option(assignment))
+    )
     job_id = submit(
         JOBS / "classify.yaml", local_cluster.dashboard_url, overrides, wait=True, timeout_s=WAIT_S * 2
     )
@@ -216,3 +224,60 @@ def test_submit_classify_spec_succeeds_with_complete_outputs(
     ids = predictions.column("id").to_pylist() + rejects.column("id").to_pylist()
     assert len(ids) == len(set(ids)) + 1  # sn-0007 appears once predicted, once rejected as duplicate_id
     assert set(predictions.column("label").to_pylist()) <= {"World", "Sports", "Business", "Sci/Tech"}
+
+
+def test_submit_train_spec_succeeds_with_a_model_dir(
+    local_cluster,  # noqa: F811
+    tmp_path: Path,
+    tokenizer_dir: str,
+) -> None:
+    """jobs/train.yaml on the sample corpus with a tiny base model trains and writes a loadable model dir."""
+    base = make_tiny_model(tmp_path / "base", ["a", "b"], tokenizer_dir)
+    output = tmp_path / "model"
+    overrides = _overrides(
+        f"data.input={SAMPLE}",
+        "data.text_fields=[title, body]",
+        f"base_model={base}",
+        f"output={output}",
+        "workers=1",
+        "cpus_per_worker=1",
+        "epochs=1",
+        "batch_size=16",
+        "resume=false",
+    )
+    job_id = submit(
+        JOBS / "train.yaml", local_cluster.dashboard_url, overrides, wait=True, timeout_s=WAIT_S * 3
+    )
+    assert job_status(job_id, local_cluster.dashboard_url)["status"] == "SUCCEEDED"
+    labels = json.loads((output / "labels.json").read_text())["labels"]
+    assert labels == ["Business", "Sci/Tech", "Sports", "World"]
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["data"]["train_data"]["rows_read"] == 406  # 400 articles + 6 broken rows, blank line apart
+
+
+def test_submit_serve_config_deploys_a_working_endpoint(
+    local_cluster,  # noqa: F811
+    tmp_path: Path,
+    tokenizer_dir: str,
+) -> None:
+    """jobs/serve.yaml through the Serve REST API: the app reaches RUNNING and classifies over loopback."""
+    model = make_tiny_model(tmp_path / "model", ["World", "Sports"], tokenizer_dir)
+    port = free_port()
+    overrides = _overrides(
+        "http_options.host=127.0.0.1",
+        f"http_options.port={port}",
+        f"applications.0.args.model={model}",
+        "applications.0.args.min_replicas=1",
+        "applications.0.args.max_replicas=1",
+        "applications.0.args.cpus_per_replica=0.5",
+        "applications.0.args.api_key_env=null",
+    )
+    result = submit(
+        JOBS / "serve.yaml", local_cluster.dashboard_url, overrides, wait=True, timeout_s=WAIT_S * 2
+    )
+    assert result == "serve:bm-ray"
+    response = httpx.post(
+        f"http://127.0.0.1:{port}/v1/classify", json={"texts": ["a match report"]}, timeout=60
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"][0]["label"] in {"World", "Sports"}
