@@ -27,12 +27,11 @@ import numpy as np
 import pyarrow as pa
 import tensorflow as tf
 
+from bm_ray.evaluate import MISSING_LABEL, UNKNOWN_LABEL
 from bm_ray.models import ModelInfo, is_remote, resolve_model
 from bm_ray.specs import IngestSpec, TrainSpec
 
 TRAIN_STATE_FILE = "train_state.json"
-MISSING_LABEL = "missing_label"
-UNKNOWN_LABEL = "unknown_label"
 
 
 class TrainError(ValueError):
