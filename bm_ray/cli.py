@@ -400,7 +400,11 @@ def serve(
         typer.Option("--target-ongoing-requests", help="Per-replica load the autoscaler aims for."),
     ] = None,
     max_batch_size: Annotated[
-        int | None, typer.Option("--max-batch-size", help="Texts per forward pass.")
+        int | None, typer.Option("--max-batch-size", help="Texts of concurrent requests batched together.")
+    ] = None,
+    forward_batch_size: Annotated[
+        int | None,
+        typer.Option("--forward-batch-size", help="Rows per forward pass (a batch is length-sorted first)."),
     ] = None,
     batch_wait_ms: Annotated[
         float | None, typer.Option("--batch-wait-ms", help="How long a batch waits to fill.")
@@ -432,6 +436,7 @@ def serve(
             "target_ongoing_requests": target_ongoing_requests,
             "max_batch_size": max_batch_size,
             "batch_wait_ms": batch_wait_ms,
+            "forward_batch_size": forward_batch_size,
             "max_queued_requests": max_queued_requests,
             "api_key_env": api_key_env,
         }

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from bm_ray.runtime import WORKER_ENV_VARS
+from bm_ray.runtime import node_env
 
 STATE_FILE = "bm-ray-cluster.json"
 HEAD_RESOURCE = "bm-ray-head"
@@ -88,7 +88,7 @@ def _ray_start(args: list[str], temp_dir: Path, resources: dict[str, float]) -> 
     # that join it; a local development cluster states its mode explicitly so that both sides agree.
     env = {
         **os.environ,
-        **WORKER_ENV_VARS,
+        **node_env(),
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_AUTH_MODE": "disabled",
         "PATH": path,

@@ -17,6 +17,25 @@ WORKER_ENV_VARS = {
     "TRANSFORMERS_VERBOSITY": "error",
 }
 
+SERVE_NODE_ENV_VARS = {
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
+}
+"""Ray Serve's throughput mode (gRPC between deployments, user code and router on the replica's own
+event loop, buffered request logs, GC frozen after start-up), keeping the HTTP proxy. They are read by
+every Serve process (controller, proxies, replicas) at import, so they belong to the node's environment
+(`ray start`, the container), not to a job's runtime_env. Measured in README → Performance."""
+
+
+def node_env() -> dict[str, str]:
+    """Environment for a Ray node started by bm-ray: the TF worker variables plus the Serve mode.
+
+    Values already set in this process win, so either mode can be switched back by the user.
+    """
+    return {**WORKER_ENV_VARS, **SERVE_NODE_ENV_VARS} | {
+        name: os.environ[name] for name in SERVE_NODE_ENV_VARS if name in os.environ
+    }
+
 
 def runtime_env(extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     """The runtime_env every bm-ray driver and job uses (env vars for TF/Keras in all workers)."""
@@ -62,6 +81,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: 
         if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
             init_kwargs["runtime_env"] = runtime_env()
     else:
+        # The embedded head's processes inherit this process's environment.
+        for name, value in SERVE_NODE_ENV_VARS.items():
+            os.environ.setdefault(name, value)
         port = free_port()
         init_kwargs.update(
             include_dashboard=True,

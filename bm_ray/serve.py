@@ -3,11 +3,14 @@
 Two deployments (Serve model composition):
 
 - ``ApiGateway`` (the HTTP ingress, no model, a tenth of a CPU): auth, body parsing and validation,
-  error mapping and the rejected-requests metric. It calls the model through a ``DeploymentHandle`` and
-  retries a call (at most :data:`MODEL_CALL_RETRIES` times) when the model replica serving it dies
-  mid-request, so a killed or crashed model replica costs latency, not failed requests.
-- ``Classifier`` (the model): one warm :class:`~bm_ray.engine.Predictor` per replica, concurrent
-  requests batched with ``@serve.batch``, autoscaling, a bounded queue, ``check_health``. A change of
+  error mapping and the rejected-requests metric. Concurrent requests are batched with ``@serve.batch``
+  (``max_batch_size`` requests, ``batch_wait_ms``) into one model call through a ``DeploymentHandle``;
+  a call is retried (at most :data:`MODEL_CALL_RETRIES` times) when the model replica serving it dies
+  mid-request, so a killed or crashed model replica costs latency, not failed requests. Beyond
+  :func:`model_capacity` requests in hand it answers 503 ``queue_full``.
+- ``Classifier`` (the model): one warm :class:`~bm_ray.engine.Predictor` per replica; continuous
+  batching merges the calls queued behind each forward pass; each pass is sorted by token length and
+  run ``forward_batch_size`` rows at a time; autoscaling, a bounded queue, ``check_health``. A change of
   its ``user_config`` (``{"model": ...}``) switches the model with zero downtime (``reconfigure`` loads
   and warms the new predictor, then swaps the reference; batches already running finish on the old one).
   In a Serve config: ``deployments: [{name: Classifier, user_config: {model: ...}}]``.
@@ -34,6 +37,7 @@ import math
 import os
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -71,6 +75,9 @@ MODEL_CALL_RETRIES = 2
 """Times a model call is sent again after its replica died mid-request (never for other errors)."""
 RETRY_BACKOFF_S = 0.05
 READY_TIMEOUT_S = 5.0
+GATEWAY_CONCURRENT_BATCHES = 8
+"""Gateway batches in flight to the model at once: a model replica merges the ones queued behind its
+forward pass (continuous batching); one at a time would leave it with one small batch per pass."""
 BATCH_SIZE_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
 
 
@@ -250,15 +257,23 @@ def _prediction_json(info: ModelInfo, predictions: list[Prediction]) -> dict[str
 
 @serve.deployment(name=MODEL_DEPLOYMENT, graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_S)
 class Classifier:
-    """The model deployment: one warm :class:`Predictor` per replica, batched across concurrent calls."""
+    """The model deployment: one warm :class:`Predictor` per replica, batched across concurrent calls.
+
+    Continuous batching: one loop runs the forward passes, and each pass takes every call that queued up
+    while the previous pass ran (up to ``max_batch_size`` texts, at least one call). Under load the
+    passes grow by themselves and the forward pass (not the batch window) sets the pace; an idle
+    replica answers a lone call at once. ``@serve.batch`` cannot do this: it closes a batch after its
+    wait window even while the previous batch is still running, which on a busy CPU keeps batches tiny.
+    """
 
     def __init__(self, spec: ServeSpec) -> None:
         self.spec = spec
         self._predictor: Predictor | None = None
         self._model_ref: str | None = None
         self._forward_error: str | None = None
-        self._classify_batch.set_max_batch_size(spec.max_batch_size)
-        self._classify_batch.set_batch_wait_timeout_s(spec.batch_wait_ms / 1000)
+        self._calls: deque[tuple[list[str], asyncio.Future[dict[str, Any]]]] = deque()
+        self._calls_waiting = asyncio.Event()
+        self._forward_loop: asyncio.Task[None] | None = None
         self._predictions = Counter(
             "bm_ray_predictions", description="Texts classified, by predicted label.", tag_keys=("label",)
         )
@@ -282,7 +297,7 @@ class Classifier:
     def _load(self, model_ref: str) -> Predictor:
         predictor = Predictor.load(
             model_ref,
-            batch_size=self.spec.max_batch_size,
+            batch_size=self.spec.forward_batch_size,
             precision=self.spec.precision,
             num_threads=math.ceil(self.spec.cpus_per_replica),
         )
@@ -304,7 +319,12 @@ class Classifier:
     async def classify(self, texts: list[str]) -> dict[str, Any]:
         """``{"model": {"name", "version"}, "predictions": [{"label", "score", "scores"}]}`` for `texts`."""
         self._require_predictor()
-        return await self._classify_batch(texts)
+        answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._calls.append((texts, answer))
+        self._calls_waiting.set()
+        if self._forward_loop is None or self._forward_loop.done():
+            self._forward_loop = asyncio.create_task(self._run_forward_passes())
+        return await answer
 
     async def model_info(self) -> dict[str, Any]:
         """The served model's :class:`ModelInfo` as JSON."""
@@ -318,25 +338,57 @@ class Classifier:
             return str(err)
         return None
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
-    async def _classify_batch(self, requests: list[list[str]]) -> list[dict[str, Any]]:
-        # One forward pass over the texts of every batched request; a swap mid-batch cannot mix models.
-        predictor = self._require_predictor()
-        texts = [text for texts in requests for text in texts]
+    def _next_batch(self) -> list[tuple[list[str], asyncio.Future[dict[str, Any]]]]:
+        """The queued calls of the next forward pass: at least one, then up to max_batch_size texts."""
+        batch = [self._calls.popleft()]
+        texts = len(batch[0][0])
+        while self._calls and texts + len(self._calls[0][0]) <= self.spec.max_batch_size:
+            texts += len(self._calls[0][0])
+            batch.append(self._calls.popleft())
+        return batch
+
+    async def _run_forward_passes(self) -> None:
+        while True:
+            await self._calls_waiting.wait()
+            self._calls_waiting.clear()
+            while self._calls:
+                await self._forward(self._next_batch())
+
+    async def _forward(self, batch: list[tuple[list[str], asyncio.Future[dict[str, Any]]]]) -> None:
+        # The predictor is read once per pass, so a model swap mid-pass cannot mix models.
+        texts = [text for call_texts, _ in batch for text in call_texts]
         self._batch_sizes.observe(len(texts))
         try:
+            predictor = self._require_predictor()
             predictions = await asyncio.to_thread(predictor.predict, texts)
         except Exception as err:
             self._forward_error = repr(err)
-            raise
+            for _, answer in batch:
+                if not answer.done():
+                    answer.set_exception(err)
+            return
         self._forward_error = None
         for prediction in predictions:
             self._predictions.inc(tags={"label": prediction.label})
-        results, start = [], 0
-        for texts in requests:
-            results.append(_prediction_json(predictor.info, predictions[start : start + len(texts)]))
-            start += len(texts)
-        return results
+        start = 0
+        for call_texts, answer in batch:
+            if not answer.done():  # the caller may have gone (cancelled request)
+                answer.set_result(
+                    _prediction_json(predictor.info, predictions[start : start + len(call_texts)])
+                )
+            start += len(call_texts)
+
+
+def model_capacity(spec: ServeSpec) -> int:
+    """Requests the model deployment can hold at its largest, running or queued.
+
+    The gateway answers 503 ``queue_full`` (JSON, with Retry-After) beyond this many requests in hand.
+    Defined above the deployments: ``serve.ingress`` pickles the ingress class (and the module globals
+    its methods use) when the class is defined.
+    """
+    running = spec.max_replicas * spec.max_ongoing_requests
+    queued = spec.max_queued_requests if spec.max_queued_requests >= 0 else running
+    return running + queued
 
 
 async def call_model(
@@ -411,6 +463,10 @@ class ApiGateway:
             description="Model calls sent again because the model replica died mid-request.",
             tag_keys=("method",),
         )
+        self._classify_texts.set_max_batch_size(spec.max_batch_size)
+        self._classify_texts.set_batch_wait_timeout_s(spec.batch_wait_ms / 1000)
+        self._capacity = model_capacity(spec)
+        self._pending = 0
 
     async def _call_model(self, method: str, *args: Any) -> Any:
         return await call_model(
@@ -420,6 +476,36 @@ class ApiGateway:
             retry_after_s=self.spec.retry_after_s,
             on_retry=lambda: self._retries.inc(tags={"method": method}),
         )
+
+    async def _classify(self, texts: list[str]) -> dict[str, Any]:
+        # Refuse here, in JSON, once the requests this gateway holds would overflow the model's queue.
+        if self._pending >= self._capacity:
+            raise ApiError(
+                503,
+                "queue_full",
+                "the model's queue is full; retry later",
+                retry_after_s=self.spec.retry_after_s,
+            )
+        self._pending += 1
+        try:
+            return await self._classify_texts(texts)
+        finally:
+            self._pending -= 1
+
+    @serve.batch(
+        max_batch_size=32, batch_wait_timeout_s=0.01, max_concurrent_batches=GATEWAY_CONCURRENT_BATCHES
+    )
+    async def _classify_texts(self, requests: list[list[str]]) -> list[dict[str, Any]]:
+        # The dynamic batch: the texts of concurrent HTTP requests go to the model in one call, so the
+        # per-call cost of the hop to a model replica is paid once per batch, not once per request.
+        result = await self._call_model("classify", [text for texts in requests for text in texts])
+        answers, start = [], 0
+        for texts in requests:
+            answers.append(
+                {"model": result["model"], "predictions": result["predictions"][start : start + len(texts)]}
+            )
+            start += len(texts)
+        return answers
 
     def _authorize(self, request: Request) -> None:
         if self._api_key is None:
@@ -461,7 +547,7 @@ class ApiGateway:
             except ValidationError as err:
                 raise _pydantic_error(err) from None
             ids, texts = check_request(body, self.spec)
-            result = await self._call_model("classify", texts)
+            result = await self._classify(texts)
         except ApiError as err:
             return self._reject(err)
         return JSONResponse(
@@ -510,14 +596,12 @@ def _code_version(spec: ServeSpec) -> str:
 
 
 def _ingress_max_ongoing(spec: ServeSpec) -> int:
-    """Room in the ingress for every request the model deployment can hold, running or queued.
+    """Room in the ingress for every request the model deployment can hold, plus headroom.
 
-    The model's bounded queue, not the ingress, must be what fills first, so that overload is answered
-    by the ingress with a JSON 503 instead of piling up in (or being refused by) the HTTP proxy.
+    The gateway's own bound (:func:`model_capacity`) must be what fills first, so that overload is
+    answered by the gateway with a JSON 503 instead of piling up in (or being refused by) the HTTP proxy.
     """
-    running = spec.max_replicas * spec.max_ongoing_requests
-    queued = spec.max_queued_requests if spec.max_queued_requests >= 0 else running
-    return running + queued + INGRESS_HEADROOM
+    return model_capacity(spec) + INGRESS_HEADROOM
 
 
 def build_app(args: ServeSpec | dict[str, Any]) -> serve.Application:

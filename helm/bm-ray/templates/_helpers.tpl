@@ -79,6 +79,9 @@ spec:
         - {name: TF_CPP_MIN_LOG_LEVEL, value: "2"}
         - {name: TOKENIZERS_PARALLELISM, value: "false"}
         - {name: RAY_USAGE_STATS_ENABLED, value: "0"}
+        # Serve's throughput mode, keeping the HTTP proxy (bm_ray.runtime.SERVE_NODE_ENV_VARS).
+        - {name: RAY_SERVE_THROUGHPUT_OPTIMIZED, value: "1"}
+        - {name: RAY_SERVE_ENABLE_DIRECT_INGRESS, value: "0"}
         {{- range $name, $value := $v.storage.objectStore.env }}
         - name: {{ $name }}
           value: {{ $value | quote }}
