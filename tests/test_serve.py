@@ -35,6 +35,7 @@ from bm_ray.serve import (
     MODEL_CALL_RETRIES,
     MODEL_DEPLOYMENT,
     ApiError,
+    Classifier,
     ModelNotReadyError,
     app_url,
     build_app,
@@ -208,6 +209,38 @@ def test_model_call_not_retried_for_other_errors(
     else:
         assert isinstance(err, ApiError) and (err.status, err.code) == (status, code)
         assert err.retry_after_s == (2 if code == "queue_full" else 1)
+
+
+def test_model_replica_merges_calls_queued_behind_a_forward_pass(
+    ray_local: None, models: tuple[str, str]
+) -> None:
+    """Continuous batching: calls arriving while a pass runs go into the next pass, capped in texts."""
+    spec = ServeSpec(model=models[0], max_batch_size=8, forward_batch_size=4)
+    replica = Classifier.func_or_class(spec)  # the deployment's own class, outside Serve
+    texts = [f"{text} ({i})" for i in range(3) for text in TEXTS]  # 18 texts
+
+    async def run() -> tuple[list[dict], list[int]]:
+        await replica.reconfigure({"model": models[0]})
+        predictor = replica._predictor
+        passes: list[int] = []
+        real_predict = predictor.predict
+
+        def counted(batch: list[str]) -> list:
+            passes.append(len(batch))
+            return real_predict(batch)
+
+        predictor.predict = counted
+        answers = await asyncio.gather(*(replica.classify([text]) for text in texts))
+        return answers, passes
+
+    answers, passes = asyncio.run(run())
+    engine = Predictor.load(models[0], batch_size=4, precision="fp32").predict(texts)
+    assert [a["predictions"][0]["label"] for a in answers] == [p.label for p in engine]
+    np.testing.assert_allclose(
+        [a["predictions"][0]["score"] for a in answers], [p.score for p in engine], atol=1e-5
+    )
+    # All 18 calls queue before the first pass starts: they run as passes capped at max_batch_size texts.
+    assert passes == [8, 8, 2]
 
 
 def post(url: str, payload: object, **kwargs: object) -> httpx.Response:
