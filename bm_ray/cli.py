@@ -400,7 +400,7 @@ def serve(
         typer.Option("--target-ongoing-requests", help="Per-replica load the autoscaler aims for."),
     ] = None,
     max_batch_size: Annotated[
-        int | None, typer.Option("--max-batch-size", help="Texts of concurrent requests batched together.")
+        int | None, typer.Option("--max-batch-size", help="Requests batched into one model call.")
     ] = None,
     forward_batch_size: Annotated[
         int | None,

@@ -196,14 +196,17 @@ class ServeSpec(StrictModel):
     max_queued_requests: int = Field(default=256, ge=-1, description="Beyond this, 503 with Retry-After.")
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After (seconds) sent with 503 answers.")
     max_batch_size: int = Field(
-        default=32, ge=1, description="Texts of concurrent requests batched together."
+        default=32,
+        ge=1,
+        description="Concurrent requests the gateway batches into one model call, and the most texts a "
+        "model replica runs in one pass.",
     )
-    batch_wait_ms: float = Field(default=10, ge=0)
+    batch_wait_ms: float = Field(default=10, ge=0, description="How long a gateway batch waits to fill.")
     forward_batch_size: int = Field(
         default=8,
         ge=1,
-        description="Rows per forward pass: a request batch is sorted by token length and cut into passes "
-        "of this many rows, so short texts are not padded to the batch's longest.",
+        description="Rows per forward pass: a model pass is sorted by token length and run this many rows "
+        "at a time, so short texts are not padded to the pass's longest.",
     )
     max_texts_per_request: int = Field(default=256, ge=1)
     max_text_chars: int = Field(default=100_000, ge=1, description="Longer texts are refused with 422.")
