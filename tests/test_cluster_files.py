@@ -12,6 +12,8 @@ import pytest
 import ray
 import yaml
 
+from bm_ray.runtime import SERVE_NODE_ENV_VARS, node_env
+
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
 PINNED = ("ray", "tensorflow", "tf-keras", "transformers")
@@ -56,3 +58,19 @@ def test_dockerfile_versions_match_pyproject() -> None:
 def test_python_version_matches_pyproject() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     assert project["requires-python"].startswith(">=3.11")
+
+
+def test_every_node_definition_sets_the_serve_node_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The image, both launcher configs and the Helm pods set Serve's mode; a user's own value wins."""
+    helpers = (ROOT / "helm" / "bm-ray" / "templates" / "_helpers.tpl").read_text(encoding="utf-8")
+    dockerfile = (CLUSTER / "Dockerfile").read_text(encoding="utf-8")
+    launchers = [(CLUSTER / name).read_text(encoding="utf-8") for name in ("local.yaml", "aws.yaml")]
+    for name, value in SERVE_NODE_ENV_VARS.items():
+        assert f"{name}={value}" in dockerfile
+        assert all(f"{name}={value}" in launcher for launcher in launchers)
+        assert f'{{name: {name}, value: "{value}"}}' in helpers
+    monkeypatch.delenv("RAY_SERVE_THROUGHPUT_OPTIMIZED", raising=False)
+    assert node_env()["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    monkeypatch.setenv("RAY_SERVE_THROUGHPUT_OPTIMIZED", "0")
+    assert node_env()["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "0"
+    assert node_env()["TF_USE_LEGACY_KERAS"] == "1"
