@@ -9,6 +9,7 @@ import asyncio
 import itertools
 import json
 import math
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -18,6 +19,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import psutil
 import ray
 from ray import serve
 
@@ -173,6 +175,86 @@ def fit_to_cluster(spec: ServeSpec) -> ServeSpec:
     return spec.model_copy(update={"cpus_per_replica": math.floor(room * 100) / 100})
 
 
+BARE_ROWS = 256
+
+
+def bare_forward(model: str, texts: Sequence[str], spec: ServeSpec) -> dict[str, float]:
+    """The engine alone in this process, on serving-shaped work: what batching can gain at most.
+
+    Rows/s for :data:`BARE_ROWS` texts sent one per call, and as random batches of `max_batch_size`
+    texts (each run as the replica does: length-sorted passes of `forward_batch_size` rows), with the
+    replica's thread count and precision; tokenisation included, every shape warmed first.
+    """
+    from bm_ray.engine import Predictor
+
+    predictor = Predictor.load(
+        model, spec.forward_batch_size, spec.precision, num_threads=math.ceil(spec.cpus_per_replica)
+    )
+    rng = np.random.default_rng(0)
+    sample = [texts[i] for i in rng.choice(len(texts), BARE_ROWS, replace=len(texts) < BARE_ROWS)]
+
+    def rows_per_s(batch: int) -> float:
+        calls = [sample[i : i + batch] for i in range(0, len(sample), batch)]
+        for call in calls:  # warm every shape
+            predictor.predict(call)
+        started = time.perf_counter()
+        for call in calls:
+            predictor.predict(call)
+        return len(sample) / (time.perf_counter() - started)
+
+    one, batched = rows_per_s(1), rows_per_s(spec.max_batch_size)
+    return {
+        "bare_rows_per_s_batch1": one,
+        "bare_rows_per_s_batched": batched,
+        "bare_batch_gain": batched / one,
+    }
+
+
+def process_role(process: Any, app_name: str = APP_NAME) -> str:
+    """What a process of this machine is to the endpoint: a deployment, the proxy, this client, or Ray."""
+    if process.pid == os.getpid():
+        return "load generator (this process)"
+    try:
+        command = " ".join(process.cmdline())
+    except psutil.Error:
+        return "other"
+    replica = f"ray::ServeReplica:{app_name}:"
+    if command.startswith(replica):
+        return command[len(replica) :].split()[0]
+    if command.startswith("ray::ProxyActor"):
+        return "HTTP proxy"
+    return "Ray and other processes"
+
+
+class CpuPerRequest:
+    """CPU time (user + system) each role of :func:`process_role` spent during a block, by process."""
+
+    def __enter__(self) -> CpuPerRequest:
+        self._start = self._snapshot()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._snapshot()
+        self.seconds: Counter[str] = Counter()
+        for pid, (role, cpu) in end.items():
+            self.seconds[role] += cpu - self._start.get(pid, (role, 0.0))[1]
+
+    @staticmethod
+    def _snapshot() -> dict[int, tuple[str, float]]:
+        taken = {}
+        for process in psutil.process_iter():
+            try:
+                times = process.cpu_times()
+            except psutil.Error:
+                continue
+            taken[process.pid] = (process_role(process), times.user + times.system)
+        return taken
+
+    def per_request_ms(self, requests: int) -> dict[str, float]:
+        """Milliseconds of CPU per request, by role, largest first."""
+        return {role: 1000 * s / requests for role, s in self.seconds.most_common()}
+
+
 def bench_serve(
     model: str,
     corpus_texts: Sequence[str],
@@ -188,26 +270,48 @@ def bench_serve(
     """
     base = _bench_spec(model, spec)
     shots = text_shots(corpus_texts, requests)
-    records = []
+    bare = bare_forward(model, corpus_texts, base)
+    top = max(concurrencies)
+    records, cpu_ms = [], {}
     for batching, max_batch_size in ((True, base.max_batch_size), (False, 1)):
         run_spec = base.model_copy(update={"max_batch_size": max_batch_size})
         deploy(run_spec)
         url = app_url(run_spec)
         asyncio.run(drive(url, shots[: min(requests, 32)], 8))  # warm the proxy and the connection pool
         for concurrency in concurrencies:
-            outcomes, wall_s = asyncio.run(_timed(url, shots, concurrency))
+            with CpuPerRequest() as cpu:
+                outcomes, wall_s = asyncio.run(_timed(url, shots, concurrency))
+            if batching and concurrency == top:
+                cpu_ms = cpu.per_request_ms(len(outcomes))
             records.append({"batching": batching, "concurrency": concurrency, **summarize(outcomes, wall_s)})
     serve.delete(APP_NAME)
-    top = max(concurrencies)
     on, off = (
         next(r for r in records if r["batching"] is b and r["concurrency"] == top) for b in (True, False)
     )
     ratio = on["rows_per_s"] / off["rows_per_s"] if off["rows_per_s"] else float("inf")
     print(_table(records))
     print(f"batching on/off rows/s at concurrency {top}: {ratio:.2f}x")
+    print(
+        f"bare forward pass in one process: {bare['bare_rows_per_s_batch1']:.1f} rows/s one text per call, "
+        f"{bare['bare_rows_per_s_batched']:.1f} in batches of {base.max_batch_size}: batching gains at most "
+        f"{bare['bare_batch_gain']:.2f}x here"
+    )
+    print(
+        f"CPU per request at concurrency {top}, batching on: "
+        + ", ".join(f"{role} {ms:.1f} ms" for role, ms in cpu_ms.items())
+    )
     if json_path:
         Path(json_path).write_text(
-            json.dumps({"records": records, f"ratio_on_off_c{top}": ratio}, indent=2), encoding="utf-8"
+            json.dumps(
+                {
+                    "records": records,
+                    f"ratio_on_off_c{top}": ratio,
+                    **bare,
+                    f"cpu_ms_per_request_c{top}": cpu_ms,
+                },
+                indent=2,
+            ),
+            encoding="utf-8",
         )
     return records
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError
@@ -19,9 +20,13 @@ from ray.serve._private.build_app import build_app as serve_build_app
 from ray.serve.exceptions import BackPressureError
 
 from bm_ray.bench_serve import (
+    BARE_ROWS,
+    CpuPerRequest,
+    bare_forward,
     drive,
     load_test,
     load_with_kill,
+    process_role,
     replica_actor_names,
     running_replicas,
     text_shots,
@@ -241,6 +246,20 @@ def test_model_replica_merges_calls_queued_behind_a_forward_pass(
     )
     # All 18 calls queue before the first pass starts: they run as passes capped at max_batch_size texts.
     assert passes == [8, 8, 2]
+
+
+def test_bare_forward_and_cpu_per_request_roles(models: tuple[str, str]) -> None:
+    """The serve bench's side measurements: the engine's own batching gain, and CPU per role."""
+    spec = ServeSpec(model=models[0], max_batch_size=16, forward_batch_size=4, cpus_per_replica=1)
+    with CpuPerRequest() as cpu:
+        bare = bare_forward(models[0], TEXTS, spec)
+    assert bare["bare_rows_per_s_batch1"] > 0 and bare["bare_rows_per_s_batched"] > 0
+    assert bare["bare_batch_gain"] == pytest.approx(
+        bare["bare_rows_per_s_batched"] / bare["bare_rows_per_s_batch1"]
+    )
+    per_request = cpu.per_request_ms(BARE_ROWS)
+    assert per_request["load generator (this process)"] > 0  # the engine ran in this process
+    assert process_role(psutil.Process()) == "load generator (this process)"
 
 
 def post(url: str, payload: object, **kwargs: object) -> httpx.Response:
