@@ -12,7 +12,8 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,16 @@ async def _timed(url: str, shots: Sequence[Shot], concurrency: int) -> tuple[lis
     return outcomes, time.perf_counter() - started
 
 
+@contextmanager
+def deployed(spec: ServeSpec) -> Iterator[str]:
+    """The app deployed on loopback for the block (its URL), deleted after it."""
+    deploy(spec)
+    try:
+        yield app_url(spec)
+    finally:
+        serve.delete(APP_NAME)
+
+
 def _bench_spec(model: str, spec: ServeSpec | None, **overrides: Any) -> ServeSpec:
     base = spec or ServeSpec(
         model=model, port=DEFAULT_PORT, min_replicas=1, max_replicas=1, cpus_per_replica=2
@@ -274,17 +285,16 @@ def bench_serve(
     top = max(concurrencies)
     records, cpu_ms = [], {}
     for batching, max_batch_size in ((True, base.max_batch_size), (False, 1)):
-        run_spec = base.model_copy(update={"max_batch_size": max_batch_size})
-        deploy(run_spec)
-        url = app_url(run_spec)
-        asyncio.run(drive(url, shots[: min(requests, 32)], 8))  # warm the proxy and the connection pool
-        for concurrency in concurrencies:
-            with CpuPerRequest() as cpu:
-                outcomes, wall_s = asyncio.run(_timed(url, shots, concurrency))
-            if batching and concurrency == top:
-                cpu_ms = cpu.per_request_ms(len(outcomes))
-            records.append({"batching": batching, "concurrency": concurrency, **summarize(outcomes, wall_s)})
-    serve.delete(APP_NAME)
+        with deployed(base.model_copy(update={"max_batch_size": max_batch_size})) as url:
+            asyncio.run(drive(url, shots[: min(requests, 32)], 8))  # warm the proxy and the connection pool
+            for concurrency in concurrencies:
+                with CpuPerRequest() as cpu:
+                    outcomes, wall_s = asyncio.run(_timed(url, shots, concurrency))
+                if batching and concurrency == top:
+                    cpu_ms = cpu.per_request_ms(len(outcomes))
+                records.append(
+                    {"batching": batching, "concurrency": concurrency, **summarize(outcomes, wall_s)}
+                )
     on, off = (
         next(r for r in records if r["batching"] is b and r["concurrency"] == top) for b in (True, False)
     )
@@ -362,11 +372,8 @@ def load_run(
 ) -> dict[str, Any]:
     """Deploy on loopback, run :func:`load_test`, delete the app."""
     run_spec = _bench_spec(model, spec)
-    deploy(run_spec)
-    try:
-        return load_test(app_url(run_spec), texts, run_spec, requests, concurrency)
-    finally:
-        serve.delete(APP_NAME)
+    with deployed(run_spec) as url:
+        return load_test(url, texts, run_spec, requests, concurrency)
 
 
 def replica_actor_names(
@@ -414,9 +421,9 @@ def _ongoing(actor: ray.actor.ActorHandle) -> int:
 
 
 def kill_busy_replica(app_name: str = APP_NAME, attempts: int = 50) -> tuple[str, int]:
-    """Kill the model replica actor with the most requests in flight; (its name, that count).
+    """Kill the model replica actor with the most calls in flight; (its name, that count).
 
-    Polls up to `attempts` times for a replica with at least one request in flight, so the kill lands
+    Polls up to `attempts` times for a replica with at least one call in flight, so the kill lands
     mid-request rather than between two batches.
     """
     best: tuple[int, str, ray.actor.ActorHandle] | None = None
@@ -441,9 +448,9 @@ async def load_with_kill(
 ) -> tuple[list[Outcome], dict[str, Any]]:
     """Run `shots` and kill the busiest model replica actor once a `kill_after` fraction is answered.
 
-    Returns the outcomes and the kill: ``{"replica", "in_flight", "answered_before", "at"}`` (requests
-    in flight on the killed replica just before the kill, requests answered before it, its
-    ``time.monotonic()``).
+    Returns the outcomes and the kill: ``{"replica", "in_flight", "answered_before", "at"}`` (calls —
+    gateway batches of requests — in flight on the killed replica just before the kill, requests
+    answered before it, its ``time.monotonic()``).
     """
     answered = 0
     kill_at = max(1, min(len(shots), math.ceil(len(shots) * kill_after)))
@@ -497,9 +504,7 @@ def fault_run(
     replacement to be RUNNING), how long the replacement took and whether the endpoint is healthy after.
     """
     run_spec = _bench_spec(model, spec, min_replicas=2, max_replicas=2, cpus_per_replica=1)
-    deploy(run_spec)
-    url = app_url(run_spec)
-    try:
+    with deployed(run_spec) as url:
         before = running_replicas()
         outcomes, kill = asyncio.run(
             load_with_kill(url, text_shots(texts, requests), concurrency, kill_after)
@@ -517,5 +522,3 @@ def fault_run(
             "replaced_after_s": round(time.monotonic() - kill["at"], 1) if replaced else None,
             "healthy_after": healthy,
         }
-    finally:
-        serve.delete(APP_NAME)

@@ -75,6 +75,9 @@ CsvHeaderOpt = Annotated[
     bool | None, typer.Option("--csv-header/--no-csv-header", help="CSV files have a header line.")
 ]
 CsvColumnsOpt = Annotated[str | None, typer.Option("--csv-columns", help="Column names of headerless CSV.")]
+AddressOpt = Annotated[
+    str | None, typer.Option("--address", help="Ray cluster address (default: an embedded local Ray).")
+]
 SpecOpt = Annotated[
     Path | None, typer.Option("--spec", help="YAML job spec (the same model as the flags; flags win).")
 ]
@@ -174,7 +177,7 @@ def train(
     resume: Annotated[
         bool | None, typer.Option("--resume/--no-resume", help="Continue the run under --output.")
     ] = None,
-    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address.")] = None,
+    address: AddressOpt = None,
     spec: SpecOpt = None,
 ) -> None:
     """Fine-tune BERT (TFBertForSequenceClassification) data-parallel with Ray Train."""
@@ -328,7 +331,7 @@ def classify(
     overwrite: Annotated[
         bool | None, typer.Option("--overwrite", help="Start afresh instead of resuming into --output.")
     ] = None,
-    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address.")] = None,
+    address: AddressOpt = None,
     spec: SpecOpt = None,
 ) -> None:
     """Classify a corpus with Ray Data: every row ends once in predictions/ or rejects/; resumable."""
@@ -415,9 +418,7 @@ def serve(
     api_key_env: Annotated[
         str | None, typer.Option("--api-key-env", help="Env var holding the Bearer API key.")
     ] = None,
-    address: Annotated[
-        str | None, typer.Option("--address", help="Ray cluster address (default: embedded).")
-    ] = None,
+    address: AddressOpt = None,
     config: Annotated[
         Path | None,
         typer.Option("--config", help="ServeSpec YAML or Serve config (jobs/serve.yaml); flags win."),

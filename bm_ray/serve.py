@@ -37,10 +37,11 @@ import math
 import os
 import sys
 import time
+from collections import Counter as Tally
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -60,6 +61,7 @@ from bm_ray.runtime import init_ray, runtime_env
 from bm_ray.specs import ServeSpec, SpecError, deep_merge, read_yaml, validate_spec
 
 logger = logging.getLogger("ray.serve")
+T = TypeVar("T")
 
 APP_NAME = "bm-ray"
 IMPORT_PATH = "bm_ray.serve:build_app"
@@ -247,7 +249,21 @@ class ModelNotReadyError(RuntimeError):
     """Raised by a Classifier replica that has no model loaded (picklable: one message argument)."""
 
 
-def _prediction_json(info: ModelInfo, predictions: list[Prediction]) -> dict[str, Any]:
+def queue_full(retry_after_s: int) -> ApiError:
+    """The 503 answered when the model's queue (or the gateway's share of it) is full."""
+    return ApiError(503, "queue_full", "the model's queue is full; retry later", retry_after_s=retry_after_s)
+
+
+def split_by_sizes(items: Sequence[T], sizes: Sequence[int]) -> list[Sequence[T]]:
+    """`items` cut into consecutive runs of `sizes` (the answers of the calls or requests of a batch)."""
+    runs, start = [], 0
+    for size in sizes:
+        runs.append(items[start : start + size])
+        start += size
+    return runs
+
+
+def _prediction_json(info: ModelInfo, predictions: Sequence[Prediction]) -> dict[str, Any]:
     # Plain data crosses the handle: the ingress never needs the engine's types.
     return {
         "model": {"name": info.name, "version": info.version},
@@ -368,15 +384,12 @@ class Classifier:
                     answer.set_exception(err)
             return
         self._forward_error = None
-        for prediction in predictions:
-            self._predictions.inc(tags={"label": prediction.label})
-        start = 0
-        for call_texts, answer in batch:
+        for label, count in Tally(prediction.label for prediction in predictions).items():
+            self._predictions.inc(count, tags={"label": label})
+        per_call = split_by_sizes(predictions, [len(call_texts) for call_texts, _ in batch])
+        for (_, answer), call_predictions in zip(batch, per_call, strict=True):
             if not answer.done():  # the caller may have gone (cancelled request)
-                answer.set_result(
-                    _prediction_json(predictor.info, predictions[start : start + len(call_texts)])
-                )
-            start += len(call_texts)
+                answer.set_result(_prediction_json(predictor.info, call_predictions))
 
 
 def model_capacity(spec: ServeSpec) -> int:
@@ -410,12 +423,7 @@ async def call_model(
             return await getattr(handle, method).remote(*args)
         except BackPressureError as err:
             retry_after = retry_after_s if err.retry_after_s is None else err.retry_after_s
-            raise ApiError(
-                503,
-                "queue_full",
-                "the model's queue is full; retry later",
-                retry_after_s=math.ceil(retry_after),
-            ) from None
+            raise queue_full(math.ceil(retry_after)) from None
         except ModelNotReadyError as err:
             raise ApiError(
                 503, "not_ready", str(getattr(err, "cause", err)), retry_after_s=retry_after_s
@@ -480,12 +488,7 @@ class ApiGateway:
     async def _classify(self, texts: list[str]) -> dict[str, Any]:
         # Refuse here, in JSON, once the requests this gateway holds would overflow the model's queue.
         if self._pending >= self._capacity:
-            raise ApiError(
-                503,
-                "queue_full",
-                "the model's queue is full; retry later",
-                retry_after_s=self.spec.retry_after_s,
-            )
+            raise queue_full(self.spec.retry_after_s)
         self._pending += 1
         try:
             return await self._classify_texts(texts)
@@ -499,13 +502,8 @@ class ApiGateway:
         # The dynamic batch: the texts of concurrent HTTP requests go to the model in one call, so the
         # per-call cost of the hop to a model replica is paid once per batch, not once per request.
         result = await self._call_model("classify", [text for texts in requests for text in texts])
-        answers, start = [], 0
-        for texts in requests:
-            answers.append(
-                {"model": result["model"], "predictions": result["predictions"][start : start + len(texts)]}
-            )
-            start += len(texts)
-        return answers
+        per_request = split_by_sizes(result["predictions"], [len(texts) for texts in requests])
+        return [{"model": result["model"], "predictions": predictions} for predictions in per_request]
 
     def _authorize(self, request: Request) -> None:
         if self._api_key is None:
