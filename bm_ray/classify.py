@@ -26,14 +26,14 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from bm_ray import sink
+from bm_ray import report, sink
 from bm_ray.corpus import ROW_COLUMNS, commit_corpus
 from bm_ray.engine import Predictor
 from bm_ray.models import read_model_info, resolve_model
 from bm_ray.runtime import init_ray
 from bm_ray.specs import ClassifySpec, Precision
 
-PREDICTIONS_DIR = "predictions"
+PREDICTIONS_DIR = report.PREDICTIONS_DIR
 PROBS_COLUMN = "_probs"
 SCORES_TYPE = pa.map_(pa.string(), pa.float32())
 
@@ -214,6 +214,7 @@ def classify(spec: ClassifySpec) -> dict[str, Any]:
     summary["rows_classified"] = summary["rows_ok"]
     fs, root = sink.resolve_uri(spec.output)
     sink.write_json_atomic(fs, f"{root.rstrip('/')}/{sink.SUMMARY_FILE}", summary)
+    report.build_report(spec.output)
     return summary
 
 

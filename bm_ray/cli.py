@@ -365,6 +365,21 @@ def classify(
     typer.echo(f"{classify_spec.output.rstrip('/')}/summary.json")
 
 
+@app.command()
+def report(
+    output: Annotated[
+        str, typer.Argument(help="A job's output directory (ingest, classify, train, evaluate).")
+    ],
+) -> None:
+    """(Re)build OUTPUT/report.html from the output's own files (no model, no Ray); prints its path."""
+    from bm_ray.report import ReportError, build_report
+
+    try:
+        typer.echo(build_report(output))
+    except ReportError as err:
+        fail(str(err))
+
+
 @model_app.command("fetch")
 def model_fetch(
     name: str = typer.Argument("minilm-l6", help="Preset name."),

@@ -64,6 +64,7 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from bm_ray import sink
+from bm_ray.report import build_report
 from bm_ray.runtime import init_ray
 from bm_ray.specs import IngestSpec
 
@@ -971,4 +972,6 @@ def ingest(spec: IngestSpec, output: str, *, overwrite: bool = False) -> dict[st
 
     extra, _ = commit_corpus(spec, output, commit, job=job, overwrite=overwrite)
     extra["elapsed_s"] = round(time.monotonic() - started, 3)
-    return sink.summarize(output, extra)
+    summary = sink.summarize(output, extra)
+    build_report(output)
+    return summary

@@ -29,6 +29,7 @@ HTTP API (all errors are ``{"error": {"code", "message", "field"?}}``):
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures of the ingress class at runtime.
 import asyncio
+import functools
 import hashlib
 import hmac
 import json
@@ -40,11 +41,12 @@ import time
 from collections import Counter as Tally
 from collections import deque
 from collections.abc import Callable, Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 from ray import serve
 from ray.exceptions import RayActorError
@@ -243,6 +245,18 @@ async def read_json_body(request: Request, max_bytes: int) -> Any:
         return json.loads(body)
     except (ValueError, RecursionError) as err:
         raise ApiError(422, "malformed_json", f"body is not valid JSON: {err}", "body") from None
+
+
+PLAYGROUND_CSP = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'"
+)
+"""The playground runs its own inline script and talks only to this endpoint."""
+
+
+@functools.cache
+def playground_page() -> str:
+    """The endpoint playground (package data `bm_ray/serve_playground.html`), read once per process."""
+    return (resources.files("bm_ray") / "serve_playground.html").read_text(encoding="utf-8")
 
 
 class ModelNotReadyError(RuntimeError):
@@ -567,6 +581,11 @@ class ApiGateway:
         except ApiError as err:
             return self._reject(err)
         return JSONResponse(info)
+
+    @http_app.get("/", include_in_schema=False)
+    async def playground(self) -> HTMLResponse:
+        """The playground page (public; the API calls it makes carry the key typed into it)."""
+        return HTMLResponse(playground_page(), headers={"Content-Security-Policy": PLAYGROUND_CSP})
 
     @http_app.get("/healthz")
     async def healthz(self) -> dict[str, str]:

@@ -497,14 +497,16 @@ def _finish(
 ) -> dict[str, Any]:
     """Materialise the best checkpoint as the model directory, evaluate it, write metrics and plots."""
     from bm_ray.engine import Predictor
-    from bm_ray.evaluate import corpus_batches, evaluate_batches, write_report
+    from bm_ray.evaluate import PredictionLog, corpus_batches, evaluate_batches, write_report
     from bm_ray.metrics import plot_training_curves
+    from bm_ray.report import build_report
 
     checkpoint.to_directory(str(local_output))
     state = json.loads((local_output / TRAIN_STATE_FILE).read_text(encoding="utf-8"))
     (local_output / TRAIN_STATE_FILE).unlink()
     predictor = Predictor.load(str(local_output), batch_size=64)
-    report = evaluate_batches(predictor, corpus_batches(data.val_rows, Counter()))
+    log = PredictionLog()
+    report = evaluate_batches(predictor, corpus_batches(data.val_rows, Counter()), log)
     report.update(
         epochs=latest_metrics.get("history") or state["history"],
         best_epoch=state["epoch"],
@@ -515,8 +517,9 @@ def _finish(
     )
     if rejects.count():
         rejects.drop_columns(["_unit", "_row"]).write_parquet(str(local_output / "rejects"))
-    write_report(report, local_output, title="validation")
+    write_report(report, local_output, title="validation", log=log)
     plot_training_curves(report["epochs"], local_output / "training_curves.png")
+    build_report(str(local_output))
     if is_remote(spec.output):
         import pyarrow.fs as pafs
 
