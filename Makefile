@@ -7,7 +7,7 @@ export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: venv demo test lint format test-slow model clean
+.PHONY: venv demo test lint format test-slow model clean browser
 
 venv: $(STAMP)
 
@@ -30,8 +30,16 @@ format: venv
 	$(BIN)/ruff check --fix bm_ray tests
 	$(BIN)/ruff format bm_ray tests
 
-test: lint
+test: lint browser
 	$(BIN)/python -m pytest -q
+
+# Headless Chromium for the browser tests (tests/browser.py drives it through playwright's Python API).
+# Installed with apt when missing; elsewhere install Chromium or Chrome and set BM_RAY_CHROMIUM=/path/to/it.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || [ -n "$$BM_RAY_CHROMIUM" ] || { \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); $$sudo apt-get update -q && $$sudo apt-get install -y -q chromium; \
+	  else echo "no Chromium and no apt-get: install Chromium or Chrome and set BM_RAY_CHROMIUM=/path/to/it"; exit 1; fi; }
 
 test-slow: venv
 	BM_RAY_SLOW=1 $(BIN)/python -m pytest -q -m "slow or realdata"

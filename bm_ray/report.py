@@ -506,7 +506,7 @@ def rejects_section(out: OutputDir, by_reason: dict[str, int], note: str = "") -
     examples = reject_examples(out, by_reason, EXAMPLES_PER_REASON)
     for reason, count in items:
         rows = examples.get(reason) or []
-        body += f'<h3>{esc(reason)} <span class="note">({fmt(int(count))} rows)</span></h3>'
+        body += f'<h3>{esc(reason)} <span class="note">({fmt(int(count))} {"row" if count == 1 else "rows"})</span></h3>'
         if rows:
             body += table(
                 ["id", "source", "raw (snippet)"],
@@ -628,7 +628,7 @@ def corpus_report(out: OutputDir, kind: str) -> str:
         sections.append(model_section(summary["model"]))
     sections.append(
         label_section(
-            summary.get("label_counts") or {}, "predicted labels" if kind == "classify" else "labels"
+            summary.get("label_counts") or {}, "Predicted labels" if kind == "classify" else "Labels"
         )
     )
     sections.extend(s for s in (confidence_section(out, summary), throughput_section(out)) if s is not None)
@@ -789,7 +789,7 @@ def model_report(out: OutputDir, kind: str) -> str:
         sections.append(
             label_section(
                 data["labels"],
-                "training labels",
+                "Training labels",
                 f"{data.get('train_rows', 0):,} training rows, {data.get('val_rows', 0):,} validation rows.",
             )
         )

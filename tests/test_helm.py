@@ -32,6 +32,7 @@ TOGGLES: dict[str, dict[str, Any]] = {
     "object-store": {
         "storage": {"pvc": {"enabled": False}, "objectStore": {"credentialsSecret": "s3-creds"}}
     },
+    "grafana": {"grafana": {"enabled": True, "folder": "ML"}},
 }
 
 
@@ -191,8 +192,19 @@ def test_object_store_uses_existing_secret_and_no_pvc() -> None:
         {"serve": {"service": {"type": "Public"}}},
         {"train": {"spec": {"kind": "classify"}}},
         {"ingress": {"enabled": "yes"}},
+        {"grafana": {"enabled": "yes"}},
     ],
 )
 def test_bad_values_are_refused(bad: dict[str, Any]) -> None:
     with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError):
         chart.render(copy.deepcopy(bad), name="demo", namespace="ml")
+
+
+def test_grafana_dashboard_configmap_only_when_enabled() -> None:
+    """The dashboard file, verbatim, in a ConfigMap carrying the label Grafana's sidecar watches."""
+    assert not [obj for obj in _by_kind(render({}), "ConfigMap") if "grafana" in obj["metadata"]["name"]]
+    (config_map,) = _by_kind(render(TOGGLES["grafana"]), "ConfigMap")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert config_map["metadata"]["annotations"] == {"grafana_folder": "ML"}
+    dashboard = (CHART / "dashboards" / "bm-ray.json").read_text(encoding="utf-8")
+    assert config_map["data"]["bm-ray.json"] == dashboard.rstrip("\n")
