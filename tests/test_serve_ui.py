@@ -94,6 +94,7 @@ def test_playground_in_a_browser_shows_the_apis_answer(endpoint: str, tmp_path: 
         assert page.inner_text("#label") == prediction["label"]
         assert page.inner_text("#model") == "model: tiny-bert · version 7"
         assert page.is_hidden("#error") and page.is_hidden("#abstained")
+        assert page.get_attribute("#docs", "href") == "/pg/docs"
         bars = page.locator("#bars .bar").all()
         assert [b.get_attribute("data-label") for b in bars] == sorted(
             LABELS, key=lambda label: -prediction["scores"][label]
