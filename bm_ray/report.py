@@ -3,7 +3,9 @@
 Every job (ingest, classify, train, evaluate) calls :func:`build_report` at its end, and
 ``bm-ray report DIR`` rebuilds it. No model and no Ray: only the files the job left behind
 (``summary.json``, ``_commits/``, ``rejects/``, ``predictions/``, ``metrics.json``, ``labels.json``,
-``predictions.parquet``, ``compare.json``). Charts are inline SVG drawn here, the CSS is inline and
+``predictions.parquet``, ``compare.json``). It imports only the base layer (the commit-record
+layout of :mod:`bm_ray.sink`, the model-file name, :mod:`bm_ray.metrics`), which is what lets every job
+call it: it sits beside the base layer, not above the jobs as the design sketch drew it. Charts are inline SVG drawn here, the CSS is inline and
 the page has no script at all (its Content-Security-Policy forbids scripts and remote loads), so it
 opens from disk, offline, anywhere.
 
@@ -25,6 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
@@ -641,19 +645,22 @@ def corpus_report(out: OutputDir, kind: str) -> str:
 # --------------------------------------------------------------------------------------- model reports
 
 
-def load_predictions(out: OutputDir) -> dict[str, np.ndarray] | None:
-    """id, label, predicted, score, text of predictions.parquet as arrays, or None when absent."""
+def load_predictions(out: OutputDir) -> pa.Table | None:
+    """predictions.parquet (id, label, predicted, score, text) as an Arrow table, or None when absent."""
     dataset = out.dataset(PREDICTIONS_FILE)
-    if dataset is None:
-        return None
-    tbl = dataset.to_table()
-    return {name: np.asarray(tbl.column(name).to_pylist(), dtype=object) for name in tbl.column_names}
+    return None if dataset is None else dataset.to_table()
 
 
-def selective_sections(rows: dict[str, np.ndarray]) -> Iterator[tuple[str, str, str]]:
+def correctness(rows: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """(top score, predicted == true label) per row."""
+    scores = rows.column("score").to_numpy().astype(np.float64)
+    correct = pc.equal(rows.column("label"), rows.column("predicted")).to_numpy(zero_copy_only=False)
+    return scores, correct.astype(bool)
+
+
+def selective_sections(rows: pa.Table) -> Iterator[tuple[str, str, str]]:
     """Risk–coverage curve, reliability diagram and the example lists of per-row predictions."""
-    scores = rows["score"].astype(np.float64)
-    correct = rows["label"] == rows["predicted"]
+    scores, correct = correctness(rows)
     coverage, risk = risk_coverage(scores, correct)
     xs, ys = thin(coverage, risk)
     chart = line_chart(
@@ -670,7 +677,8 @@ def selective_sections(rows: dict[str, np.ndarray]) -> Iterator[tuple[str, str, 
         "risk",
         "Risk–coverage",
         chart,
-        f"Keeping only the most confident rows lowers the error rate; area under the curve (AURC) {aurc:.4f}, lower is better.",
+        "Error rate of the rows kept when only the most confident ones are kept; a curve that falls to the "
+        f"left means the scores rank the errors last. Area under the curve (AURC) {aurc:.4f}, lower is better.",
     )
     bins = reliability_bins(scores, correct)
     chart = reliability_chart("reliability", bins, "reliability diagram")
@@ -681,28 +689,17 @@ def selective_sections(rows: dict[str, np.ndarray]) -> Iterator[tuple[str, str, 
         "Bars on the diagonal mean the scores are calibrated probabilities; bars below it mean over-confidence.",
     )
     order = np.argsort(scores, kind="stable")
+    by_confidence = order[::-1]
     headers = ["id", "true", "predicted", "score", "text"]
 
-    def listed(index: Iterable[int]) -> str:
-        picked = list(index)[:EXAMPLES_LISTED]
+    def listed(index: np.ndarray) -> str:
+        picked = rows.take(pa.array(index[:EXAMPLES_LISTED], pa.int64())).to_pylist()
         if not picked:
             return '<p class="note">none</p>'
-        return table(
-            headers,
-            [
-                (
-                    rows["id"][i],
-                    rows["label"][i],
-                    rows["predicted"][i],
-                    float(scores[i]),
-                    snippet(rows["text"][i]),
-                )
-                for i in picked
-            ],
-            "examples",
-        )
+        cells = [(r["id"], r["label"], r["predicted"], float(r["score"]), snippet(r["text"])) for r in picked]
+        return table(headers, cells, "examples")
 
-    wrong = [i for i in order[::-1] if not correct[i]]
+    wrong = by_confidence[~correct[by_confidence]]
     body = "<h3>Lowest confidence</h3>" + listed(order) + "<h3>Most confidently wrong</h3>" + listed(wrong)
     yield section("examples", "Examples", body)
 
@@ -714,8 +711,8 @@ def model_report(out: OutputDir, kind: str) -> str:
         raise ReportError(f"{out.output}: no {METRICS_FILE}; the {kind} job did not finish (rerun it)")
     rows = load_predictions(out)
     bins = None
-    if rows is not None and len(rows["score"]):
-        bins = reliability_bins(rows["score"].astype(np.float64), rows["label"] == rows["predicted"])
+    if rows is not None and rows.num_rows:
+        bins = reliability_bins(*correctness(rows))
     epochs = metrics.get("epochs") or []
     tiles = stats(
         [
@@ -780,7 +777,7 @@ def model_report(out: OutputDir, kind: str) -> str:
             "f1", [(k, float(v["f1"])) for k, v in per_class.items()], "F1 per class", COLORS[2]
         )
         sections.append(section("classes", "Per class", body))
-    if rows is not None and len(rows["score"]):
+    if rows is not None and rows.num_rows:
         sections.extend(selective_sections(rows))
     if metrics.get("leakage") is not None:
         sections.append(section("leakage", "Leakage", generic(metrics["leakage"])))
