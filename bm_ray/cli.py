@@ -418,6 +418,9 @@ def serve(
     api_key_env: Annotated[
         str | None, typer.Option("--api-key-env", help="Env var holding the Bearer API key.")
     ] = None,
+    api_key_file: Annotated[
+        str | None, typer.Option("--api-key-file", help="File holding the Bearer API key (a mounted Secret).")
+    ] = None,
     address: AddressOpt = None,
     config: Annotated[
         Path | None,
@@ -440,6 +443,7 @@ def serve(
             "forward_batch_size": forward_batch_size,
             "max_queued_requests": max_queued_requests,
             "api_key_env": api_key_env,
+            "api_key_file": api_key_file,
         }
     )
     run_serve(load_serve_spec(config, flags), address=address, blocking=True)
