@@ -461,7 +461,8 @@ class ApiGateway:
         self.spec = spec
         self._model = model
         self._api_key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
-        if spec.api_key_file:  # a mounted Secret: missing or empty fails the replica, never opens the endpoint
+        # A mounted Secret: a missing or empty file fails the replica, it never opens the endpoint.
+        if spec.api_key_file:
             self._api_key = Path(spec.api_key_file).read_text(encoding="utf-8").strip()
             if not self._api_key:
                 raise ValueError(f"api_key_file {spec.api_key_file} is empty")
