@@ -329,3 +329,12 @@ def test_submit_serve_config_deploys_a_working_endpoint(
     assert result == "serve:bm-ray-b"
     assert "removing bm-ray" in "".join(said)
     assert serve_applications(address) == ["bm-ray-b"]
+
+
+def test_serve_config_takes_one_api_key_source(tmp_path: Path) -> None:
+    both = _overrides("applications.0.args.api_key_env=BM_RAY_API_KEY")
+    with pytest.raises(SpecError, match="api_key_env and api_key_file"):
+        load_job(JOBS / "serve.yaml", both)
+    assert (
+        load_job(JOBS / "serve.yaml")[1].applications[0].args["api_key_file"] == "/etc/bm-ray/api-key/api-key"
+    )
