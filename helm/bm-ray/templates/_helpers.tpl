@@ -208,7 +208,8 @@ spec:
         items: [{key: {{ $v.serve.apiKey.key }}, path: api-key}]
     {{- end }}
     {{- if eq .role "head" }}
-    # The Kubernetes API token of the autoscaler sidecar alone (what automountServiceAccountToken would mount).
+    # The Kubernetes API token of the autoscaler sidecar alone: what automountServiceAccountToken would mount
+    # (same sources and 3607 s expiry; Ray's KubeRay node provider re-reads the file as the kubelet rotates it).
     - name: kube-api-access
       projected:
         defaultMode: 0440
