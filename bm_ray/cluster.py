@@ -92,7 +92,7 @@ def _write_token(temp_dir: Path) -> Path:
     return path
 
 
-def _ray_start(args: list[str], info: ClusterInfo, resources: dict[str, float]) -> None:
+def _ray_start(args: list[str], info: ClusterInfo, resources: dict[str, float], timeout_s: float) -> None:
     # Each node gets its own agent / client ports: the fixed defaults (52365, 10001) would collide
     # with the other nodes of this cluster and with other clusters on the machine.
     command = [
@@ -112,7 +112,12 @@ def _ray_start(args: list[str], info: ClusterInfo, resources: dict[str, float]) 
     # RAY_AUTH_TOKEN would win over the file: a caller's own token must not leak into this cluster.
     env = {name: value for name, value in os.environ.items() if name != "RAY_AUTH_TOKEN"}
     env.update(node_env(), RAY_USAGE_STATS_ENABLED="0", PATH=path, **info.auth_env)
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+    try:
+        result = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=timeout_s, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise ClusterError(f"`{' '.join(command[1:3])}` did not finish within {timeout_s:.0f}s") from None
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
         raise ClusterError(f"`{' '.join(command[1:3])}` failed (exit {result.returncode}):\n{tail}")
@@ -147,7 +152,8 @@ def cluster_up(
 
     Worker nodes carry the custom resource `bm-ray-worker` (the head `bm-ray-head`), so work can be pinned to
     them. With `auth` (the default) the cluster requires its own token (see the module doc); without it,
-    anyone who reaches its ports can run code on it. On failure, whatever was started is stopped again.
+    anyone who reaches its ports can run code on it. `timeout_s` bounds each `ray start` and the wait for the
+    nodes. On failure, whatever was started is stopped again.
     """
     if workers < 0 or cpus_per_worker < 1 or head_cpus < 0:
         raise ClusterError("workers must be >= 0, cpus_per_worker >= 1 and head_cpus >= 0")
@@ -173,10 +179,14 @@ def cluster_up(
             ],
             info,
             {HEAD_RESOURCE: 1},
+            timeout_s,
         )
         for _ in range(workers):
             _ray_start(
-                [f"--address={info.address}", f"--num-cpus={cpus_per_worker}"], info, {WORKER_RESOURCE: 1}
+                [f"--address={info.address}", f"--num-cpus={cpus_per_worker}"],
+                info,
+                {WORKER_RESOURCE: 1},
+                timeout_s,
             )
         deadline = time.monotonic() + timeout_s
         while (alive := _alive_nodes(info)) != workers + 1:

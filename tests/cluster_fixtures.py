@@ -23,8 +23,14 @@ def local_cluster() -> Iterator[ClusterInfo]:
     with pytest.MonkeyPatch.context() as env:
         for name in AUTH_VARS:
             env.delenv(name, raising=False)
+        # A generous timeout: `ray start` takes minutes when other test runs load the machine.
         info = cluster_up(
-            workers=1, cpus_per_worker=1, head_cpus=1, port=free_port(), dashboard_port=free_port()
+            workers=1,
+            cpus_per_worker=1,
+            head_cpus=1,
+            port=free_port(),
+            dashboard_port=free_port(),
+            timeout_s=300,
         )
         try:
             for name, value in info.auth_env.items():
