@@ -16,9 +16,8 @@ from typing import Any
 
 import pytest
 import yaml
-
-from tests.helm_pods import pods_of
-from tests.test_helm import CHART, ROOT, render
+from helm_pods import pods_of
+from test_helm import CHART, ROOT, render
 
 CHECKOV = ROOT / ".venv-scan" / "bin" / "checkov"
 ALLOWLIST = CHART / "policy-allowlist.txt"

@@ -8,11 +8,11 @@ from typing import Any
 
 import helm_python as helm
 import pytest
+from helm_pods import pods_of
+from test_helm import CHART, render
+from test_helm_policy import DIGEST, EVERY_PART, NAMESPACE
 
 from bm_ray.specs import ServeSpec
-from tests.helm_pods import pods_of
-from tests.test_helm import CHART, render
-from tests.test_helm_policy import DIGEST, EVERY_PART, NAMESPACE
 
 RAY_KINDS = ("RayCluster", "RayJob", "RayService")
 
