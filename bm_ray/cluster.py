@@ -93,8 +93,9 @@ def _write_token(temp_dir: Path) -> Path:
 
 
 def _ray_start(args: list[str], info: ClusterInfo, resources: dict[str, float], timeout_s: float) -> None:
-    # Each node gets its own agent / client ports: the fixed defaults (52365, 10001) would collide
-    # with the other nodes of this cluster and with other clusters on the machine.
+    # Each node gets its own agent / client / metrics ports: the fixed defaults (52365, 10001) would collide
+    # with the other nodes of this cluster and with other clusters on the machine, and so, on a busy machine,
+    # can the metrics port Ray picks by itself.
     command = [
         str(Path(sys.executable).with_name("ray")),
         "start",
@@ -102,6 +103,7 @@ def _ray_start(args: list[str], info: ClusterInfo, resources: dict[str, float], 
         f"--temp-dir={info.temp_dir}",
         "--node-ip-address=127.0.0.1",
         f"--dashboard-agent-listen-port={_free_port()}",
+        f"--metrics-export-port={_free_port()}",
         f"--resources={json.dumps(resources)}",
         "--disable-usage-stats",
     ]
