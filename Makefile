@@ -7,7 +7,7 @@ export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: venv demo test lint format test-slow model clean browser
+.PHONY: venv demo test lint format test-slow model clean browser scan-venv
 
 venv: $(STAMP)
 
@@ -30,7 +30,20 @@ format: venv
 	$(BIN)/ruff check --fix bm_ray tests
 	$(BIN)/ruff format bm_ray tests
 
-test: lint browser
+# checkov (the Helm chart's policy scan, tests/test_helm_policy.py) pins packages that conflict with ours: own venv.
+SCAN_VENV ?= .venv-scan
+CHECKOV_VERSION := 3.3.30
+SCAN_STAMP := $(SCAN_VENV)/.installed-checkov-$(CHECKOV_VERSION)
+
+scan-venv: $(SCAN_STAMP)
+
+$(SCAN_STAMP):
+	test -x $(SCAN_VENV)/bin/python || $(PYTHON) -m venv $(SCAN_VENV)
+	$(SCAN_VENV)/bin/python -m pip install -q --upgrade pip
+	$(SCAN_VENV)/bin/python -m pip install -q checkov==$(CHECKOV_VERSION)
+	rm -f $(SCAN_VENV)/.installed-*; touch $(SCAN_STAMP)
+
+test: lint browser scan-venv
 	$(BIN)/python -m pytest -q
 
 # Headless Chromium for the browser tests (tests/browser.py drives it through playwright's Python API).
@@ -45,4 +58,4 @@ test-slow: venv
 	BM_RAY_SLOW=1 $(BIN)/python -m pytest -q -m "slow or realdata"
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(SCAN_VENV) .pytest_cache .ruff_cache

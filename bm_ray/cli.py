@@ -433,6 +433,9 @@ def serve(
     api_key_env: Annotated[
         str | None, typer.Option("--api-key-env", help="Env var holding the Bearer API key.")
     ] = None,
+    api_key_file: Annotated[
+        str | None, typer.Option("--api-key-file", help="File holding the Bearer API key (a mounted Secret).")
+    ] = None,
     address: AddressOpt = None,
     config: Annotated[
         Path | None,
@@ -455,6 +458,7 @@ def serve(
             "forward_batch_size": forward_batch_size,
             "max_queued_requests": max_queued_requests,
             "api_key_env": api_key_env,
+            "api_key_file": api_key_file,
         }
     )
     run_serve(load_serve_spec(config, flags), address=address, blocking=True)
@@ -613,6 +617,9 @@ def submit(
     pip: list[str] = typer.Option([], "--pip", help="Extra pip requirement for the job (repeatable)."),
     timeout: float | None = typer.Option(None, help="Give up waiting after this many seconds."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and print the equivalent Ray command."),
+    replace_all: bool = typer.Option(
+        False, "--replace-all", help="Serve config: remove the cluster's applications it does not contain."
+    ),
 ) -> None:
     """Submit a job file to a Ray cluster's job server; prints the submission id.
 
@@ -632,7 +639,9 @@ def submit(
         typer.echo(ray_job_submit_command(file, address))
         return
     try:
-        submission_id = submit_job(file, address, overrides, wait, follow, ship_package, pip, timeout)
+        submission_id = submit_job(
+            file, address, overrides, wait, follow, ship_package, pip, timeout, replace_all=replace_all
+        )
     except JobFailedError as err:
         console.print(err.log_tail, markup=False, highlight=False)
         fail(str(err), code=1)
@@ -689,16 +698,22 @@ def cluster_up_command(
     port: int = typer.Option(6379, help="GCS port of the head."),
     dashboard_port: int = typer.Option(8265, help="Dashboard / job server port."),
     temp_dir: Path | None = typer.Option(None, help="Temp dir (default /tmp/bm-ray-PORT)."),
+    auth: bool = typer.Option(True, "--auth/--no-auth", help="Ray token auth (a fresh token per cluster)."),
 ) -> None:
     """Start a head and N worker nodes on this machine; wait until all are alive."""
     from bm_ray.cluster import ClusterError, cluster_up
 
     try:
-        info = cluster_up(workers, cpus_per_worker, head_cpus, port, dashboard_port, temp_dir)
+        info = cluster_up(workers, cpus_per_worker, head_cpus, port, dashboard_port, temp_dir, auth=auth)
     except ClusterError as err:
         fail(str(err))
     typer.echo(f"cluster up: {workers + 1} nodes, temp dir {info.temp_dir}")
-    typer.echo(f"  export RAY_ADDRESS={info.dashboard_url}   # bm-ray submit / ray job submit")
+    if not auth:
+        typer.echo("  no token auth: anyone who reaches its ports can run code on it")
+    exports = " ".join(
+        f"{name}={value}" for name, value in {**info.auth_env, "RAY_ADDRESS": info.dashboard_url}.items()
+    )
+    typer.echo(f"  export {exports}   # bm-ray submit / jobs / serve, ray job submit")
     typer.echo(f"  bm-ray train --spec jobs/train.yaml --set address={info.address}")
 
 

@@ -475,6 +475,11 @@ class ApiGateway:
         self.spec = spec
         self._model = model
         self._api_key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
+        # A mounted Secret: a missing or empty file fails the replica, it never opens the endpoint.
+        if spec.api_key_file:
+            self._api_key = Path(spec.api_key_file).read_text(encoding="utf-8").strip()
+            if not self._api_key:
+                raise ValueError(f"api_key_file {spec.api_key_file} is empty")
         if spec.api_key_env and not self._api_key:
             logger.warning("api_key_env %s is not set in the replica: the endpoint is open", spec.api_key_env)
         self._rejected = Counter(

@@ -212,6 +212,11 @@ class ServeSpec(StrictModel):
     max_text_chars: int = Field(default=100_000, ge=1, description="Longer texts are refused with 422.")
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     api_key_env: str | None = Field(default=None, description="Env var holding the Bearer API key.")
+    api_key_file: str | None = Field(
+        default=None,
+        description="File holding the Bearer API key (e.g. a mounted Kubernetes Secret); a missing file fails "
+        "the replica instead of opening the endpoint.",
+    )
     cpus_per_replica: float = Field(default=1, gt=0)
     gpus_per_replica: float = Field(default=0, ge=0)
     precision: Precision = "auto"
@@ -220,6 +225,8 @@ class ServeSpec(StrictModel):
     def _check(self) -> ServeSpec:
         if self.max_replicas < self.min_replicas:
             raise ValueError(f"max_replicas ({self.max_replicas}) < min_replicas ({self.min_replicas})")
+        if self.api_key_env and self.api_key_file:
+            raise ValueError("api_key_env and api_key_file: give one source of the API key, not both")
         return self
 
 
