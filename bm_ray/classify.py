@@ -3,7 +3,7 @@
 One streaming pass: :func:`bm_ray.corpus.read_corpus` (ok rows, rejects and blank lines together,
 committed rows skipped) → one ``map_batches`` over an actor pool of :class:`ClassifyProcessor`, which
 loads the :class:`~bm_ray.engine.Predictor` once per actor, predicts the ok rows of each batch in one
-engine call and commits every run through :class:`~bm_ray.sink.CommitProcessor`::
+engine call and commits every run through :class:`~bm_ray.commit.CommitProcessor`::
 
     DIR/predictions/<run>.parquet   id, label, score, scores (map<string, float>), model, keep_fields
     DIR/rejects/<run>.parquet       id, source, reason, raw
@@ -26,8 +26,8 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from bm_ray import sink
-from bm_ray.corpus import ROW_COLUMNS, commit_corpus
+from bm_ray import commit, storage
+from bm_ray.corpus import ROW_COLUMNS
 from bm_ray.engine import Predictor
 from bm_ray.models import read_model_info, resolve_model
 from bm_ray.runtime import init_ray
@@ -49,10 +49,10 @@ READ_ARGS = {"num_cpus": 0}
 holding every CPU would otherwise starve the reads (they cannot fuse into an explicit-batch_size map)."""
 
 
-class ClassifyProcessor(sink.CommitProcessor):
+class ClassifyProcessor(commit.CommitProcessor):
     """Ray Data callable class: predict the ok rows of a batch with the engine, then commit its runs.
 
-    Returns the per-run count rows of :data:`bm_ray.sink.PROGRESS_SCHEMA` plus ``real_tokens`` and
+    Returns the per-run count rows of :data:`bm_ray.commit.PROGRESS_SCHEMA` plus ``real_tokens`` and
     ``padded_tokens`` (of this batch's forward passes, on its first row) for the padding accounting.
     """
 
@@ -145,7 +145,7 @@ def map_batch_rows(spec: ClassifySpec) -> int:
 def classify(spec: ClassifySpec) -> dict[str, Any]:
     """Run the classify job; returns the summary also written to ``output/summary.json``.
 
-    Keys (beyond :func:`bm_ray.sink.summarize`): rows_classified, elapsed_s, rows_per_s (rows read by
+    Keys (beyond :func:`bm_ray.commit.summarize`): rows_classified, elapsed_s, rows_per_s (rows read by
     this run / its wall time), rows_this_run, padding_waste, model (name, version, path), precision,
     actors, batch_size.
     """
@@ -159,7 +159,7 @@ def classify(spec: ClassifySpec) -> dict[str, Any]:
         "input": spec.input.model_dump(mode="json", exclude={"rows_per_block"}),
     }
 
-    def commit(ds: ray.data.Dataset) -> ray.data.Dataset:
+    def predict_and_commit(ds: ray.data.Dataset) -> ray.data.Dataset:
         return ds.map_batches(
             ClassifyProcessor,
             fn_constructor_args=(spec.output, spec.model),
@@ -184,10 +184,10 @@ def classify(spec: ClassifySpec) -> dict[str, Any]:
     previous_block_size = context.target_max_block_size
     context.target_max_block_size = CLASSIFY_BLOCK_BYTES
     try:
-        extra, totals = commit_corpus(
+        extra, totals = commit.commit_corpus(
             spec.input,
             spec.output,
-            commit,
+            predict_and_commit,
             job=job,
             ok_dir=PREDICTIONS_DIR,
             overwrite=spec.overwrite,
@@ -210,10 +210,10 @@ def classify(spec: ClassifySpec) -> dict[str, Any]:
         batch_size=spec.batch_size,
         output=spec.output,
     )
-    summary = sink.summarize(spec.output, extra, write=False)
+    summary = commit.summarize(spec.output, extra, write=False)
     summary["rows_classified"] = summary["rows_ok"]
-    fs, root = sink.resolve_uri(spec.output)
-    sink.write_json_atomic(fs, f"{root.rstrip('/')}/{sink.SUMMARY_FILE}", summary)
+    fs, root = storage.resolve_uri(spec.output)
+    storage.write_json_atomic(fs, f"{root.rstrip('/')}/{commit.SUMMARY_FILE}", summary)
     return summary
 
 

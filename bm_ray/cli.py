@@ -132,7 +132,7 @@ def ingest(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start afresh instead of resuming.")] = False,
 ) -> None:
     """Validate a corpus: every row ends in ok/ or rejects/ (with a reason); summary.json accounts for all."""
-    from bm_ray.corpus import ingest as run_ingest
+    from bm_ray.ingest import ingest as run_ingest
 
     flags = ingest_options(
         input, format, text_fields, label_field, id_field, keep_fields, clean_text, csv_header, csv_columns

@@ -16,10 +16,10 @@ from bm_ray.corpus import (
     ROW_COLUMNS,
     clean_text,
     infer_format,
-    ingest,
     list_corpus,
     read_corpus,
 )
+from bm_ray.ingest import ingest
 from bm_ray.specs import IngestSpec
 
 

@@ -12,8 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from bm_ray import sink
-from bm_ray.corpus import ingest, read_corpus, row_schema
+from bm_ray import commit
+from bm_ray.corpus import BLANK_LINE, read_corpus, row_schema
+from bm_ray.ingest import ingest
 from bm_ray.specs import IngestSpec
 
 
@@ -28,7 +29,7 @@ def make_batch(rows: list[tuple[str, int, str | None]]) -> pa.Table:
             "label": None if reason else ("a" if row % 2 else "b"),
             "source": source,
             "reason": reason,
-            "raw": "raw" if reason and reason != sink.BLANK_LINE else None,
+            "raw": "raw" if reason and reason != BLANK_LINE else None,
             "truncated": row == 1,
             "utf8_repaired": False,
             "_unit": unit,
@@ -45,21 +46,21 @@ def listing(out: Path) -> dict[str, bytes]:
 
 def test_processor_commits_runs_and_retries_are_idempotent(tmp_path: Path) -> None:
     out = str(tmp_path / "out")
-    sink.prepare_output(out)
+    commit.prepare_output(out)
     batch = make_batch(
         [
             ("u1", 0, None),
             ("u1", 1, None),
-            ("u1", 2, sink.BLANK_LINE),
+            ("u1", 2, BLANK_LINE),
             ("u1", 3, "empty_text"),
             ("u1", 7, None),
             ("u1", 8, "too_long"),
-            ("u2", 0, sink.BLANK_LINE),
+            ("u2", 0, BLANK_LINE),
         ]
     )
-    processor = sink.CommitProcessor(out)
+    processor = commit.CommitProcessor(out)
     progress = processor(batch)
-    assert progress.schema == sink.PROGRESS_SCHEMA
+    assert progress.schema == commit.PROGRESS_SCHEMA
     assert progress.select(["unit", "first_row", "last_row", "rows_read", "blank_lines"]).to_pylist() == [
         {"unit": "u1", "first_row": 0, "last_row": 3, "rows_read": 3, "blank_lines": 1},
         {"unit": "u1", "first_row": 7, "last_row": 8, "rows_read": 2, "blank_lines": 0},
@@ -81,8 +82,8 @@ def test_processor_commits_runs_and_retries_are_idempotent(tmp_path: Path) -> No
 
     processor(batch)  # a retried task: same names, same contents, nothing added
     assert listing(tmp_path / "out") == files
-    assert sink.committed_rows(out) == {"u1": [(0, 3), (7, 8)], "u2": [(0, 0)]}
-    summary = sink.summarize(out, {"format": "jsonl"})
+    assert commit.committed_rows(out) == {"u1": [(0, 3), (7, 8)], "u2": [(0, 0)]}
+    summary = commit.summarize(out, {"format": "jsonl"})
     assert (summary["rows_read"], summary["rows_ok"], summary["rows_rejected"], summary["blank_lines"]) == (
         5,
         3,
@@ -94,8 +95,8 @@ def test_processor_commits_runs_and_retries_are_idempotent(tmp_path: Path) -> No
 
 def test_summarize_refuses_broken_accounting(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    sink.prepare_output(str(out))
-    sink.CommitProcessor(str(out))(make_batch([("u1", 0, None), ("u1", 1, None)]))
+    commit.prepare_output(str(out))
+    commit.CommitProcessor(str(out))(make_batch([("u1", 0, None), ("u1", 1, None)]))
     record = {"unit": "u1", "first_row": 1, "last_row": 4, "rows_read": 4, "rows_ok": 4, "rows_rejected": 0}
     record |= {
         "rejected_by_reason": {},
@@ -106,23 +107,23 @@ def test_summarize_refuses_broken_accounting(tmp_path: Path) -> None:
     }
     (out / "_commits" / "u1-000000000001-000000000004.json").write_text(json.dumps(record))
     with pytest.raises(RuntimeError, match="overlapping commits for unit u1"):
-        sink.summarize(str(out))
+        commit.summarize(str(out))
     record |= {"first_row": 5, "last_row": 8, "rows_ok": 3}
     (out / "_commits" / "u1-000000000001-000000000004.json").unlink()
     (out / "_commits" / "u1-000000000005-000000000008.json").write_text(json.dumps(record))
     with pytest.raises(RuntimeError, match="row accounting broken"):
-        sink.summarize(str(out))
+        commit.summarize(str(out))
 
 
 def test_prepare_output_removes_debris_and_refuses_other_jobs(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    sink.prepare_output(str(out), job={"kind": "ingest", "input": ["a"]})
-    sink.CommitProcessor(str(out))(make_batch([("u1", 0, None), ("u1", 1, "empty_text")]))
+    commit.prepare_output(str(out), job={"kind": "ingest", "input": ["a"]})
+    commit.CommitProcessor(str(out))(make_batch([("u1", 0, None), ("u1", 1, "empty_text")]))
     (out / "ok" / "u9-000000000000-000000000009.parquet").write_bytes(b"half-written")
     (out / "rejects" / ".tmp-u1-000000000000-000000000001.parquet-1234").write_bytes(b"tmp")
     (out / "_commits" / ".tmp-u9-000000000000-000000000009.json-1234").write_bytes(b"{")
     before = listing(out)
-    sink.prepare_output(str(out), job={"kind": "ingest", "input": ["a"]})
+    commit.prepare_output(str(out), job={"kind": "ingest", "input": ["a"]})
     after = listing(out)
     assert sorted(set(before) - set(after)) == [
         "_commits/.tmp-u9-000000000000-000000000009.json-1234",
@@ -130,8 +131,8 @@ def test_prepare_output_removes_debris_and_refuses_other_jobs(tmp_path: Path) ->
         "rejects/.tmp-u1-000000000000-000000000001.parquet-1234",
     ]
     with pytest.raises(ValueError, match=r"different job \(differs in: input\).*overwrite"):
-        sink.prepare_output(str(out), job={"kind": "ingest", "input": ["b"]})
-    sink.prepare_output(str(out), overwrite=True, job={"kind": "ingest", "input": ["b"]})
+        commit.prepare_output(str(out), job={"kind": "ingest", "input": ["b"]})
+    commit.prepare_output(str(out), overwrite=True, job={"kind": "ingest", "input": ["b"]})
     assert sorted(listing(out)) == ["_job.json"]
 
 
@@ -191,17 +192,17 @@ def test_resume_after_killed_job_is_exactly_once(ray_local, tmp_path: Path) -> N
 
 
 def test_processor_as_ray_data_callable_class(ray_local, tmp_path: Path) -> None:
-    """How bulk classification reuses the sink: an actor pool, another ok table and ok subdir."""
+    """How bulk classification reuses the commit protocol: an actor pool, another ok table and ok subdir."""
     spec, _ = write_dup_corpus(tmp_path)
     out = str(tmp_path / "pred")
-    sink.prepare_output(out, ok_dir="predictions")
+    commit.prepare_output(out, ok_dir="predictions")
 
     def predict(rows: pa.Table) -> pa.Table:
         return pa.table({"id": rows.column("id"), "predicted": pc.utf8_length(rows.column("text"))})
 
     ds, info = read_corpus(spec)
     progress = ds.map_batches(
-        sink.CommitProcessor,
+        commit.CommitProcessor,
         fn_constructor_kwargs={
             "output": out,
             "ok_fn": predict,
@@ -214,7 +215,7 @@ def test_processor_as_ray_data_callable_class(ray_local, tmp_path: Path) -> None
     )
     assert progress.sum("rows_read") == 49
     ray.kill(info.registry)
-    summary = sink.summarize(out)
+    summary = commit.summarize(out)
     assert (summary["rows_ok"], summary["rows_rejected"]) == (34, 15)
     assert sum(summary["label_counts"].values()) == 34  # the predicted "labels" (text lengths)
     assert len(list((tmp_path / "pred" / "predictions").glob("*.parquet"))) >= 2

@@ -1,4 +1,5 @@
-"""Exactly-once committed outputs and row accounting, shared by `ingest` and bulk classification.
+"""The exactly-once commit protocol, shared by `ingest` and bulk classification: units, temp + rename,
+commit records, accounting, summary, and the driver of one resumable pass (:func:`commit_corpus`).
 
 Rows arrive in batches carrying the bookkeeping columns ``_unit`` (input unit key, e.g. one file),
 ``_row`` (0-based record index within the unit) and ``reason`` (null when ok, ``blank_line`` for
@@ -20,13 +21,10 @@ Local paths and s3:// gs:// file:// URIs all go through ``pyarrow.fs``.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import itertools
 import json
-import os
-import re
-import uuid
+import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -35,9 +33,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+import ray
 
-BLANK_LINE = "blank_line"
-"""`reason` of a blank line: carried through runs (so it is committed) but never counted as a row read."""
+from bm_ray.corpus import BLANK_LINE, read_corpus
+from bm_ray.corpus.dedupe import create_id_registry
+from bm_ray.specs import IngestSpec
+from bm_ray.storage import (
+    TMP_PREFIX,
+    join,
+    list_files,
+    read_json,
+    resolve_uri,
+    write_json_atomic,
+    write_parquet_atomic,
+)
+
+logger = logging.getLogger(__name__)
 
 COMMITS_DIR = "_commits"
 REJECTS_DIR = "rejects"
@@ -46,72 +57,16 @@ SUMMARY_FILE = "summary.json"
 REJECT_COLUMNS = ("id", "source", "reason", "raw")
 """Columns of the rejects tables."""
 
-_NAME_RE = re.compile(r"^(?P<unit>.+)-(?P<first>\d{12})-(?P<last>\d{12})$")
-_TMP_PREFIX = ".tmp-"
-
-
-def resolve_uri(uri: str) -> tuple[pafs.FileSystem, str]:
-    """Filesystem and path for a local path (relative allowed) or an s3:// gs:// file:// URI."""
-    if "://" not in uri:
-        uri = os.path.abspath(os.path.expanduser(uri))
-    return pafs.FileSystem.from_uri(uri)
-
-
-def unit_key(relpath: str, full_path: str) -> str:
-    """Filesystem-safe deterministic unit name: sanitized `relpath` (≤ 60 chars) + 8 hex of `full_path`."""
-    safe = re.sub(r"[^A-Za-z0-9.]+", "_", relpath).strip("._")[-60:].lstrip("._") or "unit"
-    digest = hashlib.blake2b(full_path.encode("utf-8"), digest_size=4).hexdigest()
-    return f"{safe}_{digest}"
-
 
 def run_name(unit: str, first_row: int, last_row: int) -> str:
     """Base name (no extension) of the files of one committed run."""
     return f"{unit}-{first_row:012d}-{last_row:012d}"
 
 
-def _join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts])
-
-
-def _write_atomic(fs: pafs.FileSystem, path: str, write: Callable[[Any], None]) -> None:
-    """Write through `write(stream)` to a temporary sibling, then move it onto `path`."""
-    directory, name = path.rsplit("/", 1)
-    tmp = f"{directory}/{_TMP_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
-    try:
-        with fs.open_output_stream(tmp) as stream:
-            write(stream)
-        fs.move(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            fs.delete_file(tmp)
-        raise
-
-
-def write_json_atomic(fs: pafs.FileSystem, path: str, data: Any) -> None:
-    """Write `data` as JSON to `path` atomically (temporary file + move)."""
-    payload = json.dumps(data, indent=2, sort_keys=True).encode("utf-8")
-    _write_atomic(fs, path, lambda stream: stream.write(payload))
-
-
-def write_parquet_atomic(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
-    """Write `table` as Parquet to `path` atomically (temporary file + move)."""
-    _write_atomic(fs, path, lambda stream: pq.write_table(table, stream))
-
-
-def _read_json(fs: pafs.FileSystem, path: str) -> Any:
-    with fs.open_input_stream(path) as stream:
-        return json.loads(stream.read().decode("utf-8"))
-
-
-def _list_files(fs: pafs.FileSystem, directory: str) -> list[pafs.FileInfo]:
-    selector = pafs.FileSelector(directory, allow_not_found=True, recursive=False)
-    return [info for info in fs.get_file_info(selector) if info.type == pafs.FileType.File]
-
-
 def _commit_records(fs: pafs.FileSystem, root: str) -> Iterator[dict[str, Any]]:
-    for info in sorted(_list_files(fs, _join(root, COMMITS_DIR)), key=lambda i: i.path):
+    for info in sorted(list_files(fs, join(root, COMMITS_DIR)), key=lambda i: i.path):
         if info.base_name.endswith(".json") and not info.base_name.startswith("."):
-            yield _read_json(fs, info.path)
+            yield read_json(fs, info.path)
 
 
 def prepare_output(
@@ -128,11 +83,11 @@ def prepare_output(
     if overwrite and fs.get_file_info(root).type != pafs.FileType.NotFound:
         fs.delete_dir(root)
     for sub in (ok_dir, REJECTS_DIR, COMMITS_DIR):
-        fs.create_dir(_join(root, sub), recursive=True)
+        fs.create_dir(join(root, sub), recursive=True)
     if job is not None:
-        job_path = _join(root, JOB_FILE)
+        job_path = join(root, JOB_FILE)
         if fs.get_file_info(job_path).type == pafs.FileType.File:
-            previous = _read_json(fs, job_path)
+            previous = read_json(fs, job_path)
             if previous != json.loads(json.dumps(job)):
                 keys = sorted(k for k in set(previous) | set(job) if previous.get(k) != job.get(k))
                 raise ValueError(
@@ -141,11 +96,11 @@ def prepare_output(
                 )
         else:
             write_json_atomic(fs, job_path, job)
-    committed = {info.base_name[: -len(".json")] for info in _list_files(fs, _join(root, COMMITS_DIR))}
+    committed = {info.base_name[: -len(".json")] for info in list_files(fs, join(root, COMMITS_DIR))}
     for sub in (ok_dir, REJECTS_DIR, COMMITS_DIR):
-        for info in _list_files(fs, _join(root, sub)):
+        for info in list_files(fs, join(root, sub)):
             stem = info.base_name.rsplit(".", 1)[0]
-            if info.base_name.startswith(_TMP_PREFIX) or (sub != COMMITS_DIR and stem not in committed):
+            if info.base_name.startswith(TMP_PREFIX) or (sub != COMMITS_DIR and stem not in committed):
                 fs.delete_file(info.path)
 
 
@@ -163,7 +118,7 @@ def committed_rows(output: str) -> dict[str, list[tuple[int, int]]]:
 def iter_committed_ids(output: str, *, ok_dir: str = "ok", id_column: str = "id") -> Iterator[list[str]]:
     """Ids of the committed ok rows, a file at a time (to pre-seed a duplicate-id registry on resume)."""
     fs, root = resolve_uri(output)
-    for info in _list_files(fs, _join(root, ok_dir)):
+    for info in list_files(fs, join(root, ok_dir)):
         if info.base_name.endswith(".parquet") and not info.base_name.startswith("."):
             with fs.open_input_file(info.path) as f:
                 yield pq.read_table(f, columns=[id_column]).column(id_column).to_pylist()
@@ -237,10 +192,10 @@ class CommitProcessor:
                 label_counts = {str(k): v for k, v in sorted(labels.items(), key=str) if k is not None}
             truncated = _count_true(ok_rows, "truncated")
             repaired = _count_true(ok_rows, "utf8_repaired")
-            write_parquet_atomic(fs, _join(root, self.ok_dir, f"{name}.parquet"), ok_table)
+            write_parquet_atomic(fs, join(root, self.ok_dir, f"{name}.parquet"), ok_table)
         if rejects.num_rows:
             write_parquet_atomic(
-                fs, _join(root, REJECTS_DIR, f"{name}.parquet"), rejects.select(REJECT_COLUMNS)
+                fs, join(root, REJECTS_DIR, f"{name}.parquet"), rejects.select(REJECT_COLUMNS)
             )
         record = {
             "unit": unit,
@@ -255,7 +210,7 @@ class CommitProcessor:
             "truncated": truncated,
             "utf8_repaired": repaired,
         }
-        write_json_atomic(fs, _join(root, COMMITS_DIR, f"{name}.json"), record)
+        write_json_atomic(fs, join(root, COMMITS_DIR, f"{name}.json"), record)
         return {k: record[k] for k in PROGRESS_SCHEMA.names}
 
 
@@ -325,5 +280,64 @@ def summarize(output: str, extra: dict[str, Any] | None = None, *, write: bool =
         )
     summary.update(extra or {})
     if write:
-        write_json_atomic(fs, _join(root, SUMMARY_FILE), summary)
+        write_json_atomic(fs, join(root, SUMMARY_FILE), summary)
     return summary
+
+
+IGNORED_FILES_LISTED = 100
+"""Ignored (non-article) files listed by name in the summary; all are counted."""
+
+PROGRESS_LOG_S = 10.0
+"""Seconds between the driver's `rows committed (rows/s)` log lines."""
+
+
+def commit_corpus(
+    spec: IngestSpec,
+    output: str,
+    commit: Callable[[ray.data.Dataset], ray.data.Dataset],
+    *,
+    job: dict[str, Any],
+    ok_dir: str = "ok",
+    overwrite: bool = False,
+    read_args: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], Counter[str]]:
+    """Drive one resumable, exactly-once pass of a corpus through a commit stage (ingest, classify).
+
+    Prepares `output` (see :func:`bm_ray.prepare_output`; `job` guards resuming into another job's
+    output), skips the rows already committed, seeds the duplicate-id registry with the committed ids,
+    reads the corpus, applies `commit` (dataset → dataset of per-run count rows, at least
+    :data:`bm_ray.PROGRESS_SCHEMA`, e.g. a `map_batches` over a :class:`~bm_ray.CommitProcessor`)
+    and drains it, logging rows committed and rows/s. `read_args` are the read tasks' Ray remote args
+    (see :func:`read_corpus`). Returns the summary extras (format, inputs, files,
+    ignored_files, rows_resumed) and the totals of every integer column of the count rows of this run.
+    """
+    started = time.monotonic()
+    prepare_output(output, ok_dir=ok_dir, overwrite=overwrite, job=job)
+    skip = committed_rows(output)
+    registry = create_id_registry()
+    totals: Counter[str] = Counter()
+    try:
+        ray.get([registry.seed.remote(ids) for ids in iter_committed_ids(output, ok_dir=ok_dir)])
+        ds, info = read_corpus(spec, registry=registry, skip=skip, ray_remote_args=read_args)
+        last_log = time.monotonic()
+        for batch in commit(ds).iter_batches(batch_format="pyarrow", batch_size=None):
+            for name, column in zip(batch.column_names, batch.columns, strict=True):
+                if pa.types.is_integer(column.type):
+                    totals[name] += int(pc.sum(column).as_py() or 0)
+            if time.monotonic() - last_log > PROGRESS_LOG_S:
+                last_log = time.monotonic()
+                rate = totals["rows_read"] / (last_log - started)
+                logger.warning(
+                    "%s: %d rows committed so far (%.1f rows/s)", job.get("kind"), totals["rows_read"], rate
+                )
+    finally:
+        ray.kill(registry)
+    extra = {
+        "format": info.format,
+        "inputs": info.inputs,
+        "files": len(info.files),
+        "ignored_files": info.ignored_files[:IGNORED_FILES_LISTED],
+        "ignored_files_count": len(info.ignored_files),
+        "rows_resumed": sum(b - a + 1 for spans in skip.values() for a, b in spans),
+    }
+    return extra, totals
