@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from bm_ray import commit, storage
+from bm_ray import commit
 from bm_ray.corpus import ROW_COLUMNS
 from bm_ray.engine import Predictor
 from bm_ray.models import read_model_info, resolve_model
@@ -88,10 +89,9 @@ class ClassifyProcessor(commit.CommitProcessor):
         flat = pa.FixedSizeListArray.from_arrays(pa.array(probs.ravel()), labels)
         progress = super().__call__(batch.append_column(PROBS_COLUMN, flat))
         self._batches += 1
-        others = [0] * (progress.num_rows - 1)  # a batch has at least one run: counts ride on its first row
         return progress.append_column(
-            "real_tokens", pa.array([stats.real_tokens - real, *others], pa.int64())
-        ).append_column("padded_tokens", pa.array([stats.padded_tokens - padded, *others], pa.int64()))
+            "real_tokens", pa.array([stats.real_tokens - real], pa.int64())
+        ).append_column("padded_tokens", pa.array([stats.padded_tokens - padded], pa.int64()))
 
     def prediction_table(self, rows: pa.Table) -> pa.Table:
         """The predictions table of the ok rows of one run (probabilities in :data:`PROBS_COLUMN`)."""
@@ -153,11 +153,6 @@ def classify(spec: ClassifySpec) -> dict[str, Any]:
     info = read_model_info(resolve_model(spec.model))  # fail fast, before touching the output
     init_ray(spec.address)
     min_actors, max_actors = actor_pool(spec)
-    job = {
-        "kind": "classify",
-        "model": spec.model,
-        "input": spec.input.model_dump(mode="json", exclude={"rows_per_block"}),
-    }
 
     def predict_and_commit(ds: ray.data.Dataset) -> ray.data.Dataset:
         return ds.map_batches(
@@ -183,38 +178,39 @@ def classify(spec: ClassifySpec) -> dict[str, Any]:
     context = ray.data.DataContext.get_current()
     previous_block_size = context.target_max_block_size
     context.target_max_block_size = CLASSIFY_BLOCK_BYTES
+
+    def finish(totals: Counter[str]) -> dict[str, Any]:
+        elapsed = time.monotonic() - started
+        return {
+            "elapsed_s": round(elapsed, 3),
+            "rows_this_run": totals["rows_committed"],
+            "rows_per_s": round(totals["rows_committed"] / elapsed, 2) if elapsed else 0.0,
+            "padding_waste": round(totals["padded_tokens"] / totals["real_tokens"], 4)
+            if totals["real_tokens"]
+            else 1.0,
+            "real_tokens": totals["real_tokens"],
+            "model": {"name": info.name, "version": info.version, "path": spec.model},
+            "precision": spec.precision,
+            "actors": {"min": min_actors, "max": max_actors, "cpus_per_actor": spec.cpus_per_actor},
+            "batch_size": spec.batch_size,
+            "output": spec.output,
+        }
+
     try:
-        extra, totals = commit.commit_corpus(
+        return commit.commit_corpus(
             spec.input,
             spec.output,
             predict_and_commit,
-            job=job,
+            kind="classify",
+            identity={"model": spec.model},
             ok_dir=PREDICTIONS_DIR,
             overwrite=spec.overwrite,
             read_args=READ_ARGS,
+            extra=finish,
+            ok_alias="rows_classified",
         )
     finally:
         context.target_max_block_size = previous_block_size
-    elapsed = time.monotonic() - started
-    extra.update(
-        elapsed_s=round(elapsed, 3),
-        rows_this_run=totals["rows_read"],
-        rows_per_s=round(totals["rows_read"] / elapsed, 2) if elapsed else 0.0,
-        padding_waste=round(totals["padded_tokens"] / totals["real_tokens"], 4)
-        if totals["real_tokens"]
-        else 1.0,
-        real_tokens=totals["real_tokens"],
-        model={"name": info.name, "version": info.version, "path": spec.model},
-        precision=spec.precision,
-        actors={"min": min_actors, "max": max_actors, "cpus_per_actor": spec.cpus_per_actor},
-        batch_size=spec.batch_size,
-        output=spec.output,
-    )
-    summary = commit.summarize(spec.output, extra, write=False)
-    summary["rows_classified"] = summary["rows_ok"]
-    fs, root = storage.resolve_uri(spec.output)
-    storage.write_json_atomic(fs, f"{root.rstrip('/')}/{commit.SUMMARY_FILE}", summary)
-    return summary
 
 
 def precision_agreement(

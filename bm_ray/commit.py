@@ -1,30 +1,44 @@
 """The exactly-once commit protocol, shared by `ingest` and bulk classification: units, temp + rename,
-commit records, accounting, summary, and the driver of one resumable pass (:func:`commit_corpus`).
+commit records, the input manifest, the output lease, accounting, summary, and the driver of one
+resumable pass (:func:`commit_corpus`).
 
-Rows arrive in batches carrying the bookkeeping columns ``_unit`` (input unit key, e.g. one file),
-``_row`` (0-based record index within the unit) and ``reason`` (null when ok, ``blank_line`` for
-blank lines, else a reject reason). :class:`CommitProcessor` splits a batch into runs of consecutive
-``_row`` of one unit and commits each run as::
+Rows arrive in batches carrying the bookkeeping columns ``_unit`` (input unit: one file), ``_row``
+(0-based record index within the unit) and ``reason`` (null when ok, ``blank_line`` for blank lines,
+``unit_end`` for the row a reader adds after a file's last record, else a reject reason).
+:class:`CommitProcessor` commits each batch as one commit covering its spans (runs of consecutive
+``_row`` of one unit)::
 
-    <ok_dir>/<unit>-<first:012d>-<last:012d>.parquet    ok table (only if the run has ok rows)
-    rejects/<unit>-<first:012d>-<last:012d>.parquet     rejects (only if any)
-    _commits/<unit>-<first:012d>-<last:012d>.json       counts; written LAST: the commit point
+    <ok_dir>/<name>.parquet    ok table (only if the batch has ok rows)
+    rejects/<name>.parquet     rejects (only if any)
+    _commits/<name>.json       spans, counts, the files above: written LAST, the commit point
 
-Every file goes to a hidden temporary name in its directory and is then moved into place (an atomic
-rename on local disks). Names are deterministic, so a Ray retry of the same batch overwrites identical
-files. A data file without a commit record is debris of a killed job: :func:`prepare_output` deletes
-it before the next run, and :func:`committed_rows` tells the reader which rows to skip, so a resumed
-job writes every row exactly once. :func:`summarize` adds the commit records up into ``summary.json``.
+Every file goes to a hidden temporary name in its directory and is then moved into place. Names are
+deterministic (from the spans), so a Ray retry of the same batch overwrites identical files. On resume
+(:func:`prepare_output`) a data file without a commit record is debris of a killed job and is deleted;
+a commit record whose data file is missing is dropped with its other files, and its rows are read and
+committed again (logged as a warning). :func:`committed_rows` tells the reader which rows to skip.
 
-Local paths and s3:// gs:// file:// URIs all go through ``pyarrow.fs``.
+Accounting: the readers count each file's records as they read them (the ``unit_end`` row's ``_row``,
+stored as ``unit_rows`` in the commit record that carries it). :func:`summarize` checks that every
+input file's rows are covered by commits from 0 to that count without a gap or an overlap, that
+``rows_read`` (the readers' counts minus blank lines) equals ``rows_ok + rows_rejected``, and that
+every commit's data files exist: a row read but never committed fails the job loudly.
+
+Output lease: ``_lease.json`` (owner, host, pid, heartbeat) while a job runs, see :class:`OutputLease`.
 """
 
 from __future__ import annotations
 
+import getpass
+import hashlib
 import itertools
 import json
 import logging
+import os
+import socket
+import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -32,14 +46,15 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import ray
 
-from bm_ray.corpus import BLANK_LINE, read_corpus
-from bm_ray.corpus.dedupe import create_id_registry
+from bm_ray.corpus import BLANK_LINE, CorpusInfo, list_corpus, read_corpus, unit_key
+from bm_ray.corpus.listing import input_manifest
+from bm_ray.corpus.rows import UNIT_END
 from bm_ray.specs import IngestSpec
 from bm_ray.storage import (
     TMP_PREFIX,
+    exists,
     join,
     list_files,
     read_json,
@@ -54,74 +69,42 @@ COMMITS_DIR = "_commits"
 REJECTS_DIR = "rejects"
 JOB_FILE = "_job.json"
 SUMMARY_FILE = "summary.json"
+LEASE_FILE = "_lease.json"
+MANIFEST_KEY = "inputs_manifest"
+"""Key of the input manifest in ``_job.json`` and ``summary.json``."""
 REJECT_COLUMNS = ("id", "source", "reason", "raw")
 """Columns of the rejects tables."""
 
+LEASE_HEARTBEAT_S = 10.0
+"""How often a running job renews its lease."""
+LEASE_STALE_S = 60.0
+"""A lease whose heartbeat is older than this is stale: its job is taken to be dead and the lease is
+taken over. A lease of a process on this host that no longer exists is stale at once."""
+
+REJECT_CHECK_MIN_ROWS = 1000
+"""Rows a run reads before ``max_reject_fraction`` is checked (it is checked again at the end)."""
+
+
+class OutputInUseError(ValueError):
+    """Another live job holds the output's lease."""
+
+
+class TooManyRejectsError(ValueError):
+    """More than ``max_reject_fraction`` of the rows read were rejected: the job stopped early."""
+
 
 def run_name(unit: str, first_row: int, last_row: int) -> str:
-    """Base name (no extension) of the files of one committed run."""
+    """Base name (no extension) of a commit of one span."""
     return f"{unit}-{first_row:012d}-{last_row:012d}"
 
 
-def _commit_records(fs: pafs.FileSystem, root: str) -> Iterator[dict[str, Any]]:
-    for info in sorted(list_files(fs, join(root, COMMITS_DIR)), key=lambda i: i.path):
-        if info.base_name.endswith(".json") and not info.base_name.startswith("."):
-            yield read_json(fs, info.path)
-
-
-def prepare_output(
-    output: str, *, ok_dir: str = "ok", overwrite: bool = False, job: dict | None = None
-) -> None:
-    """Make `output` ready for a (possibly resumed) run.
-
-    `overwrite` deletes everything first. Otherwise a run resumes: data files in `ok_dir`/ and
-    rejects/ without a commit record, and temporary files, are deleted (a killed job's debris).
-    `job` (a JSON-able description of what produces the rows, e.g. the spec) is stored in `_job.json`;
-    resuming into an output made by a different job raises ValueError naming the differing keys.
-    """
-    fs, root = resolve_uri(output)
-    if overwrite and fs.get_file_info(root).type != pafs.FileType.NotFound:
-        fs.delete_dir(root)
-    for sub in (ok_dir, REJECTS_DIR, COMMITS_DIR):
-        fs.create_dir(join(root, sub), recursive=True)
-    if job is not None:
-        job_path = join(root, JOB_FILE)
-        if fs.get_file_info(job_path).type == pafs.FileType.File:
-            previous = read_json(fs, job_path)
-            if previous != json.loads(json.dumps(job)):
-                keys = sorted(k for k in set(previous) | set(job) if previous.get(k) != job.get(k))
-                raise ValueError(
-                    f"{output} holds the output of a different job (differs in: {', '.join(keys)}); "
-                    "pass overwrite (--overwrite) to start afresh or choose another output"
-                )
-        else:
-            write_json_atomic(fs, job_path, job)
-    committed = {info.base_name[: -len(".json")] for info in list_files(fs, join(root, COMMITS_DIR))}
-    for sub in (ok_dir, REJECTS_DIR, COMMITS_DIR):
-        for info in list_files(fs, join(root, sub)):
-            stem = info.base_name.rsplit(".", 1)[0]
-            if info.base_name.startswith(TMP_PREFIX) or (sub != COMMITS_DIR and stem not in committed):
-                fs.delete_file(info.path)
-
-
-def committed_rows(output: str) -> dict[str, list[tuple[int, int]]]:
-    """Committed row intervals per unit: `{unit: [(first_row, last_row), ...]}` (inclusive, sorted)."""
-    fs, root = resolve_uri(output)
-    intervals: dict[str, list[tuple[int, int]]] = {}
-    for record in _commit_records(fs, root):
-        intervals.setdefault(record["unit"], []).append((record["first_row"], record["last_row"]))
-    for spans in intervals.values():
-        spans.sort()
-    return intervals
-
-
-def iter_committed_ids(output: str, *, ok_dir: str = "ok", id_column: str = "id") -> Iterator[list[str]]:
-    """Ids of the committed ok rows, a file at a time (to pre-seed a duplicate-id registry on resume)."""
-    fs, root = resolve_uri(output)
-    for info in list_files(fs, join(root, ok_dir)):
-        if info.base_name.endswith(".parquet") and not info.base_name.startswith("."):
-            with fs.open_input_file(info.path) as f:
-                yield pq.read_table(f, columns=[id_column]).column(id_column).to_pylist()
+def commit_name(spans: list[tuple[str, int, int]]) -> str:
+    """Deterministic base name of a commit: its first span, plus how many more and their digest."""
+    name = run_name(*spans[0])
+    if len(spans) == 1:
+        return name
+    digest = hashlib.blake2b(json.dumps(spans).encode("utf-8"), digest_size=6).hexdigest()
+    return f"{name}-and-{len(spans) - 1}-{digest}"
 
 
 def _runs(units: list[str], rows: list[int]) -> Iterator[tuple[int, int]]:
@@ -133,12 +116,256 @@ def _runs(units: list[str], rows: list[int]) -> Iterator[tuple[int, int]]:
             start = i
 
 
+def _load_commits(fs: pafs.FileSystem, root: str) -> list[tuple[str, dict[str, Any]]]:
+    """(name, record) of every commit record, sorted by name."""
+    out = []
+    for info in sorted(list_files(fs, join(root, COMMITS_DIR)), key=lambda i: i.path):
+        if info.base_name.endswith(".json") and not info.base_name.startswith("."):
+            out.append((info.base_name[: -len(".json")], read_json(fs, info.path)))
+    return out
+
+
+def _data_files(fs: pafs.FileSystem, root: str, dirs: set[str]) -> set[str]:
+    """`dir/name` of every file in `dirs` (relative to `root`)."""
+    return {f"{d}/{info.base_name}" for d in dirs for info in list_files(fs, join(root, d))}
+
+
+# ------------------------------------------------------------------------------------------ the output
+
+
+def is_bm_ray_output(output: str) -> bool:
+    """Whether `output` holds a bm-ray job's output (``_job.json`` or ``_commits/``)."""
+    fs, root = resolve_uri(output)
+    return exists(fs, join(root, JOB_FILE)) or exists(fs, join(root, COMMITS_DIR))
+
+
+def refuse_foreign_overwrite(output: str) -> None:
+    """Raise ValueError if `output` is a non-empty directory that is not a bm-ray output."""
+    fs, root = resolve_uri(output)
+    if fs.get_file_info(root).type == pafs.FileType.File:
+        raise ValueError(f"--output {output} is a file, not a directory")
+    entries = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    if entries and not is_bm_ray_output(output):
+        raise ValueError(
+            f"refusing to overwrite {output}: it is not empty and holds no bm-ray output "
+            f"({JOB_FILE}, {COMMITS_DIR}/); choose an empty or new --output"
+        )
+
+
+def _manifest_changes(previous: list[dict[str, Any]], current: list[dict[str, Any]]) -> list[str]:
+    """Human-readable differences between two input manifests (by path)."""
+    before = {m["path"]: m for m in previous}
+    now = {m["path"]: m for m in current}
+    changes = [f"{p} was added" for p in now if p not in before]
+    changes += [f"{p} is gone" for p in before if p not in now]
+    for path in now.keys() & before.keys():
+        old, new = before[path], now[path]
+        what = [
+            f"{k} {old.get(k)} → {new.get(k)}" for k in ("size", "mtime", "etag") if old.get(k) != new.get(k)
+        ]
+        if what:
+            changes.append(f"{path} changed ({', '.join(what)})")
+    return sorted(changes)
+
+
+def check_job_identity(output: str, previous: dict[str, Any], current: dict[str, Any]) -> None:
+    """Raise ValueError if resuming `current` into an output made by `previous` is unsafe.
+
+    Every key is compared generically (spec fields, model version, ...): differing keys are named; the
+    input manifest is compared file by file and the changed, added or removed files are named.
+    """
+    keys = sorted(
+        k for k in set(previous) | set(current) if k != MANIFEST_KEY and previous.get(k) != current.get(k)
+    )
+    if keys:
+        raise ValueError(
+            f"{output} holds the output of a different job (differs in: {', '.join(keys)}); "
+            "pass overwrite (--overwrite) to start afresh or choose another output"
+        )
+    changes = _manifest_changes(previous.get(MANIFEST_KEY) or [], current.get(MANIFEST_KEY) or [])
+    if changes:
+        shown = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
+        raise ValueError(
+            f"the inputs changed since the job into {output} started: {shown}. Resuming would skip or "
+            "repeat the wrong rows; pass overwrite (--overwrite) to start afresh or choose another output"
+        )
+
+
+def _stored_identity(output: str) -> dict[str, Any] | None:
+    fs, root = resolve_uri(output)
+    path = join(root, JOB_FILE)
+    return read_json(fs, path) if fs.get_file_info(path).type == pafs.FileType.File else None
+
+
+def prepare_output(
+    output: str,
+    *,
+    ok_dir: str = "ok",
+    overwrite: bool = False,
+    job: dict[str, Any] | None = None,
+) -> None:
+    """Make `output` ready for a (possibly resumed) run.
+
+    `overwrite` deletes everything first (but the lease), and refuses a non-empty directory that is not
+    a bm-ray output. Otherwise a run resumes: `job` (the job's identity: spec, model version, input
+    manifest under :data:`MANIFEST_KEY`, ...) must equal the stored ``_job.json`` (see
+    :func:`check_job_identity`; nothing is written when it does not); temporary files and data files
+    without a commit record are deleted; a commit record whose data file is missing is dropped with its
+    files (its rows will be committed again).
+    """
+    fs, root = resolve_uri(output)
+    if overwrite:
+        refuse_foreign_overwrite(output)
+        for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
+            if info.base_name == LEASE_FILE:
+                continue
+            if info.type == pafs.FileType.Directory:
+                fs.delete_dir(info.path)
+            else:
+                fs.delete_file(info.path)
+    elif job is not None and (previous := _stored_identity(output)) is not None:
+        check_job_identity(output, previous, json.loads(json.dumps(job)))
+    for sub in (ok_dir, REJECTS_DIR, COMMITS_DIR):
+        fs.create_dir(join(root, sub), recursive=True)
+    if job is not None and _stored_identity(output) is None:
+        write_json_atomic(fs, join(root, JOB_FILE), job)
+    commits = _load_commits(fs, root)
+    present = _data_files(fs, root, {ok_dir, REJECTS_DIR})
+    valid = set()
+    for name, record in commits:
+        missing = [f for f in record.get("files", []) if f not in present]
+        if missing:
+            logger.warning(
+                "%s: commit %s lost its data file %s; its rows will be read and committed again",
+                output,
+                name,
+                missing[0],
+            )
+            fs.delete_file(join(root, COMMITS_DIR, f"{name}.json"))
+        else:
+            valid.add(name)
+    for sub in (ok_dir, REJECTS_DIR, COMMITS_DIR):
+        for info in list_files(fs, join(root, sub)):
+            stem = info.base_name.rsplit(".", 1)[0]
+            if info.base_name.startswith(TMP_PREFIX) or (sub != COMMITS_DIR and stem not in valid):
+                fs.delete_file(info.path)
+
+
+def committed_rows(output: str) -> dict[str, list[tuple[int, int]]]:
+    """Committed row intervals per unit: `{unit: [(first_row, last_row), ...]}` (inclusive, sorted)."""
+    fs, root = resolve_uri(output)
+    intervals: dict[str, list[tuple[int, int]]] = {}
+    for _, record in _load_commits(fs, root):
+        for unit, first, last in record["spans"]:
+            intervals.setdefault(unit, []).append((first, last))
+    for spans in intervals.values():
+        spans.sort()
+    return intervals
+
+
+# ------------------------------------------------------------------------------------------- the lease
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class OutputLease:
+    """``_lease.json`` in an output while a job writes it: owner, host, pid, started, heartbeat.
+
+    :meth:`acquire` refuses (:class:`OutputInUseError`, naming the owner) while another job's lease is
+    live; a stale one (heartbeat older than :data:`LEASE_STALE_S`, or a dead process on this host) is
+    taken over. A daemon thread renews the heartbeat every :data:`LEASE_HEARTBEAT_S`; :meth:`release`
+    deletes the lease. Writes are whole-file replacements, so on object stores (no create-if-absent)
+    two jobs starting in the same instant are caught by the read-back after writing, not excluded.
+    """
+
+    def __init__(self, output: str, kind: str) -> None:
+        self.output = output
+        self.fs, root = resolve_uri(output)
+        self.root = root
+        self.path = join(root, LEASE_FILE)
+        self.token = uuid.uuid4().hex
+        self.record = {
+            "owner": f"{getpass.getuser()}@{socket.gethostname()} ({kind}, pid {os.getpid()})",
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "kind": kind,
+            "token": self.token,
+            "started": time.time(),
+            "heartbeat": time.time(),
+        }
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.lost = False
+
+    def _read(self) -> dict[str, Any] | None:
+        try:
+            return read_json(self.fs, self.path)
+        except (FileNotFoundError, OSError, ValueError):
+            return None
+
+    @staticmethod
+    def is_live(lease: dict[str, Any]) -> bool:
+        """Whether a lease's job may still be running."""
+        if lease.get("host") == socket.gethostname() and not _pid_alive(int(lease.get("pid", 0))):
+            return False
+        return time.time() - float(lease.get("heartbeat", 0)) < LEASE_STALE_S
+
+    def acquire(self) -> None:
+        """Take the lease, or raise :class:`OutputInUseError` naming the live owner."""
+        self.fs.create_dir(self.root, recursive=True)
+        current = self._read()
+        if current is not None and current.get("token") != self.token:
+            if self.is_live(current):
+                age = time.time() - float(current.get("heartbeat", 0))
+                raise OutputInUseError(
+                    f"{self.output} is in use by {current.get('owner')}, last heartbeat {age:.0f} s ago; "
+                    f"wait for that job to end (a dead job's lease goes stale {LEASE_STALE_S:.0f} s after "
+                    "its last heartbeat) or choose another output"
+                )
+            logger.warning("%s: taking over the stale lease of %s", self.output, current.get("owner"))
+        self._write()
+        if (self._read() or {}).get("token") != self.token:
+            raise OutputInUseError(f"{self.output}: another job took the lease at the same moment")
+        self._thread = threading.Thread(target=self._beat, name="bm-ray-lease", daemon=True)
+        self._thread.start()
+
+    def _write(self) -> None:
+        self.record["heartbeat"] = time.time()
+        write_json_atomic(self.fs, self.path, self.record)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(LEASE_HEARTBEAT_S):
+            if (self._read() or {}).get("token") != self.token:
+                self.lost = True
+                return
+            self._write()
+
+    def release(self) -> None:
+        """Stop the heartbeat and delete the lease (if it is still ours)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if (self._read() or {}).get("token") == self.token:
+            self.fs.delete_file(self.path)
+
+
+# ---------------------------------------------------------------------------------------- committing
+
+
 class CommitProcessor:
     """Commits batches of rows exactly once; a Ray Data callable class (`fn_constructor_kwargs`) or object.
 
     Args:
         output: output directory or URI (already prepared with :func:`prepare_output`).
-        ok_fn: turns the ok rows of a run (reason null) into the table written to `ok_dir`;
+        ok_fn: turns the ok rows of a batch (reason null) into the table written to `ok_dir`;
             e.g. a column selection for ingest, model predictions for classification.
         ok_dir: subdirectory of the ok tables (`ok` for ingest, `predictions` for classify).
         label_column: column of the ok table whose values are counted in `label_counts` (if present).
@@ -165,24 +392,26 @@ class CommitProcessor:
         return self._fs, self._root
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        """Commit every run of `batch`; return one row of counts per committed run."""
+        """Commit `batch` (all its spans, one commit); return one row of counts (:data:`PROGRESS_SCHEMA`)."""
+        record = self.commit(batch)
+        return pa.Table.from_pylist([{k: record[k] for k in PROGRESS_SCHEMA.names}], schema=PROGRESS_SCHEMA)
+
+    def commit(self, batch: pa.Table) -> dict[str, Any]:
+        """Write the ok table, the rejects and last the commit record of `batch`; return the record."""
+        fs, root = self._filesystem()
         units = batch.column("_unit").to_pylist()
         rows = batch.column("_row").to_pylist()
-        results = [self.commit_run(batch.slice(start, stop - start)) for start, stop in _runs(units, rows)]
-        return pa.Table.from_pylist(results, schema=PROGRESS_SCHEMA)
-
-    def commit_run(self, run: pa.Table) -> dict[str, Any]:
-        """Write the ok table, the rejects and last the commit record of one run; return its counts."""
-        fs, root = self._filesystem()
-        unit = run.column("_unit")[0].as_py()
-        first, last = run.column("_row")[0].as_py(), run.column("_row")[-1].as_py()
-        name = run_name(unit, first, last)
-        reason = run.column("reason")
-        ok_rows = run.filter(pc.is_null(reason))
-        blank = run.filter(pc.fill_null(pc.equal(reason, BLANK_LINE), False)).num_rows
-        rejects = run.filter(pc.fill_null(pc.not_equal(reason, BLANK_LINE), False))
+        spans = [(units[a], rows[a], rows[b - 1]) for a, b in _runs(units, rows)]
+        name = commit_name(spans)
+        reason = batch.column("reason")
+        ok_rows = batch.filter(pc.is_null(reason))
+        blank = batch.filter(pc.fill_null(pc.equal(reason, BLANK_LINE), False)).num_rows
+        ends = batch.filter(pc.fill_null(pc.equal(reason, UNIT_END), False))
+        bookkeeping = pc.is_in(reason, pa.array([BLANK_LINE, UNIT_END]))
+        rejects = batch.filter(pc.and_(pc.is_valid(reason), pc.invert(bookkeeping)))
         label_counts: dict[str, int] = {}
         truncated = repaired = 0
+        files = []
         if ok_rows.num_rows:
             ok_table = self.ok_fn(ok_rows)
             if ok_table.num_rows != ok_rows.num_rows:
@@ -192,40 +421,39 @@ class CommitProcessor:
                 label_counts = {str(k): v for k, v in sorted(labels.items(), key=str) if k is not None}
             truncated = _count_true(ok_rows, "truncated")
             repaired = _count_true(ok_rows, "utf8_repaired")
-            write_parquet_atomic(fs, join(root, self.ok_dir, f"{name}.parquet"), ok_table)
+            files.append(f"{self.ok_dir}/{name}.parquet")
+            write_parquet_atomic(fs, join(root, files[-1]), ok_table)
         if rejects.num_rows:
-            write_parquet_atomic(
-                fs, join(root, REJECTS_DIR, f"{name}.parquet"), rejects.select(REJECT_COLUMNS)
-            )
+            files.append(f"{REJECTS_DIR}/{name}.parquet")
+            write_parquet_atomic(fs, join(root, files[-1]), rejects.select(REJECT_COLUMNS))
         record = {
-            "unit": unit,
-            "first_row": first,
-            "last_row": last,
-            "rows_read": ok_rows.num_rows + rejects.num_rows,
+            "spans": [list(s) for s in spans],
+            "rows_committed": ok_rows.num_rows + rejects.num_rows,
             "rows_ok": ok_rows.num_rows,
             "rows_rejected": rejects.num_rows,
             "rejected_by_reason": dict(sorted(Counter(rejects.column("reason").to_pylist()).items())),
             "blank_lines": blank,
+            "unit_rows": dict(
+                zip(ends.column("_unit").to_pylist(), ends.column("_row").to_pylist(), strict=True)
+            ),
             "label_counts": label_counts,
             "truncated": truncated,
             "utf8_repaired": repaired,
+            "files": files,
         }
         write_json_atomic(fs, join(root, COMMITS_DIR, f"{name}.json"), record)
-        return {k: record[k] for k in PROGRESS_SCHEMA.names}
+        return record
 
 
 PROGRESS_SCHEMA = pa.schema(
     [
-        ("unit", pa.string()),
-        ("first_row", pa.int64()),
-        ("last_row", pa.int64()),
-        ("rows_read", pa.int64()),
+        ("rows_committed", pa.int64()),
         ("rows_ok", pa.int64()),
         ("rows_rejected", pa.int64()),
         ("blank_lines", pa.int64()),
     ]
 )
-"""Schema of the tiny table :class:`CommitProcessor` returns per batch (one row per committed run)."""
+"""Schema of the one-row table :class:`CommitProcessor` returns per batch (its counts)."""
 
 
 def _count_true(table: pa.Table, column: str) -> int:
@@ -234,55 +462,100 @@ def _count_true(table: pa.Table, column: str) -> int:
     return int(pc.sum(pc.cast(pc.fill_null(table.column(column), False), pa.int64())).as_py() or 0)
 
 
-def summarize(output: str, extra: dict[str, Any] | None = None, *, write: bool = True) -> dict[str, Any]:
+def _check_coverage(
+    output: str, spans: dict[str, list[tuple[int, int]]], unit_rows: dict[str, int], names: dict[str, str]
+) -> None:
+    """Every unit's committed spans run from row 0 to its read count without gap or overlap."""
+    for unit in sorted(set(spans) | set(names)):
+        label = names.get(unit, unit)
+        unit_spans = sorted(spans.get(unit, []))
+        for (_, prev_last), (first, _) in itertools.pairwise(unit_spans):
+            if first <= prev_last:
+                raise RuntimeError(f"{output}: overlapping commits for unit {label} at row {first}")
+        if unit not in unit_rows:
+            raise RuntimeError(
+                f"{output}: row accounting broken: {label} was never read to its end (rows lost); rerun the job to resume"
+            )
+        expected, row = unit_rows[unit], 0
+        for first, last in unit_spans:
+            if first != row:
+                break
+            row = last + 1
+        if row != expected + 1:
+            raise RuntimeError(
+                f"{output}: row accounting broken: rows {row}..{expected - 1} of {label} were read but never "
+                "committed; rerun the job to resume"
+            )
+
+
+def summarize(
+    output: str,
+    extra: dict[str, Any] | None = None,
+    *,
+    write: bool = True,
+    ok_alias: str | None = None,
+) -> dict[str, Any]:
     """Add up all commit records of `output` into the summary (also written to summary.json).
 
-    Keys: rows_read, rows_ok, rows_rejected, rejected_by_reason, blank_lines, label_counts,
-    rows_truncated, rows_utf8_repaired, units, commits, plus everything in `extra` (elapsed_s,
-    ignored_files, format, inputs, ...). Raises RuntimeError if rows_read != rows_ok + rows_rejected
-    or if two commits of a unit overlap (a row would be counted twice).
+    Keys: rows_read, rows_ok (and `ok_alias`, e.g. rows_classified), rows_rejected, rejected_by_reason,
+    blank_lines, label_counts, rows_truncated, rows_utf8_repaired, units, commits, plus everything in
+    `extra` (elapsed_s, ignored_files, format, inputs, the input manifest, ...). ``rows_read`` is the
+    readers' count (records read minus blank lines). Raises RuntimeError when the accounting is broken
+    (see the module doc): a lost row, an overlap, a missing data file, rows_read != ok + rejected. When
+    `extra` holds the input manifest, every input file must have been read to its end.
     """
     fs, root = resolve_uri(output)
-    totals = Counter()
+    totals: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     labels: Counter[str] = Counter()
     spans: dict[str, list[tuple[int, int]]] = {}
-    commits = 0
-    for record in _commit_records(fs, root):
-        commits += 1
-        for key in ("rows_read", "rows_ok", "rows_rejected", "blank_lines", "truncated", "utf8_repaired"):
+    unit_rows: dict[str, int] = {}
+    commits = _load_commits(fs, root)
+    present = _data_files(fs, root, {f.split("/", 1)[0] for _, r in commits for f in r["files"]})
+    for name, record in commits:
+        for f in record["files"]:
+            if f not in present:
+                raise RuntimeError(
+                    f"{output}: commit {name} lists {f}, which is missing; rerun the job to resume"
+                )
+        for key in ("rows_ok", "rows_rejected", "blank_lines", "truncated", "utf8_repaired"):
             totals[key] += record[key]
         reasons.update(record["rejected_by_reason"])
         labels.update(record["label_counts"])
-        spans.setdefault(record["unit"], []).append((record["first_row"], record["last_row"]))
-    for unit, unit_spans in spans.items():
-        unit_spans.sort()
-        for (_, prev_last), (first, _) in itertools.pairwise(unit_spans):
-            if first <= prev_last:
-                raise RuntimeError(f"{output}: overlapping commits for unit {unit} at row {first}")
+        unit_rows.update(record["unit_rows"])
+        for unit, first, last in record["spans"]:
+            spans.setdefault(unit, []).append((first, last))
+    names = {unit_key(m["name"], m["path"]): m["name"] for m in (extra or {}).get(MANIFEST_KEY, [])}
+    _check_coverage(output, spans, unit_rows, names)
+    records_read = sum(unit_rows.values())
+    rows_read = records_read - totals["blank_lines"]
+    ok, rejected = totals["rows_ok"], totals["rows_rejected"]
+    if rows_read != ok + rejected or rejected != sum(reasons.values()):
+        raise RuntimeError(
+            f"{output}: row accounting broken: rows_read={rows_read} (counted by the readers) != "
+            f"rows_ok={ok} + rows_rejected={rejected} (by reason: {dict(reasons)})"
+        )
     summary: dict[str, Any] = {
-        "rows_read": totals["rows_read"],
-        "rows_ok": totals["rows_ok"],
-        "rows_rejected": totals["rows_rejected"],
+        "rows_read": rows_read,
+        "rows_ok": ok,
+        "rows_rejected": rejected,
         "rejected_by_reason": dict(sorted(reasons.items())),
         "blank_lines": totals["blank_lines"],
         "label_counts": dict(sorted(labels.items())),
         "rows_truncated": totals["truncated"],
         "rows_utf8_repaired": totals["utf8_repaired"],
         "units": len(spans),
-        "commits": commits,
+        "commits": len(commits),
     }
-    read, ok, rejected = summary["rows_read"], summary["rows_ok"], summary["rows_rejected"]
-    if read != ok + rejected or rejected != sum(reasons.values()):
-        raise RuntimeError(
-            f"{output}: row accounting broken: rows_read={read} != rows_ok={ok} + rows_rejected={rejected}"
-            f" (by reason: {dict(reasons)})"
-        )
+    if ok_alias:
+        summary[ok_alias] = ok
     summary.update(extra or {})
     if write:
         write_json_atomic(fs, join(root, SUMMARY_FILE), summary)
     return summary
 
+
+# ------------------------------------------------------------------------------------------ the driver
 
 IGNORED_FILES_LISTED = 100
 """Ignored (non-article) files listed by name in the summary; all are counted."""
@@ -290,54 +563,108 @@ IGNORED_FILES_LISTED = 100
 PROGRESS_LOG_S = 10.0
 """Seconds between the driver's `rows committed (rows/s)` log lines."""
 
+IDENTITY_EXCLUDED = {"rows_per_block", "max_reject_fraction"}
+"""IngestSpec fields that do not change a job's rows, so a resume may change them."""
+
+
+def job_identity(kind: str, spec: IngestSpec, info: CorpusInfo, **fields: Any) -> dict[str, Any]:
+    """The identity stored in ``_job.json``: kind, the ingestion spec, extra `fields` (e.g. the model and
+    its version; compared generically on resume) and the input manifest."""
+    return {
+        "kind": kind,
+        "input": spec.model_dump(mode="json", exclude=IDENTITY_EXCLUDED),
+        **fields,
+        MANIFEST_KEY: input_manifest(info),
+    }
+
+
+def _reject_check(spec: IngestSpec, output: str, totals: Counter[str], final: bool) -> None:
+    limit = spec.max_reject_fraction
+    read, rejected = totals["rows_committed"], totals["rows_rejected"]
+    if limit is None or read == 0 or (read < REJECT_CHECK_MIN_ROWS and not final) or rejected <= limit * read:
+        return
+    fs, root = resolve_uri(output)
+    reasons: Counter[str] = Counter()
+    for _, record in _load_commits(fs, root):
+        reasons.update(record["rejected_by_reason"])
+    top = ", ".join(f"{k} {v:,}" for k, v in reasons.most_common(3))
+    raise TooManyRejectsError(
+        f"stopped: {rejected:,} of the {read:,} rows read ({rejected / read:.0%}) were rejected ({top}), "
+        f"more than max_reject_fraction {limit}. Check the ingestion options (e.g. a typo in --text-fields "
+        f"rejects every row as missing_field); see {output}/rejects/. Rerun with the same options and "
+        "--max-reject-fraction 1 to go on anyway"
+    )
+
 
 def commit_corpus(
     spec: IngestSpec,
     output: str,
     commit: Callable[[ray.data.Dataset], ray.data.Dataset],
     *,
-    job: dict[str, Any],
+    kind: str,
+    identity: dict[str, Any] | None = None,
     ok_dir: str = "ok",
     overwrite: bool = False,
     read_args: dict[str, Any] | None = None,
-) -> tuple[dict[str, Any], Counter[str]]:
+    extra: Callable[[Counter[str]], dict[str, Any]] | None = None,
+    ok_alias: str | None = None,
+) -> dict[str, Any]:
     """Drive one resumable, exactly-once pass of a corpus through a commit stage (ingest, classify).
 
-    Prepares `output` (see :func:`bm_ray.prepare_output`; `job` guards resuming into another job's
-    output), skips the rows already committed, seeds the duplicate-id registry with the committed ids,
-    reads the corpus, applies `commit` (dataset → dataset of per-run count rows, at least
-    :data:`bm_ray.PROGRESS_SCHEMA`, e.g. a `map_batches` over a :class:`~bm_ray.CommitProcessor`)
-    and drains it, logging rows committed and rows/s. `read_args` are the read tasks' Ray remote args
-    (see :func:`read_corpus`). Returns the summary extras (format, inputs, files,
-    ignored_files, rows_resumed) and the totals of every integer column of the count rows of this run.
+    Needs a running Ray. Lists the inputs; refuses (nothing written) a resume whose job identity
+    (:func:`job_identity` with `identity`'s extra fields) or input manifest differs; takes the output's
+    lease; prepares `output` (:func:`prepare_output`); reads the rows not committed yet (with unit ends
+    and duplicate-id detection per ``spec.dedupe``); applies `commit` (dataset → dataset of count rows,
+    at least :data:`PROGRESS_SCHEMA`, e.g. a `map_batches` over a :class:`CommitProcessor`) and drains
+    it, logging progress and stopping early on too many rejects (:class:`TooManyRejectsError`); then
+    writes the summary (:func:`summarize` with `extra(totals)`, the totals of every integer column of
+    this run's count rows) and releases the lease. Returns the summary.
     """
     started = time.monotonic()
-    prepare_output(output, ok_dir=ok_dir, overwrite=overwrite, job=job)
-    skip = committed_rows(output)
-    registry = create_id_registry()
+    if overwrite:
+        refuse_foreign_overwrite(output)
+    info = list_corpus(spec)
+    job = job_identity(kind, spec, info, **(identity or {}))
+    if not overwrite and (previous := _stored_identity(output)) is not None:
+        check_job_identity(output, previous, json.loads(json.dumps(job)))
+    lease = OutputLease(output, kind)
+    lease.acquire()
     totals: Counter[str] = Counter()
     try:
-        ray.get([registry.seed.remote(ids) for ids in iter_committed_ids(output, ok_dir=ok_dir)])
-        ds, info = read_corpus(spec, registry=registry, skip=skip, ray_remote_args=read_args)
-        last_log = time.monotonic()
-        for batch in commit(ds).iter_batches(batch_format="pyarrow", batch_size=None):
-            for name, column in zip(batch.column_names, batch.columns, strict=True):
-                if pa.types.is_integer(column.type):
-                    totals[name] += int(pc.sum(column).as_py() or 0)
-            if time.monotonic() - last_log > PROGRESS_LOG_S:
-                last_log = time.monotonic()
-                rate = totals["rows_read"] / (last_log - started)
-                logger.warning(
-                    "%s: %d rows committed so far (%.1f rows/s)", job.get("kind"), totals["rows_read"], rate
-                )
+        prepare_output(output, ok_dir=ok_dir, overwrite=overwrite, job=job)
+        skip = committed_rows(output)
+        fs, root = resolve_uri(output)
+        resumed = sum(r["rows_committed"] for _, r in _load_commits(fs, root))
+        ds, read_info = read_corpus(spec, skip=skip, unit_ends=True, ray_remote_args=read_args)
+        try:
+            last_log = time.monotonic()
+            for batch in commit(ds).iter_batches(batch_format="pyarrow", batch_size=None):
+                for name, column in zip(batch.column_names, batch.columns, strict=True):
+                    if pa.types.is_integer(column.type):
+                        totals[name] += int(pc.sum(column).as_py() or 0)
+                if lease.lost:
+                    raise OutputInUseError(f"{output}: this job lost its lease to another job; stopping")
+                _reject_check(spec, output, totals, final=False)
+                if time.monotonic() - last_log > PROGRESS_LOG_S:
+                    last_log = time.monotonic()
+                    rate = totals["rows_committed"] / (last_log - started)
+                    logger.warning(
+                        "%s: %d rows committed so far (%.1f rows/s)", kind, totals["rows_committed"], rate
+                    )
+        finally:
+            if read_info.dedupe is not None:
+                read_info.dedupe.close()
+        _reject_check(spec, output, totals, final=True)
+        details = {
+            "format": info.format,
+            "inputs": info.inputs,
+            "files": len(info.files),
+            "ignored_files": info.ignored_files[:IGNORED_FILES_LISTED],
+            "ignored_files_count": len(info.ignored_files),
+            "rows_resumed": resumed,
+            MANIFEST_KEY: job[MANIFEST_KEY],
+            **(extra(totals) if extra else {}),
+        }
+        return summarize(output, details, ok_alias=ok_alias)
     finally:
-        ray.kill(registry)
-    extra = {
-        "format": info.format,
-        "inputs": info.inputs,
-        "files": len(info.files),
-        "ignored_files": info.ignored_files[:IGNORED_FILES_LISTED],
-        "ignored_files_count": len(info.ignored_files),
-        "rows_resumed": sum(b - a + 1 for spans in skip.values() for a, b in spans),
-    }
-    return extra, totals
+        lease.release()

@@ -83,9 +83,13 @@ def evaluate(spec: EvaluateSpec) -> dict[str, Any]:
     started = time.time()
     init_ray()
     predictor = Predictor.load(spec.model, batch_size=spec.batch_size)
-    ds, _ = read_corpus(spec.data)
+    ds, info = read_corpus(spec.data)
     ingest_rejects: Counter[str] = Counter()
-    report = evaluate_batches(predictor, corpus_batches(ds, ingest_rejects))
+    try:
+        report = evaluate_batches(predictor, corpus_batches(ds, ingest_rejects))
+    finally:
+        if info.dedupe is not None:
+            info.dedupe.close()
     for reason, count in ingest_rejects.items():
         report["rejected_by_reason"][reason] = report["rejected_by_reason"].get(reason, 0) + count
     report["rows_rejected"] += sum(ingest_rejects.values())

@@ -29,11 +29,11 @@ def _commit(batch: pa.Table, processor: commit_protocol.CommitProcessor) -> pa.T
 def ingest(spec: IngestSpec, output: str, *, overwrite: bool = False) -> dict[str, Any]:
     """`bm-ray ingest`: validate a corpus into ``output/ok/`` + ``output/rejects/`` + ``output/summary.json``.
 
-    Resumes into an existing output of the same spec (rows already committed are not read again),
-    unless `overwrite`, which starts afresh. Returns the summary (see :func:`bm_ray.commit_protocol.summarize`).
+    Resumes into an existing output of the same spec and inputs (rows already committed are not read
+    again), unless `overwrite`, which starts afresh. Starts an embedded Ray unless one is running.
+    Returns the summary (see :func:`bm_ray.commit.summarize`).
     """
     started = time.monotonic()
-    job = {"kind": "ingest", **spec.model_dump(mode="json", exclude={"rows_per_block"})}
     ok_columns = [*OK_COLUMNS, *(k for k in spec.keep_fields if k not in ROW_COLUMNS)]
     processor = commit_protocol.CommitProcessor(output, functools.partial(_ok_table, ok_columns))
 
@@ -47,6 +47,11 @@ def ingest(spec: IngestSpec, output: str, *, overwrite: bool = False) -> dict[st
         )
 
     init_ray()
-    extra, _ = commit_protocol.commit_corpus(spec, output, commit, job=job, overwrite=overwrite)
-    extra["elapsed_s"] = round(time.monotonic() - started, 3)
-    return commit_protocol.summarize(output, extra)
+    return commit_protocol.commit_corpus(
+        spec,
+        output,
+        commit,
+        kind="ingest",
+        overwrite=overwrite,
+        extra=lambda _: {"elapsed_s": round(time.monotonic() - started, 3)},
+    )

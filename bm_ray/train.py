@@ -84,8 +84,10 @@ def _read_rows(ingest: IngestSpec, name: str) -> tuple[Any, Any, Counter[str], C
     """
     from bm_ray.corpus import read_corpus
 
-    ds, _ = read_corpus(ingest)
+    ds, info = read_corpus(ingest)
     ds = ds.filter(lambda row: row["reason"] != "blank_line").materialize()
+    if info.dedupe is not None:
+        info.dedupe.close()
     reasons: Counter[str] = Counter()
     label_counts: Counter[str] = Counter()
     rows_read = 0

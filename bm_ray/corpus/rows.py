@@ -39,6 +39,10 @@ REJECT_REASONS = (
 )
 """Fixed vocabulary of `reason` for rejected rows (blank lines carry ``"blank_line"``, not a reject)."""
 
+UNIT_END = "unit_end"
+"""`reason` of the bookkeeping row a reader adds after each file when asked (``unit_ends``): its `_row` is
+the number of records read from the file. Never a row read; the commit protocol checks the counts."""
+
 BLANK_LINE = "blank_line"
 """`reason` of a blank line: carried through runs (so it is committed) but never counted as a row read."""
 
@@ -53,6 +57,7 @@ ROW_COLUMNS = (
     "utf8_repaired",
     "_unit",
     "_row",
+    "_file",
 )
 """Columns of every emitted row, followed by ``spec.keep_fields`` (strings)."""
 
@@ -62,7 +67,7 @@ MAX_INVALID_FRACTION = 0.10
 
 def row_schema(keep_fields: Iterable[str] = ()) -> pa.Schema:
     """Arrow schema of the rows :func:`read_corpus` emits."""
-    types = {"truncated": pa.bool_(), "utf8_repaired": pa.bool_(), "_row": pa.int64()}
+    types = {"truncated": pa.bool_(), "utf8_repaired": pa.bool_(), "_row": pa.int64(), "_file": pa.int32()}
     fields = [pa.field(name, types.get(name, pa.string())) for name in ROW_COLUMNS]
     fields += [pa.field(name, pa.string()) for name in keep_fields if name not in ROW_COLUMNS]
     return pa.schema(fields)
@@ -147,8 +152,11 @@ def snippet(raw: Any) -> str:
 class RowBuilder:
     """Turns records into normalised rows and packs them into blocks of ≤ rows_per_block rows."""
 
-    def __init__(self, spec: IngestSpec) -> None:
+    def __init__(self, spec: IngestSpec, unit_ends: bool = False) -> None:
         self.spec = spec
+        self.unit_ends = unit_ends
+        self.file_index = -1
+        """Listing position of the file being read (the `_file` column)."""
         self.schema = row_schema(spec.keep_fields)
         self.keep = [k for k in spec.keep_fields if k not in ROW_COLUMNS]
         self.columns: dict[str, list[Any]] = {name: [] for name in self.schema.names}
@@ -163,8 +171,23 @@ class RowBuilder:
         return table
 
     def _add(self, **row: Any) -> None:
+        row["_file"] = self.file_index
         for name, values in self.columns.items():
             values.append(row.get(name))
+
+    def unit_end(self, unit: str, records: int, source: str, skip: Any) -> None:
+        """After a file's last record: a :data:`UNIT_END` row at `_row` = `records` (when asked for and
+        not already committed)."""
+        if self.unit_ends and records not in skip:
+            self._add(
+                id=None,
+                source=source,
+                reason=UNIT_END,
+                truncated=False,
+                utf8_repaired=False,
+                _unit=unit,
+                _row=records,
+            )
 
     def blank(self, unit: str, row: int, source: str) -> None:
         """A blank line: carried for accounting, never a row read."""
