@@ -582,6 +582,24 @@ def bench_train_cmd(
     print_json(result)
 
 
+@bench_app.command("ingest")
+def bench_ingest_cmd(
+    rows: Annotated[
+        str, typer.Option("--rows", help="Row counts, comma-separated (e.g. 1000000,5000000).")
+    ] = "1000000,5000000",
+    dedupe: DedupeOpt = None,
+    json_path: Annotated[str | None, typer.Option("--json", help="Write the figures as JSON.")] = None,
+) -> None:
+    """Ingest rows/s and the largest process's peak RSS on synthetic corpora of growing size (2 CPUs)."""
+    from bm_ray.bench_ingest import bench_ingest
+
+    try:
+        sizes = [int(n) for n in rows.split(",") if n.strip()]
+    except ValueError:
+        fail(f"--rows {rows!r}: give row counts, e.g. 1000000,5000000")
+    print_json(bench_ingest(sizes, dedupe or "ids", json_path))
+
+
 @bench_app.command("classify")
 def bench_classify_cmd(
     model: Annotated[str, typer.Option("--model", help="Model directory or URI.")],

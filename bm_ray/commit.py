@@ -477,13 +477,17 @@ def _check_coverage(
                 f"{output}: row accounting broken: {label} was never read to its end (rows lost); rerun the job to resume"
             )
         expected, row = unit_rows[unit], 0
+        gap = None
         for first, last in unit_spans:
             if first != row:
+                gap = (row, first - 1)
                 break
             row = last + 1
-        if row != expected + 1:
+        if gap is None and row != expected + 1:
+            gap = (row, expected - 1)
+        if gap is not None:
             raise RuntimeError(
-                f"{output}: row accounting broken: rows {row}..{expected - 1} of {label} were read but never "
+                f"{output}: row accounting broken: rows {gap[0]}..{gap[1]} of {label} were read but never "
                 "committed; rerun the job to resume"
             )
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -53,7 +54,7 @@ class CorpusFile:
     index: int = -1
     """Position in the listing of all inputs (the order "first row with an id wins" follows)."""
 
-    @property
+    @functools.cached_property
     def unit(self) -> str:
         """Commit unit of the file's rows (one per file, so row positions never depend on other files)."""
         return unit_key(self.relpath, self.path)

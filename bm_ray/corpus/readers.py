@@ -122,11 +122,22 @@ def _chunks(stream: Any, first: bytes = b"") -> Iterator[bytes]:
         yield data
 
 
+def _head(parts: list[bytes]) -> bytes:
+    """The first :data:`LONG_LINE_KEPT_BYTES` of the concatenated `parts` (without joining them all)."""
+    head = b""
+    for part in parts:
+        head += part[: LONG_LINE_KEPT_BYTES - len(head)]
+        if len(head) >= LONG_LINE_KEPT_BYTES:
+            break
+    return head
+
+
 def _iter_lines(chunks: Iterable[bytes], max_bytes: int) -> Iterator[tuple[bytes, bool]]:
     """(line, too_long) per physical line (without the line break; a trailing CR is removed).
 
-    A line longer than `max_bytes` is never held whole: only its first :data:`LONG_LINE_KEPT_BYTES`
-    are kept (for the reject's snippet) and the rest is skipped up to the next line break.
+    A line longer than `max_bytes` is never held whole: at most `max_bytes` of it are buffered before
+    it is known to be too long, then only its first :data:`LONG_LINE_KEPT_BYTES` are kept (for the
+    reject's snippet) and the rest is skipped up to the next line break.
     """
     parts: list[bytes] = []
     size = 0
@@ -136,7 +147,7 @@ def _iter_lines(chunks: Iterable[bytes], max_bytes: int) -> Iterator[tuple[bytes
         while (end := data.find(b"\n", start)) != -1:
             piece = data[start:end]
             if too_long or size + len(piece) > max_bytes:
-                yield (b"".join(parts) + piece[:LONG_LINE_KEPT_BYTES])[:LONG_LINE_KEPT_BYTES], True
+                yield _head([*parts, piece]), True
             else:
                 line = b"".join(parts) + piece if parts else piece
                 yield (line[:-1] if line.endswith(b"\r") else line), False
@@ -147,10 +158,7 @@ def _iter_lines(chunks: Iterable[bytes], max_bytes: int) -> Iterator[tuple[bytes
             if too_long:
                 continue
             if size + len(rest) > max_bytes:
-                parts, too_long = (
-                    [(b"".join(parts) + rest[:LONG_LINE_KEPT_BYTES])[:LONG_LINE_KEPT_BYTES]],
-                    True,
-                )
+                parts, too_long = [_head([*parts, rest])], True
             else:
                 parts.append(rest)
                 size += len(rest)
