@@ -106,7 +106,8 @@ def bench_ingest(sizes: list[int], dedupe: str = "ids", json_path: str | None = 
             corpus = Path(tmp) / f"corpus-{rows}"
             corpus.mkdir()
             write_corpus(corpus, rows)
-            init_ray("local", num_cpus=2)  # fresh per size: every process's peak belongs to this run
+            # fresh per size, so every process's peak belongs to this run; no dashboard: not needed here
+            init_ray("local", num_cpus=2, include_dashboard=False)
             try:
                 with PeakPerProcess() as peaks:
                     started = time.perf_counter()
