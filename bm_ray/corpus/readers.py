@@ -14,8 +14,9 @@ streaming pass.
 - Folders: one row per file, record ``{"id": path, "label": <label>, "text": whole content,
   "title": first line, "body": the rest}``.
 
-Bookkeeping columns: ``_unit`` (input unit key) and ``_row`` (0-based record index within the unit,
-counting every record incl. rejects and blank lines).
+Bookkeeping columns: ``_unit`` (input unit key: one per file), ``_row`` (0-based record index within
+the file, counting every record incl. rejects and blank lines, so it never depends on other files) and
+``_file`` (the file's position in the listing: the order de-duplication follows).
 """
 
 from __future__ import annotations
