@@ -174,22 +174,29 @@ def test_sigkilled_classify_resumes_exactly_once(ray_local, tmp_path: Path, tiny
     spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     bm_ray_cli = Path(sys.executable).with_name("bm-ray")
+    log = (tmp_path / "driver.log").open("wb")
     driver = subprocess.Popen(
         [str(bm_ray_cli), "classify", "--spec", str(spec_file), "--address", "local"],
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group: the driver and the Ray it started
     )
     try:
         deadline = time.monotonic() + 300
         while len(list((out / "_commits").glob("*.json"))) < 4 and time.monotonic() < deadline:
-            assert driver.poll() is None, "the classify job ended before it could be killed"
+            if driver.poll() is not None:
+                tail = (tmp_path / "driver.log").read_text(errors="replace")[-3000:]
+                pytest.fail(
+                    f"the classify job ended (exit {driver.returncode}) before it was killed:\n{tail}"
+                )
             time.sleep(0.2)
         assert len(list((out / "_commits").glob("*.json"))) >= 4, "no commits within 300 s"
     finally:
-        os.killpg(driver.pid, signal.SIGKILL)
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
         driver.wait(timeout=60)
+        log.close()
     assert (out / "_lease.json").exists()  # left behind by the killed driver: stale, taken over below
     committed = sum(json.loads(r.read_text())["rows_committed"] for r in (out / "_commits").glob("*.json"))
     assert 0 < committed < len(ids)
