@@ -75,6 +75,19 @@ CsvHeaderOpt = Annotated[
     bool | None, typer.Option("--csv-header/--no-csv-header", help="CSV files have a header line.")
 ]
 CsvColumnsOpt = Annotated[str | None, typer.Option("--csv-columns", help="Column names of headerless CSV.")]
+DedupeOpt = Annotated[
+    str | None,
+    typer.Option("--dedupe", help="ids: later rows with an id already seen are duplicate_id; none."),
+]
+MaxLineBytesOpt = Annotated[
+    int | None, typer.Option("--max-line-bytes", help="Longer lines are too_long rejects (default 16 MB).")
+]
+MaxRejectFractionOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-reject-fraction", help="Stop when more of the rows read are rejected (default 0.99)."
+    ),
+]
 AddressOpt = Annotated[
     str | None, typer.Option("--address", help="Ray cluster address (default: an embedded local Ray).")
 ]
@@ -93,6 +106,10 @@ def ingest_options(
     clean_text: bool | None = None,
     csv_header: bool | None = None,
     csv_columns: str | None = None,
+    *,
+    dedupe: str | None = None,
+    max_line_bytes: int | None = None,
+    max_reject_fraction: float | None = None,
 ) -> dict[str, Any]:
     """The IngestSpec fields given on the command line (None = not given)."""
     return drop_none(
@@ -106,6 +123,9 @@ def ingest_options(
             "clean_text": clean_text,
             "csv_header": csv_header,
             "csv_columns": csv_columns,
+            "dedupe": dedupe,
+            "max_line_bytes": max_line_bytes,
+            "max_reject_fraction": max_reject_fraction,
         }
     )
 
@@ -129,16 +149,34 @@ def ingest(
     clean_text: CleanOpt = None,
     csv_header: CsvHeaderOpt = None,
     csv_columns: CsvColumnsOpt = None,
+    dedupe: DedupeOpt = None,
+    max_line_bytes: MaxLineBytesOpt = None,
+    max_reject_fraction: MaxRejectFractionOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start afresh instead of resuming.")] = False,
 ) -> None:
     """Validate a corpus: every row ends in ok/ or rejects/ (with a reason); summary.json accounts for all."""
-    from bm_ray.corpus import ingest as run_ingest
+    from bm_ray.ingest import ingest as run_ingest
 
     flags = ingest_options(
-        input, format, text_fields, label_field, id_field, keep_fields, clean_text, csv_header, csv_columns
+        input,
+        format,
+        text_fields,
+        label_field,
+        id_field,
+        keep_fields,
+        clean_text,
+        csv_header,
+        csv_columns,
+        dedupe=dedupe,
+        max_line_bytes=max_line_bytes,
+        max_reject_fraction=max_reject_fraction,
     )
     spec = validate_spec(IngestSpec, flags, "command line")
-    print_json(run_ingest(spec, output, overwrite=overwrite))
+    try:
+        summary = run_ingest(spec, output, overwrite=overwrite)
+    except (ValueError, FileNotFoundError) as err:
+        fail(str(err))
+    print_json(summary)
 
 
 @app.command()
@@ -318,6 +356,9 @@ def classify(
     clean_text: CleanOpt = None,
     csv_header: CsvHeaderOpt = None,
     csv_columns: CsvColumnsOpt = None,
+    dedupe: DedupeOpt = None,
+    max_line_bytes: MaxLineBytesOpt = None,
+    max_reject_fraction: MaxRejectFractionOpt = None,
     batch_size: Annotated[
         int | None, typer.Option("--batch-size", help="Rows per forward pass (length-bucketed).")
     ] = None,
@@ -340,7 +381,18 @@ def classify(
     from bm_ray.specs import ClassifySpec
 
     ingest_flags = ingest_options(
-        input, format, text_fields, label_field, id_field, keep_fields, clean_text, csv_header, csv_columns
+        input,
+        format,
+        text_fields,
+        label_field,
+        id_field,
+        keep_fields,
+        clean_text,
+        csv_header,
+        csv_columns,
+        dedupe=dedupe,
+        max_line_bytes=max_line_bytes,
+        max_reject_fraction=max_reject_fraction,
     )
     flags = drop_none(
         {
@@ -359,7 +411,7 @@ def classify(
     classify_spec = build_spec(ClassifySpec, spec, flags)
     try:
         summary = run_classify(classify_spec)
-    except ValueError as err:
+    except (ValueError, FileNotFoundError) as err:
         fail(str(err))
     console.print(summary_table(summary))
     typer.echo(f"{classify_spec.output.rstrip('/')}/summary.json")
@@ -547,6 +599,24 @@ def bench_train_cmd(
         f"vs {result['padding_waste_max_length']:.2f} padding to max_length"
     )
     print_json(result)
+
+
+@bench_app.command("ingest")
+def bench_ingest_cmd(
+    rows: Annotated[
+        str, typer.Option("--rows", help="Row counts, comma-separated (e.g. 1000000,5000000).")
+    ] = "1000000,5000000",
+    dedupe: DedupeOpt = None,
+    json_path: Annotated[str | None, typer.Option("--json", help="Write the figures as JSON.")] = None,
+) -> None:
+    """Ingest rows/s and the largest process's peak RSS on synthetic corpora of growing size (2 CPUs)."""
+    from bm_ray.bench_ingest import bench_ingest
+
+    try:
+        sizes = [int(n) for n in rows.split(",") if n.strip()]
+    except ValueError:
+        fail(f"--rows {rows!r}: give row counts, e.g. 1000000,5000000")
+    print_json(bench_ingest(sizes, dedupe or "ids", json_path))
 
 
 @bench_app.command("classify")

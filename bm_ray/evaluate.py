@@ -12,7 +12,7 @@ import numpy as np
 
 from bm_ray.engine import Predictor
 from bm_ray.metrics import ConfusionMatrix, plot_confusion_matrix
-from bm_ray.report import PREDICTIONS_FILE, build_report
+from bm_ray.report import PREDICTIONS_FILE, try_build_report
 from bm_ray.specs import EvaluateSpec
 
 UNKNOWN_LABEL = "unknown_label"
@@ -124,10 +124,14 @@ def evaluate(spec: EvaluateSpec) -> dict[str, Any]:
     started = time.time()
     init_ray()
     predictor = Predictor.load(spec.model, batch_size=spec.batch_size)
-    ds, _ = read_corpus(spec.data)
+    ds, info = read_corpus(spec.data)
     ingest_rejects: Counter[str] = Counter()
     log = PredictionLog()
-    report = evaluate_batches(predictor, corpus_batches(ds, ingest_rejects), log)
+    try:
+        report = evaluate_batches(predictor, corpus_batches(ds, ingest_rejects), log)
+    finally:
+        if info.dedupe is not None:
+            info.dedupe.close()
     for reason, count in ingest_rejects.items():
         report["rejected_by_reason"][reason] = report["rejected_by_reason"].get(reason, 0) + count
     report["rows_rejected"] += sum(ingest_rejects.values())
@@ -139,5 +143,5 @@ def evaluate(spec: EvaluateSpec) -> dict[str, Any]:
     if spec.output:
         title = f"{predictor.info.name} on {Path(spec.data.input[0]).name}"
         write_report(report, spec.output, title=title, log=log)
-        build_report(spec.output)
+        try_build_report(spec.output)
     return report

@@ -1,10 +1,10 @@
 """`report.html`: one self-contained page per job output, built from the output directory alone.
 
-Every job (ingest, classify, train, evaluate) calls :func:`build_report` at its end, and
+Every job (ingest, classify, train, evaluate) calls :func:`try_build_report` at its end, and
 ``bm-ray report DIR`` rebuilds it. No model and no Ray: only the files the job left behind
 (``summary.json``, ``_commits/``, ``rejects/``, ``predictions/``, ``metrics.json``, ``labels.json``,
 ``predictions.parquet``, ``compare.json``). It imports only the base layer (the commit-record
-layout of :mod:`bm_ray.sink`, the model-file name, :mod:`bm_ray.metrics`), which is what lets every job
+layout of :mod:`bm_ray.commit`, the model-file name, :mod:`bm_ray.metrics`), which is what lets every job
 call it: it sits beside the base layer, not above the jobs as the design sketch drew it. Charts are inline SVG drawn here, the CSS is inline and
 the page has no script at all (its Content-Security-Policy forbids scripts and remote loads), so it
 opens from disk, offline, anywhere.
@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import json
+import logging
 import math
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -32,9 +33,11 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
-from bm_ray import sink
+from bm_ray import commit, storage
 from bm_ray.metrics import reliability_bins, risk_coverage
 from bm_ray.models import LABELS_FILE
+
+logger = logging.getLogger(__name__)
 
 REPORT_FILE = "report.html"
 PREDICTIONS_DIR = "predictions"
@@ -86,7 +89,7 @@ class OutputDir:
 
     def __init__(self, output: str) -> None:
         self.output = output
-        self.fs, self.root = sink.resolve_uri(output)
+        self.fs, self.root = storage.resolve_uri(output)
 
     def path(self, name: str) -> str:
         """Full path of `name` under the output."""
@@ -111,12 +114,12 @@ class OutputDir:
         return dataset if dataset.files else None
 
     def commit_times(self) -> list[tuple[float, int]]:
-        """(commit time, rows read) of every commit record, oldest first.
+        """(commit time, rows committed) of every commit record, oldest first.
 
         The time is the record file's modification time: the record is written last and moved into
         place, so its mtime is the moment the run was committed.
         """
-        selector = pafs.FileSelector(self.path(sink.COMMITS_DIR), allow_not_found=True)
+        selector = pafs.FileSelector(self.path(commit.COMMITS_DIR), allow_not_found=True)
         points = []
         for info in self.fs.get_file_info(selector):
             if info.type == pafs.FileType.File and info.base_name.endswith(".json"):
@@ -124,13 +127,13 @@ class OutputDir:
                     continue
                 with self.fs.open_input_stream(info.path) as stream:
                     record = json.loads(stream.read().decode("utf-8"))
-                points.append((info.mtime.timestamp(), int(record["rows_read"])))
+                points.append((info.mtime.timestamp(), int(record["rows_committed"])))
         return sorted(points)
 
 
 def detect_kind(out: OutputDir) -> str:
     """Which job wrote the output: from `_job.json`, else from the files it holds."""
-    job = out.json(sink.JOB_FILE)
+    job = out.json(commit.JOB_FILE)
     if isinstance(job, dict) and job.get("kind") in KINDS:
         return str(job["kind"])
     if out.kind_of(COMPARE_FILE) == pafs.FileType.File:
@@ -138,10 +141,10 @@ def detect_kind(out: OutputDir) -> str:
     metrics = out.json(METRICS_FILE)
     if isinstance(metrics, dict):
         return "train" if "epochs" in metrics else "evaluate"
-    if out.kind_of(sink.SUMMARY_FILE) == pafs.FileType.File:
+    if out.kind_of(commit.SUMMARY_FILE) == pafs.FileType.File:
         return "classify" if out.kind_of(PREDICTIONS_DIR) == pafs.FileType.Directory else "ingest"
     raise ReportError(
-        f"{out.output}: not a bm-ray job output (no {sink.JOB_FILE}, {sink.SUMMARY_FILE}, {METRICS_FILE} "
+        f"{out.output}: not a bm-ray job output (no {commit.JOB_FILE}, {commit.SUMMARY_FILE}, {METRICS_FILE} "
         f"or {COMPARE_FILE}); give the --output directory of ingest, classify, train or evaluate"
     )
 
@@ -149,7 +152,7 @@ def detect_kind(out: OutputDir) -> str:
 def reject_examples(out: OutputDir, reasons: Iterable[str], per_reason: int) -> dict[str, list[dict]]:
     """Up to `per_reason` reject rows (id, source, raw) of each reason, reading only as far as needed."""
     wanted = {reason: [] for reason in reasons}
-    dataset = out.dataset(sink.REJECTS_DIR)
+    dataset = out.dataset(commit.REJECTS_DIR)
     if dataset is None or not wanted:
         return wanted
     columns = [c for c in ("id", "source", "reason", "raw") if c in dataset.schema.names]
@@ -599,10 +602,10 @@ def input_section(summary: dict[str, Any], job: dict[str, Any] | None) -> tuple[
 
 def corpus_report(out: OutputDir, kind: str) -> str:
     """ingest / classify: accounting, labels, confidence, throughput, rejects, model, input."""
-    summary = out.json(sink.SUMMARY_FILE)
+    summary = out.json(commit.SUMMARY_FILE)
     if not isinstance(summary, dict):
-        raise ReportError(f"{out.output}: no {sink.SUMMARY_FILE}; the {kind} job did not finish (rerun it)")
-    job = out.json(sink.JOB_FILE)
+        raise ReportError(f"{out.output}: no {commit.SUMMARY_FILE}; the {kind} job did not finish (rerun it)")
+    job = out.json(commit.JOB_FILE)
     ok_key = "rows_classified" if kind == "classify" else "rows_ok"
     read, ok, rejected = (
         summary["rows_read"],
@@ -638,7 +641,7 @@ def corpus_report(out: OutputDir, kind: str) -> str:
     sections.extend(s for s in (confidence_section(out, summary), throughput_section(out)) if s is not None)
     sections.append(rejects_section(out, summary.get("rejected_by_reason") or {}))
     sections.append(input_section(summary, job))
-    sections.append(details_section(sink.SUMMARY_FILE, summary))
+    sections.append(details_section(commit.SUMMARY_FILE, summary))
     return page(f"bm-ray {kind} report", out.output, sections)
 
 
@@ -856,7 +859,22 @@ def build_report(output: str, path: str | None = None) -> str:
         out = OutputDir(output)
         fs, target = out.fs, out.path(REPORT_FILE)
     else:
-        fs, target = sink.resolve_uri(path)
+        fs, target = storage.resolve_uri(path)
     with fs.open_output_stream(target) as stream:
         stream.write(document)
     return path or f"{output.rstrip('/')}/{REPORT_FILE}"
+
+
+def try_build_report(output: str) -> str | None:
+    """Write the job's report after its results are committed; a failure is a warning, not a failed job.
+
+    The report is derived from files already written, so a rendering bug must not turn a finished job
+    into a failed one; ``bm-ray report DIR`` rebuilds it later.
+    """
+    try:
+        return build_report(output)
+    except Exception as error:  # any rendering failure: the job's results stand
+        logger.warning(
+            "report.html not written for %s (%s); rebuild it with `bm-ray report %s`", output, error, output
+        )
+        return None

@@ -78,6 +78,22 @@ class IngestSpec(StrictModel):
         default=1_000_000, gt=0, description="Texts longer than this are rejected as too_long."
     )
     rows_per_block: int = Field(default=1000, gt=0, description="Rows per block emitted by a read task.")
+    dedupe: Literal["ids", "none"] = Field(
+        default="ids",
+        description="ids: the first row with an id (listing order) wins, later ones are duplicate_id; none: keep all.",
+    )
+    max_line_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        gt=0,
+        description="A JSONL/CSV line (or JSON array element) longer than this is a too_long reject, never read whole.",
+    )
+    max_reject_fraction: float | None = Field(
+        default=0.99,
+        gt=0,
+        le=1,
+        description="Stop ingest/classify when more than this fraction of the rows read so far are rejected "
+        "(checked from 1,000 rows on, and at the end); null: never.",
+    )
 
     @model_validator(mode="after")
     def _check_caps(self) -> IngestSpec:

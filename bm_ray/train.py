@@ -84,8 +84,10 @@ def _read_rows(ingest: IngestSpec, name: str) -> tuple[Any, Any, Counter[str], C
     """
     from bm_ray.corpus import read_corpus
 
-    ds, _ = read_corpus(ingest)
+    ds, info = read_corpus(ingest)
     ds = ds.filter(lambda row: row["reason"] != "blank_line").materialize()
+    if info.dedupe is not None:
+        info.dedupe.close()
     reasons: Counter[str] = Counter()
     label_counts: Counter[str] = Counter()
     rows_read = 0
@@ -499,7 +501,7 @@ def _finish(
     from bm_ray.engine import Predictor
     from bm_ray.evaluate import PredictionLog, corpus_batches, evaluate_batches, write_report
     from bm_ray.metrics import plot_training_curves
-    from bm_ray.report import build_report
+    from bm_ray.report import try_build_report
 
     checkpoint.to_directory(str(local_output))
     state = json.loads((local_output / TRAIN_STATE_FILE).read_text(encoding="utf-8"))
@@ -519,7 +521,7 @@ def _finish(
         rejects.drop_columns(["_unit", "_row"]).write_parquet(str(local_output / "rejects"))
     write_report(report, local_output, title="validation", log=log)
     plot_training_curves(report["epochs"], local_output / "training_curves.png")
-    build_report(str(local_output))
+    try_build_report(str(local_output))
     if is_remote(spec.output):
         import pyarrow.fs as pafs
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -161,26 +163,61 @@ def test_killed_actor_commits_every_id_exactly_once(tmp_path: Path, tiny_model: 
     assert result.stdout.strip().endswith("summary.json")
 
 
-def test_resume_after_killed_job_and_overwrite(ray_local, tmp_path: Path, tiny_model: str) -> None:
-    ids = write_good_rows(tmp_path / "rows.jsonl", 50)
+def test_sigkilled_classify_resumes_exactly_once(ray_local, tmp_path: Path, tiny_model: str) -> None:
+    """A real `bm-ray classify` is SIGKILLed mid-run (with its embedded Ray), then rerun into the same
+    output: every id is predicted once, nothing is missing, and the read-time accounting is exact."""
+    ids = write_good_rows(tmp_path / "rows.jsonl", 400)
     ingest = IngestSpec(input=[str(tmp_path / "rows.jsonl")], rows_per_block=5)
     out = tmp_path / "out"
     spec = ClassifySpec(model=tiny_model, input=ingest, output=str(out), batch_size=5, actors=1)
-    first = classify(spec)
-    assert first["rows_read"] == len(ids) and first["commits"] >= 5
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    bm_ray_cli = Path(sys.executable).with_name("bm-ray")
+    log = (tmp_path / "driver.log").open("wb")
+    driver = subprocess.Popen(
+        [str(bm_ray_cli), "classify", "--spec", str(spec_file), "--address", "local"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: the driver and the Ray it started
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while len(list((out / "_commits").glob("*.json"))) < 4 and time.monotonic() < deadline:
+            if driver.poll() is not None:
+                tail = (tmp_path / "driver.log").read_text(errors="replace")[-3000:]
+                pytest.fail(
+                    f"the classify job ended (exit {driver.returncode}) before it was killed:\n{tail}"
+                )
+            time.sleep(0.2)
+        assert len(list((out / "_commits").glob("*.json"))) >= 4, "no commits within 300 s"
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=60)
+        log.close()
+    assert (out / "_lease.json").exists()  # left behind by the killed driver: stale, taken over below
+    committed = sum(json.loads(r.read_text())["rows_committed"] for r in (out / "_commits").glob("*.json"))
+    assert 0 < committed < len(ids)
 
-    # A job killed mid-run: the last commits never happened (their data files are debris), plus a temp file.
-    records = sorted((out / "_commits").glob("*.json"))
-    for record in records[len(records) // 2 :]:
-        record.unlink()
-    (out / "predictions" / ".tmp-partial.parquet-0000").write_bytes(b"partial")
     resumed = classify(spec)
-    committed = sum(json.loads(r.read_text())["rows_read"] for r in records[: len(records) // 2])
-    assert resumed["rows_resumed"] == committed and resumed["rows_this_run"] == len(ids) - committed
+    assert (
+        resumed["rows_resumed"] >= committed
+        and resumed["rows_this_run"] == len(ids) - resumed["rows_resumed"]
+    )
     assert resumed["rows_read"] == resumed["rows_classified"] == len(ids)
     predictions = ids_exactly_once(out, set(ids))
     assert sorted(predictions.column("id").to_pylist()) == sorted(ids)
-    assert not list((out / "predictions").glob(".tmp-*"))
+    assert not list(out.rglob(".tmp-*")) and not (out / "_lease.json").exists()
+
+    # a commit whose data file is gone: detected on resume, its rows classified again
+    lost = sorted((out / "predictions").glob("*.parquet"))[0]
+    lost_rows = pq.read_table(lost).num_rows
+    lost.unlink()
+    again = classify(spec)
+    assert again["rows_this_run"] == lost_rows and again["rows_classified"] == len(ids)
+    assert sorted(ids_exactly_once(out, set(ids)).column("id").to_pylist()) == sorted(ids)
 
     with pytest.raises(ValueError, match="different job"):
         classify(spec.model_copy(update={"input": ingest.model_copy(update={"text_fields": ["body"]})}))

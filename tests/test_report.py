@@ -17,8 +17,8 @@ import pytest
 from browser import browser_page
 
 from bm_ray.classify import classify
-from bm_ray.corpus import ingest
 from bm_ray.evaluate import evaluate
+from bm_ray.ingest import ingest
 from bm_ray.metrics import reliability_bins, risk_coverage
 from bm_ray.models import make_tiny_model
 from bm_ray.report import REPORT_FILE, OutputDir, build_report, detect_kind
@@ -146,7 +146,7 @@ def test_optional_sections_appear_only_with_their_data(outputs: dict[str, Path],
     commits = len(list((classified / "_commits").glob("*.json")))
     rate = (
         summary["rows_read"]
-        - json.loads(sorted((classified / "_commits").glob("*.json"))[0].read_text())["rows_read"]
+        - json.loads(sorted((classified / "_commits").glob("*.json"))[0].read_text())["rows_committed"]
     ) / (5 * (commits - 1))
     assert f"{commits:,} commits; {rate:,.1f} rows/s" in page
     evaluated = shutil.copytree(outputs["evaluate"], tmp_path / "evaluate")

@@ -10,10 +10,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-import ray
 
-from bm_ray import sink
-from bm_ray.corpus import ingest, read_corpus, row_schema
+from bm_ray import commit
+from bm_ray.corpus import BLANK_LINE, read_corpus, row_schema
+from bm_ray.corpus.listing import input_manifest
+from bm_ray.corpus.rows import UNIT_END
+from bm_ray.ingest import ingest
 from bm_ray.specs import IngestSpec
 
 
@@ -28,11 +30,12 @@ def make_batch(rows: list[tuple[str, int, str | None]]) -> pa.Table:
             "label": None if reason else ("a" if row % 2 else "b"),
             "source": source,
             "reason": reason,
-            "raw": "raw" if reason and reason != sink.BLANK_LINE else None,
+            "raw": "raw" if reason and reason not in (BLANK_LINE, UNIT_END) else None,
             "truncated": row == 1,
             "utf8_repaired": False,
             "_unit": unit,
             "_row": row,
+            "_file": 0,
         }
         for name, value in values.items():
             columns[name].append(value)
@@ -43,86 +46,78 @@ def listing(out: Path) -> dict[str, bytes]:
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
 
 
-def test_processor_commits_runs_and_retries_are_idempotent(tmp_path: Path) -> None:
+def test_processor_commits_batches_and_retries_are_idempotent(tmp_path: Path) -> None:
     out = str(tmp_path / "out")
-    sink.prepare_output(out)
-    batch = make_batch(
+    commit.prepare_output(out)
+    first = make_batch([("u1", 0, None), ("u1", 1, None), ("u1", 2, BLANK_LINE), ("u1", 3, "empty_text")])
+    second = make_batch([("u1", 4, None), ("u1", 5, "too_long"), ("u1", 6, UNIT_END), ("u2", 0, BLANK_LINE)])
+    processor = commit.CommitProcessor(out)
+    progress = processor(first)
+    assert progress.schema == commit.PROGRESS_SCHEMA
+    assert progress.to_pylist() == [{"rows_committed": 3, "rows_ok": 2, "rows_rejected": 1, "blank_lines": 1}]
+    processor(second)
+    files = listing(tmp_path / "out")
+    name2 = commit.commit_name([("u1", 4, 6), ("u2", 0, 0)])
+    assert name2.startswith("u1-000000000004-000000000006-and-1-")
+    assert sorted(files) == sorted(
         [
-            ("u1", 0, None),
-            ("u1", 1, None),
-            ("u1", 2, sink.BLANK_LINE),
-            ("u1", 3, "empty_text"),
-            ("u1", 7, None),
-            ("u1", 8, "too_long"),
-            ("u2", 0, sink.BLANK_LINE),
+            "_commits/u1-000000000000-000000000003.json",
+            f"_commits/{name2}.json",
+            "ok/u1-000000000000-000000000003.parquet",
+            f"ok/{name2}.parquet",
+            "rejects/u1-000000000000-000000000003.parquet",
+            f"rejects/{name2}.parquet",
         ]
     )
-    processor = sink.CommitProcessor(out)
-    progress = processor(batch)
-    assert progress.schema == sink.PROGRESS_SCHEMA
-    assert progress.select(["unit", "first_row", "last_row", "rows_read", "blank_lines"]).to_pylist() == [
-        {"unit": "u1", "first_row": 0, "last_row": 3, "rows_read": 3, "blank_lines": 1},
-        {"unit": "u1", "first_row": 7, "last_row": 8, "rows_read": 2, "blank_lines": 0},
-        {"unit": "u2", "first_row": 0, "last_row": 0, "rows_read": 0, "blank_lines": 1},
-    ]
-    files = listing(tmp_path / "out")
-    assert sorted(files) == [
-        "_commits/u1-000000000000-000000000003.json",
-        "_commits/u1-000000000007-000000000008.json",
-        "_commits/u2-000000000000-000000000000.json",
-        "ok/u1-000000000000-000000000003.parquet",
-        "ok/u1-000000000007-000000000008.parquet",
-        "rejects/u1-000000000000-000000000003.parquet",
-        "rejects/u1-000000000007-000000000008.parquet",
-    ]
-    record = json.loads(files["_commits/u1-000000000000-000000000003.json"])
-    assert record["rejected_by_reason"] == {"empty_text": 1} and record["label_counts"] == {"a": 1, "b": 1}
-    assert record["truncated"] == 1
+    record = json.loads(files[f"_commits/{name2}.json"])
+    assert record["spans"] == [["u1", 4, 6], ["u2", 0, 0]] and record["unit_rows"] == {"u1": 6}
+    assert record["files"] == [f"ok/{name2}.parquet", f"rejects/{name2}.parquet"]
 
-    processor(batch)  # a retried task: same names, same contents, nothing added
+    processor(second)  # a retried task: same names, same contents, nothing added
     assert listing(tmp_path / "out") == files
-    assert sink.committed_rows(out) == {"u1": [(0, 3), (7, 8)], "u2": [(0, 0)]}
-    summary = sink.summarize(out, {"format": "jsonl"})
-    assert (summary["rows_read"], summary["rows_ok"], summary["rows_rejected"], summary["blank_lines"]) == (
-        5,
-        3,
-        2,
-        2,
-    )
-    assert summary["format"] == "jsonl" and summary["commits"] == 3
+    assert commit.committed_rows(out) == {"u1": [(0, 3), (4, 6)], "u2": [(0, 0)]}
+    # u2 (one blank line) was never read to its end: its unit end is missing
+    with pytest.raises(RuntimeError, match="u2 was never read to its end"):
+        commit.summarize(out)
+    processor(make_batch([("u2", 1, UNIT_END)]))
+    summary = commit.summarize(out, {"format": "jsonl"})
+    counts = (summary["rows_read"], summary["rows_ok"], summary["rows_rejected"], summary["blank_lines"])
+    assert counts == (5, 3, 2, 2) and summary["format"] == "jsonl" and summary["commits"] == 3
 
 
-def test_summarize_refuses_broken_accounting(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    sink.prepare_output(str(out))
-    sink.CommitProcessor(str(out))(make_batch([("u1", 0, None), ("u1", 1, None)]))
-    record = {"unit": "u1", "first_row": 1, "last_row": 4, "rows_read": 4, "rows_ok": 4, "rows_rejected": 0}
-    record |= {
-        "rejected_by_reason": {},
-        "blank_lines": 0,
-        "label_counts": {},
-        "truncated": 0,
-        "utf8_repaired": 0,
-    }
-    (out / "_commits" / "u1-000000000001-000000000004.json").write_text(json.dumps(record))
-    with pytest.raises(RuntimeError, match="overlapping commits for unit u1"):
-        sink.summarize(str(out))
-    record |= {"first_row": 5, "last_row": 8, "rows_ok": 3}
-    (out / "_commits" / "u1-000000000001-000000000004.json").unlink()
-    (out / "_commits" / "u1-000000000005-000000000008.json").write_text(json.dumps(record))
-    with pytest.raises(RuntimeError, match="row accounting broken"):
-        sink.summarize(str(out))
+def test_a_row_lost_between_read_and_commit_fails_the_accounting(ray_local, tmp_path: Path) -> None:
+    """The readers count each file's records as they read them; a row that never reaches a commit is
+    a gap between that count and the committed spans, and the summary refuses it."""
+    spec, _ = write_dup_corpus(tmp_path)
+    out = str(tmp_path / "out")
+    commit.prepare_output(out)
+    ds, info = read_corpus(spec, unit_ends=True, dedupe=False)
+    lost = ds.filter(lambda row: row["source"] != "a.jsonl:5")  # a bug that drops one row
+    processor = commit.CommitProcessor(out)
+    for batch in lost.iter_batches(batch_format="pyarrow", batch_size=None):
+        processor(batch)
+    with pytest.raises(RuntimeError, match=r"rows 4\.\.4 of a\.jsonl were read but never committed"):
+        commit.summarize(out, {commit.MANIFEST_KEY: input_manifest(info)})
+
+    # the same rows, none lost: the accounting holds
+    clean = str(tmp_path / "clean")
+    commit.prepare_output(clean)
+    processor = commit.CommitProcessor(clean)
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        processor(batch)
+    summary = commit.summarize(clean, {commit.MANIFEST_KEY: input_manifest(info)})
+    assert summary["rows_read"] == 49 == summary["rows_ok"] + summary["rows_rejected"]
 
 
 def test_prepare_output_removes_debris_and_refuses_other_jobs(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    sink.prepare_output(str(out), job={"kind": "ingest", "input": ["a"]})
-    sink.CommitProcessor(str(out))(make_batch([("u1", 0, None), ("u1", 1, "empty_text")]))
+    commit.prepare_output(str(out), job={"kind": "ingest", "input": ["a"]})
+    commit.CommitProcessor(str(out))(make_batch([("u1", 0, None), ("u1", 1, "empty_text")]))
     (out / "ok" / "u9-000000000000-000000000009.parquet").write_bytes(b"half-written")
     (out / "rejects" / ".tmp-u1-000000000000-000000000001.parquet-1234").write_bytes(b"tmp")
     (out / "_commits" / ".tmp-u9-000000000000-000000000009.json-1234").write_bytes(b"{")
     before = listing(out)
-    sink.prepare_output(str(out), job={"kind": "ingest", "input": ["a"]})
+    commit.prepare_output(str(out), job={"kind": "ingest", "input": ["a"]})
     after = listing(out)
     assert sorted(set(before) - set(after)) == [
         "_commits/.tmp-u9-000000000000-000000000009.json-1234",
@@ -130,8 +125,9 @@ def test_prepare_output_removes_debris_and_refuses_other_jobs(tmp_path: Path) ->
         "rejects/.tmp-u1-000000000000-000000000001.parquet-1234",
     ]
     with pytest.raises(ValueError, match=r"different job \(differs in: input\).*overwrite"):
-        sink.prepare_output(str(out), job={"kind": "ingest", "input": ["b"]})
-    sink.prepare_output(str(out), overwrite=True, job={"kind": "ingest", "input": ["b"]})
+        commit.prepare_output(str(out), job={"kind": "ingest", "input": ["b"]})
+    assert listing(out) == after  # refused: nothing written
+    commit.prepare_output(str(out), overwrite=True, job={"kind": "ingest", "input": ["b"]})
     assert sorted(listing(out)) == ["_job.json"]
 
 
@@ -139,7 +135,7 @@ def write_dup_corpus(root: Path) -> tuple[IngestSpec, set[str]]:
     """Two JSONL files: 49 records, 34 distinct ids, 2 blank lines; returns the spec and all sources."""
     a = [json.dumps({"id": f"i{n % 30}", "text": f"a {n}", "label": str(n % 3)}) for n in range(40)]
     a[12] = ""  # a blank line in the middle
-    # duplicates carry the same label as their twin: which twin wins depends on task timing
+    # b's i25..i29 repeat ids of a (listed first): a's rows win, whatever the task timing
     b = [json.dumps({"id": f"i{n}", "text": f"b {n}", "label": str(n % 3)}) for n in range(25, 35)]
     (root / "a.jsonl").write_text("\n".join(a) + "\n\n")
     (root / "b.jsonl").write_text("\n".join(b) + "\n")
@@ -168,17 +164,21 @@ def test_resume_after_killed_job_is_exactly_once(ray_local, tmp_path: Path) -> N
         2,
     )
 
+    ok_sources = pa.concat_tables([pq.read_table(p) for p in (out / "ok").glob("*.parquet")]).column("source")
+    assert sorted(s for s in ok_sources.to_pylist() if s.startswith("b")) == sorted(
+        f"b.jsonl:{n}" for n in range(6, 11)
+    )
     again = ingest(spec, str(out))  # nothing left to do
-    assert {k: again[k] for k in COUNTS} == {k: first[k] for k in COUNTS} and again["rows_resumed"] == 51
+    assert {k: again[k] for k in COUNTS} == {k: first[k] for k in COUNTS} and again["rows_resumed"] == 49
 
-    # a killed job: some runs lost their commit record, half-written temporaries lie around
+    # commits lost their record (as if a job died between data and record), temporaries lie around
     commits = sorted((out / "_commits").glob("*.json"))
     for record in commits[::3]:
         record.unlink()
     (out / "ok" / ".tmp-a_jsonl_0-000000000000-000000000006.parquet-dead").write_bytes(b"partial")
     resumed = ingest(spec, str(out))
     assert {k: resumed[k] for k in COUNTS} == {k: first[k] for k in COUNTS}
-    assert 0 < resumed["rows_resumed"] < 51
+    assert 0 < resumed["rows_resumed"] < 49
     ids, seen = outputs(out)
     assert set(seen) == sources and max(seen.values()) == 1
     assert len(ids) == len(set(ids)) == 34
@@ -191,17 +191,17 @@ def test_resume_after_killed_job_is_exactly_once(ray_local, tmp_path: Path) -> N
 
 
 def test_processor_as_ray_data_callable_class(ray_local, tmp_path: Path) -> None:
-    """How bulk classification reuses the sink: an actor pool, another ok table and ok subdir."""
+    """How bulk classification reuses the commit protocol: an actor pool, another ok table and ok subdir."""
     spec, _ = write_dup_corpus(tmp_path)
     out = str(tmp_path / "pred")
-    sink.prepare_output(out, ok_dir="predictions")
+    commit.prepare_output(out, ok_dir="predictions")
 
     def predict(rows: pa.Table) -> pa.Table:
         return pa.table({"id": rows.column("id"), "predicted": pc.utf8_length(rows.column("text"))})
 
-    ds, info = read_corpus(spec)
+    ds, info = read_corpus(spec, unit_ends=True)
     progress = ds.map_batches(
-        sink.CommitProcessor,
+        commit.CommitProcessor,
         fn_constructor_kwargs={
             "output": out,
             "ok_fn": predict,
@@ -212,9 +212,9 @@ def test_processor_as_ray_data_callable_class(ray_local, tmp_path: Path) -> None
         batch_size=None,
         concurrency=1,
     )
-    assert progress.sum("rows_read") == 49
-    ray.kill(info.registry)
-    summary = sink.summarize(out)
+    assert progress.sum("rows_committed") == 49
+    info.dedupe.close()
+    summary = commit.summarize(out)
     assert (summary["rows_ok"], summary["rows_rejected"]) == (34, 15)
     assert sum(summary["label_counts"].values()) == 34  # the predicted "labels" (text lengths)
     assert len(list((tmp_path / "pred" / "predictions").glob("*.parquet"))) >= 2
