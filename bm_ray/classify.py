@@ -16,6 +16,7 @@ into the same output skips what was committed; ``overwrite`` starts afresh.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -32,6 +33,7 @@ from bm_ray.engine import Predictor
 from bm_ray.models import read_model_info, resolve_model
 from bm_ray.runtime import init_ray
 from bm_ray.specs import ClassifySpec, Precision
+from bm_ray.storage import redact, redact_uri
 
 PREDICTIONS_DIR = "predictions"
 PROBS_COLUMN = "_probs"
@@ -155,9 +157,12 @@ def classify(spec: ClassifySpec) -> dict[str, Any]:
     min_actors, max_actors = actor_pool(spec)
     job = {
         "kind": "classify",
-        "model": spec.model,
-        "input": spec.input.model_dump(mode="json", exclude={"rows_per_block"}),
+        "model": redact_uri(spec.model),
+        "model_version": info.version,
+        "input": redact(spec.input.model_dump(mode="json", exclude={"rows_per_block"})),
     }
+    if not spec.overwrite:
+        check_model_version(spec.output, info.version)
 
     def commit(ds: ray.data.Dataset) -> ray.data.Dataset:
         return ds.map_batches(
@@ -204,17 +209,39 @@ def classify(spec: ClassifySpec) -> dict[str, Any]:
         if totals["real_tokens"]
         else 1.0,
         real_tokens=totals["real_tokens"],
-        model={"name": info.name, "version": info.version, "path": spec.model},
+        model={"name": info.name, "version": info.version, "path": redact_uri(spec.model)},
         precision=spec.precision,
         actors={"min": min_actors, "max": max_actors, "cpus_per_actor": spec.cpus_per_actor},
         batch_size=spec.batch_size,
-        output=spec.output,
+        output=redact_uri(spec.output),
     )
     summary = sink.summarize(spec.output, extra, write=False)
     summary["rows_classified"] = summary["rows_ok"]
     fs, root = sink.resolve_uri(spec.output)
     sink.write_json_atomic(fs, f"{root.rstrip('/')}/{sink.SUMMARY_FILE}", summary)
     return summary
+
+
+def check_model_version(output: str, version: str) -> None:
+    """Refuse to resume into `output` when its recorded job ran another version of the model.
+
+    The version is part of the job identity in `_job.json` as well; this check runs first so the
+    error names both versions (the model directory was retrained or replaced at the same path).
+    """
+    import pyarrow.fs as pafs
+
+    fs, root = sink.resolve_uri(output)
+    job_path = f"{root.rstrip('/')}/{sink.JOB_FILE}"
+    if fs.get_file_info(job_path).type != pafs.FileType.File:
+        return
+    with fs.open_input_stream(job_path) as stream:
+        previous = json.loads(stream.read().decode("utf-8")).get("model_version")
+    if previous is not None and previous != version:
+        raise ValueError(
+            f"{redact_uri(output)} holds predictions of model version {previous}, but the model is now "
+            f"version {version}; pass overwrite (--overwrite) to classify afresh with the new model, "
+            "or choose another output"
+        )
 
 
 def precision_agreement(

@@ -161,7 +161,7 @@ def train(
         float | None, typer.Option("--val-fraction", help="Stratified held-out fraction.")
     ] = None,
     base_model: Annotated[
-        str | None, typer.Option("--base-model", help="Preset, dir, URI or hub id.")
+        str | None, typer.Option("--base-model", help="Preset, dir, URI or hf:ORG/NAME hub id.")
     ] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="Ray Train workers.")] = None,
     cpus_per_worker: Annotated[float | None, typer.Option("--cpus-per-worker")] = None,
@@ -177,12 +177,16 @@ def train(
     resume: Annotated[
         bool | None, typer.Option("--resume/--no-resume", help="Continue the run under --output.")
     ] = None,
+    overwrite: Annotated[
+        bool | None, typer.Option("--overwrite", help="Train afresh over a finished model in --output.")
+    ] = None,
     address: AddressOpt = None,
     spec: SpecOpt = None,
 ) -> None:
     """Fine-tune BERT (TFBertForSequenceClassification) data-parallel with Ray Train."""
     from bm_ray.train import TrainError
     from bm_ray.train import train as run_train
+    from bm_ray.train_resume import ResumeError
 
     ingest_flags = ingest_options(
         data, format, text_fields, label_field, id_field, None, clean_text, csv_header, csv_columns
@@ -203,6 +207,7 @@ def train(
             "seed": seed,
             "mixed_precision": mixed_precision,
             "resume": resume,
+            "overwrite": overwrite,
             "address": address,
         }
     )
@@ -211,7 +216,7 @@ def train(
     train_spec = build_spec(TrainSpec, spec, flags)
     try:
         report = run_train(train_spec)
-    except TrainError as err:
+    except (TrainError, ResumeError) as err:
         fail(str(err))
     console.print(
         f"[bold green]done:[/] accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f} "

@@ -66,6 +66,7 @@ from ray.data.datasource import Datasource, ReadTask
 from bm_ray import sink
 from bm_ray.runtime import init_ray
 from bm_ray.specs import IngestSpec
+from bm_ray.storage import redact
 
 logger = logging.getLogger(__name__)
 
@@ -305,6 +306,17 @@ def list_corpus(spec: IngestSpec) -> CorpusInfo:
     if not files:
         raise FileNotFoundError(f"no corpus files found in {', '.join(spec.input)}")
     return CorpusInfo(list(spec.input), formats.pop(), files, ignored)
+
+
+def input_manifest(spec: IngestSpec) -> list[dict[str, Any]]:
+    """Every input file of `spec` as `{path, size, mtime}` (mtime in ns; the object's modification
+    time on object stores), sorted by path: what a resumed job compares to refuse changed inputs."""
+    files = list_corpus(spec).files
+    manifest = []
+    for f in files:
+        info = f.fs.get_file_info(f.path)
+        manifest.append({"path": f.path, "size": info.size or 0, "mtime": info.mtime_ns or 0})
+    return sorted(manifest, key=lambda item: item["path"])
 
 
 # ------------------------------------------------------------------------------------------ read pieces
@@ -940,9 +952,9 @@ def commit_corpus(
         ray.kill(registry)
     extra = {
         "format": info.format,
-        "inputs": info.inputs,
+        "inputs": redact(info.inputs),
         "files": len(info.files),
-        "ignored_files": info.ignored_files[:IGNORED_FILES_LISTED],
+        "ignored_files": redact(info.ignored_files[:IGNORED_FILES_LISTED]),
         "ignored_files_count": len(info.ignored_files),
         "rows_resumed": sum(b - a + 1 for spans in skip.values() for a, b in spans),
     }
@@ -956,7 +968,7 @@ def ingest(spec: IngestSpec, output: str, *, overwrite: bool = False) -> dict[st
     unless `overwrite`, which starts afresh. Returns the summary (see :func:`bm_ray.sink.summarize`).
     """
     started = time.monotonic()
-    job = {"kind": "ingest", **spec.model_dump(mode="json", exclude={"rows_per_block"})}
+    job = {"kind": "ingest", **redact(spec.model_dump(mode="json", exclude={"rows_per_block"}))}
     ok_columns = [*OK_COLUMNS, *(k for k in spec.keep_fields if k not in ROW_COLUMNS)]
     processor = sink.CommitProcessor(output, functools.partial(_ok_table, ok_columns))
 
