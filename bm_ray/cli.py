@@ -184,6 +184,7 @@ def train(
     spec: SpecOpt = None,
 ) -> None:
     """Fine-tune BERT (TFBertForSequenceClassification) data-parallel with Ray Train."""
+    from bm_ray.models import ModelRefError
     from bm_ray.train import TrainError
     from bm_ray.train import train as run_train
     from bm_ray.train_resume import ResumeError
@@ -216,7 +217,7 @@ def train(
     train_spec = build_spec(TrainSpec, spec, flags)
     try:
         report = run_train(train_spec)
-    except (TrainError, ResumeError) as err:
+    except (TrainError, ResumeError, ModelRefError) as err:
         fail(str(err))
     console.print(
         f"[bold green]done:[/] accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f} "

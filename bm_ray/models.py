@@ -36,7 +36,7 @@ class ModelRefError(ValueError):
     """A model reference that names nothing loadable; the message says what to give instead."""
 
 
-class OfflineError(RuntimeError):
+class OfflineError(ModelRefError):
     """A download was needed while `BM_RAY_OFFLINE=1`; the message names what is missing and how to provide it."""
 
 

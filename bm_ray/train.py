@@ -446,6 +446,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
 
     started = time.time()
     prepare_train_output(spec)  # refuses a finished output or a resume of another run, before any work
+    resolve_model(spec.base_model)  # a missing path or an offline download fails here, not in a worker
     init_ray(spec.address)
     remote_output = is_remote(spec.output)
     local_output = Path(tempfile.mkdtemp(prefix="bm-ray-model-")) if remote_output else Path(spec.output)

@@ -4,6 +4,7 @@ versions, credential redaction, and the optimizer state that training checkpoint
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -42,6 +43,18 @@ def test_offline_missing_preset_fails_with_what_and_how(
     assert "BM_RAY_OFFLINE=1" in message and "minilm-l6" in message
     assert PRESETS["minilm-l6"].requirement in message and "bm-ray model fetch minilm-l6" in message
     assert not list((tmp_path / "cache").glob("*")), "nothing may be downloaded or left behind"
+
+
+def test_offline_cli_fetch_fails_with_the_message(tmp_path: Path) -> None:
+    env = {**os.environ, "BM_RAY_OFFLINE": "1", "BM_RAY_CACHE": str(tmp_path)}
+    cli = Path(sys.executable).with_name("bm-ray")
+    result = subprocess.run(
+        [str(cli), "model", "fetch", "minilm-l6"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode != 0
+    output = " ".join((result.stdout + result.stderr).split())
+    assert "BM_RAY_OFFLINE=1" in output and "not in the model cache" in output, output
+    assert "Traceback" not in output
 
 
 def test_offline_hub_id_is_an_error_and_hub_needs_the_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
