@@ -30,7 +30,7 @@ import tensorflow as tf
 from bm_ray.evaluate import MISSING_LABEL, UNKNOWN_LABEL
 from bm_ray.models import ModelInfo, resolve_model
 from bm_ray.specs import IngestSpec, TrainSpec
-from bm_ray.storage import filesystem, is_remote, join_uri, redact, upload_dir
+from bm_ray.storage import filesystem, is_remote, join_uri, redact, redact_uri, upload_dir
 from bm_ray.train_resume import OPTIMIZER_STATE_FILE, RUN_DIR
 
 TRAIN_STATE_FILE = "train_state.json"
@@ -307,7 +307,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             restore_optimizer_state(model.optimizer, model, restored_dir)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(config["base_model"]))
     # An empty version is stamped from the weights of each checkpoint when it is saved.
-    info = ModelInfo(labels, config["max_length"], config["name"], "", config["base_model"])
+    info = ModelInfo(labels, config["max_length"], config["name"], "", redact_uri(config["base_model"]))
     predictor = Predictor(model, tokenizer, info, batch_size=64)
     shard = ray.train.get_dataset_shard("train")
     options = tf.data.Options()
