@@ -388,11 +388,11 @@ def model_fetch(
 
 @model_app.command("list")
 def model_list() -> None:
-    """List the known presets."""
+    """List the known presets (name, hash-based version, description)."""
     from bm_ray.models import PRESETS
 
     for name, preset in PRESETS.items():
-        typer.echo(f"{name}\t{preset.description}")
+        typer.echo(f"{name}\t{preset.version}\t{preset.description}")
 
 
 @app.command()

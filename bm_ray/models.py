@@ -269,17 +269,6 @@ def weights_version(model_dir: str | Path, now: float | None = None) -> str:
     return f"{digest.hexdigest()[:16]}-{stamp}"
 
 
-def model_version(model_dir: str | Path) -> str | None:
-    """The version of a local model directory: `labels.json`'s, else the cache marker's (presets)."""
-    for name in (LABELS_FILE, READY_MARKER):
-        path = Path(model_dir) / name
-        if path.exists():
-            version = json.loads(path.read_text(encoding="utf-8")).get("version")
-            if version:
-                return str(version)
-    return None
-
-
 @dataclass(frozen=True)
 class ModelInfo:
     """What `labels.json` records about a trained model."""
