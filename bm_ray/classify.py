@@ -34,6 +34,7 @@ from bm_ray.models import read_model_info, resolve_model
 from bm_ray.report import try_build_report
 from bm_ray.runtime import init_ray
 from bm_ray.specs import ClassifySpec, Precision
+from bm_ray.storage import exists, join, read_json, redact_uri, resolve_uri
 
 PREDICTIONS_DIR = "predictions"
 PROBS_COLUMN = "_probs"
@@ -67,8 +68,15 @@ class ClassifyProcessor(commit.CommitProcessor):
         precision: Precision = "auto",
         num_threads: int | None = None,
         keep_fields: Sequence[str] = (),
+        lease_token: str | None = None,
     ) -> None:
-        super().__init__(output, self.prediction_table, ok_dir=PREDICTIONS_DIR, label_column="label")
+        super().__init__(
+            output,
+            self.prediction_table,
+            ok_dir=PREDICTIONS_DIR,
+            label_column="label",
+            lease_token=lease_token,
+        )
         self.predictor = Predictor.load(model, batch_size, precision, num_threads)
         info = self.predictor.info
         self.model_tag = f"{info.name}/{info.version}"
@@ -154,8 +162,10 @@ def classify(spec: ClassifySpec) -> dict[str, Any]:
     info = read_model_info(resolve_model(spec.model))  # fail fast, before touching the output
     init_ray(spec.address)
     min_actors, max_actors = actor_pool(spec)
+    if not spec.overwrite:
+        check_model_version(spec.output, info.version)
 
-    def predict_and_commit(ds: ray.data.Dataset) -> ray.data.Dataset:
+    def predict_and_commit(ds: ray.data.Dataset, lease_token: str) -> ray.data.Dataset:
         return ds.map_batches(
             ClassifyProcessor,
             fn_constructor_args=(spec.output, spec.model),
@@ -164,6 +174,7 @@ def classify(spec: ClassifySpec) -> dict[str, Any]:
                 "precision": spec.precision,
                 "num_threads": math.ceil(spec.cpus_per_actor),
                 "keep_fields": spec.input.keep_fields,
+                "lease_token": lease_token,
             },
             compute=ray.data.ActorPoolStrategy(min_size=min_actors, max_size=max_actors),
             num_cpus=spec.cpus_per_actor,
@@ -190,11 +201,11 @@ def classify(spec: ClassifySpec) -> dict[str, Any]:
             if totals["real_tokens"]
             else 1.0,
             "real_tokens": totals["real_tokens"],
-            "model": {"name": info.name, "version": info.version, "path": spec.model},
+            "model": {"name": info.name, "version": info.version, "path": redact_uri(spec.model)},
             "precision": spec.precision,
             "actors": {"min": min_actors, "max": max_actors, "cpus_per_actor": spec.cpus_per_actor},
             "batch_size": spec.batch_size,
-            "output": spec.output,
+            "output": redact_uri(spec.output),
         }
 
     try:
@@ -203,7 +214,7 @@ def classify(spec: ClassifySpec) -> dict[str, Any]:
             spec.output,
             predict_and_commit,
             kind="classify",
-            identity={"model": spec.model},
+            identity={"model": redact_uri(spec.model), "model_version": info.version},
             ok_dir=PREDICTIONS_DIR,
             overwrite=spec.overwrite,
             read_args=READ_ARGS,
@@ -214,6 +225,25 @@ def classify(spec: ClassifySpec) -> dict[str, Any]:
         context.target_max_block_size = previous_block_size
     try_build_report(spec.output)
     return summary
+
+
+def check_model_version(output: str, version: str) -> None:
+    """Refuse to resume into `output` when its recorded job ran another version of the model.
+
+    The version is part of the job identity in `_job.json` as well; this check runs first so the
+    error names both versions (the model directory was retrained or replaced at the same path).
+    """
+    fs, root = resolve_uri(output)
+    job_path = join(root, commit.JOB_FILE)
+    if not exists(fs, job_path):
+        return
+    previous = read_json(fs, job_path).get("model_version")
+    if previous is not None and previous != version:
+        raise ValueError(
+            f"{redact_uri(output)} holds predictions of model version {previous}, but the model is now "
+            f"version {version}; pass overwrite (--overwrite) to classify afresh with the new model, "
+            "or choose another output"
+        )
 
 
 def precision_agreement(

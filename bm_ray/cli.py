@@ -17,6 +17,7 @@ from bm_ray.specs import (
     load_spec_file,
     validate_spec,
 )
+from bm_ray.storage import join_uri, redact_uri
 
 app = typer.Typer(help="Distributed batch text classification on Ray.", no_args_is_help=True)
 model_app = typer.Typer(help="Pretrained model presets.", no_args_is_help=True)
@@ -199,7 +200,7 @@ def train(
         float | None, typer.Option("--val-fraction", help="Stratified held-out fraction.")
     ] = None,
     base_model: Annotated[
-        str | None, typer.Option("--base-model", help="Preset, dir, URI or hub id.")
+        str | None, typer.Option("--base-model", help="Preset, dir, URI or hf:ORG/NAME hub id.")
     ] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="Ray Train workers.")] = None,
     cpus_per_worker: Annotated[float | None, typer.Option("--cpus-per-worker")] = None,
@@ -215,12 +216,17 @@ def train(
     resume: Annotated[
         bool | None, typer.Option("--resume/--no-resume", help="Continue the run under --output.")
     ] = None,
+    overwrite: Annotated[
+        bool | None, typer.Option("--overwrite", help="Train afresh over a finished model in --output.")
+    ] = None,
     address: AddressOpt = None,
     spec: SpecOpt = None,
 ) -> None:
     """Fine-tune BERT (TFBertForSequenceClassification) data-parallel with Ray Train."""
+    from bm_ray.models import ModelRefError
     from bm_ray.train import TrainError
     from bm_ray.train import train as run_train
+    from bm_ray.train_resume import ResumeError
 
     ingest_flags = ingest_options(
         data, format, text_fields, label_field, id_field, None, clean_text, csv_header, csv_columns
@@ -241,6 +247,7 @@ def train(
             "seed": seed,
             "mixed_precision": mixed_precision,
             "resume": resume,
+            "overwrite": overwrite,
             "address": address,
         }
     )
@@ -249,7 +256,7 @@ def train(
     train_spec = build_spec(TrainSpec, spec, flags)
     try:
         report = run_train(train_spec)
-    except TrainError as err:
+    except (TrainError, ResumeError, ModelRefError) as err:
         fail(str(err))
     console.print(
         f"[bold green]done:[/] accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f} "
@@ -414,7 +421,7 @@ def classify(
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
     console.print(summary_table(summary))
-    typer.echo(f"{classify_spec.output.rstrip('/')}/summary.json")
+    typer.echo(join_uri(redact_uri(classify_spec.output), "summary.json"))
 
 
 @app.command()
@@ -449,11 +456,11 @@ def model_fetch(
 
 @model_app.command("list")
 def model_list() -> None:
-    """List the known presets."""
+    """List the known presets (name, hash-based version, description)."""
     from bm_ray.models import PRESETS
 
     for name, preset in PRESETS.items():
-        typer.echo(f"{name}\t{preset.description}")
+        typer.echo(f"{name}\t{preset.version}\t{preset.description}")
 
 
 @app.command()

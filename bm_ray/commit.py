@@ -58,6 +58,8 @@ from bm_ray.storage import (
     join,
     list_files,
     read_json,
+    redact,
+    redact_uri,
     resolve_uri,
     write_json_atomic,
     write_parquet_atomic,
@@ -143,11 +145,11 @@ def refuse_foreign_overwrite(output: str) -> None:
     """Raise ValueError if `output` is a non-empty directory that is not a bm-ray output."""
     fs, root = resolve_uri(output)
     if fs.get_file_info(root).type == pafs.FileType.File:
-        raise ValueError(f"--output {output} is a file, not a directory")
+        raise ValueError(f"--output {redact_uri(output)} is a file, not a directory")
     entries = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
     if entries and not is_bm_ray_output(output):
         raise ValueError(
-            f"refusing to overwrite {output}: it is not empty and holds no bm-ray output "
+            f"refusing to overwrite {redact_uri(output)}: it is not empty and holds no bm-ray output "
             f"({JOB_FILE}, {COMMITS_DIR}/); choose an empty or new --output"
         )
 
@@ -179,14 +181,14 @@ def check_job_identity(output: str, previous: dict[str, Any], current: dict[str,
     )
     if keys:
         raise ValueError(
-            f"{output} holds the output of a different job (differs in: {', '.join(keys)}); "
+            f"{redact_uri(output)} holds the output of a different job (differs in: {', '.join(keys)}); "
             "pass overwrite (--overwrite) to start afresh or choose another output"
         )
     changes = _manifest_changes(previous.get(MANIFEST_KEY) or [], current.get(MANIFEST_KEY) or [])
     if changes:
         shown = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
         raise ValueError(
-            f"the inputs changed since the job into {output} started: {shown}. Resuming would skip or "
+            f"the inputs changed since the job into {redact_uri(output)} started: {shown}. Resuming would skip or "
             "repeat the wrong rows; pass overwrite (--overwrite) to start afresh or choose another output"
         )
 
@@ -237,7 +239,7 @@ def prepare_output(
         if missing:
             logger.warning(
                 "%s: commit %s lost its data file %s; its rows will be read and committed again",
-                output,
+                redact_uri(output),
                 name,
                 missing[0],
             )
@@ -326,14 +328,18 @@ class OutputLease:
             if self.is_live(current):
                 age = time.time() - float(current.get("heartbeat", 0))
                 raise OutputInUseError(
-                    f"{self.output} is in use by {current.get('owner')}, last heartbeat {age:.0f} s ago; "
+                    f"{redact_uri(self.output)} is in use by {current.get('owner')}, last heartbeat {age:.0f} s ago; "
                     f"wait for that job to end (a dead job's lease goes stale {LEASE_STALE_S:.0f} s after "
                     "its last heartbeat) or choose another output"
                 )
-            logger.warning("%s: taking over the stale lease of %s", self.output, current.get("owner"))
+            logger.warning(
+                "%s: taking over the stale lease of %s", redact_uri(self.output), current.get("owner")
+            )
         self._write()
         if (self._read() or {}).get("token") != self.token:
-            raise OutputInUseError(f"{self.output}: another job took the lease at the same moment")
+            raise OutputInUseError(
+                f"{redact_uri(self.output)}: another job took the lease at the same moment"
+            )
         self._thread = threading.Thread(target=self._beat, name="bm-ray-lease", daemon=True)
         self._thread.start()
 
@@ -369,6 +375,9 @@ class CommitProcessor:
             e.g. a column selection for ingest, model predictions for classification.
         ok_dir: subdirectory of the ok tables (`ok` for ingest, `predictions` for classify).
         label_column: column of the ok table whose values are counted in `label_counts` (if present).
+        lease_token: the token of the job's :class:`OutputLease`. Before each commit record is written
+            the lease must still hold it: a worker left running by a killed driver (its lease since
+            taken over by a resumed job) stops instead of committing into the new job's output.
     """
 
     def __init__(
@@ -378,11 +387,13 @@ class CommitProcessor:
         *,
         ok_dir: str = "ok",
         label_column: str = "label",
+        lease_token: str | None = None,
     ) -> None:
         self.output = output
         self.ok_fn = ok_fn or (lambda table: table)
         self.ok_dir = ok_dir
         self.label_column = label_column
+        self.lease_token = lease_token
         self._fs: pafs.FileSystem | None = None
         self._root = ""
 
@@ -395,6 +406,19 @@ class CommitProcessor:
         """Commit `batch` (all its spans, one commit); return one row of counts (:data:`PROGRESS_SCHEMA`)."""
         record = self.commit(batch)
         return pa.Table.from_pylist([{k: record[k] for k in PROGRESS_SCHEMA.names}], schema=PROGRESS_SCHEMA)
+
+    def _check_lease(self, fs: pafs.FileSystem, root: str) -> None:
+        if self.lease_token is None:
+            return
+        try:
+            holder = read_json(fs, join(root, LEASE_FILE)).get("token")
+        except (FileNotFoundError, OSError, ValueError):
+            holder = None
+        if holder != self.lease_token:
+            raise OutputInUseError(
+                f"{redact_uri(self.output)}: this job no longer holds the output's lease (taken over by another job); "
+                "not committing"
+            )
 
     def commit(self, batch: pa.Table) -> dict[str, Any]:
         """Write the ok table, the rejects and last the commit record of `batch`; return the record."""
@@ -441,6 +465,7 @@ class CommitProcessor:
             "utf8_repaired": repaired,
             "files": files,
         }
+        self._check_lease(fs, root)
         write_json_atomic(fs, join(root, COMMITS_DIR, f"{name}.json"), record)
         return record
 
@@ -471,10 +496,12 @@ def _check_coverage(
         unit_spans = sorted(spans.get(unit, []))
         for (_, prev_last), (first, _) in itertools.pairwise(unit_spans):
             if first <= prev_last:
-                raise RuntimeError(f"{output}: overlapping commits for unit {label} at row {first}")
+                raise RuntimeError(
+                    f"{redact_uri(output)}: overlapping commits for unit {label} at row {first}"
+                )
         if unit not in unit_rows:
             raise RuntimeError(
-                f"{output}: row accounting broken: {label} was never read to its end (rows lost); rerun the job to resume"
+                f"{redact_uri(output)}: row accounting broken: {label} was never read to its end (rows lost); rerun the job to resume"
             )
         expected, row = unit_rows[unit], 0
         gap = None
@@ -487,7 +514,7 @@ def _check_coverage(
             gap = (row, expected - 1)
         if gap is not None:
             raise RuntimeError(
-                f"{output}: row accounting broken: rows {gap[0]}..{gap[1]} of {label} were read but never "
+                f"{redact_uri(output)}: row accounting broken: rows {gap[0]}..{gap[1]} of {label} were read but never "
                 "committed; rerun the job to resume"
             )
 
@@ -520,7 +547,7 @@ def summarize(
         for f in record["files"]:
             if f not in present:
                 raise RuntimeError(
-                    f"{output}: commit {name} lists {f}, which is missing; rerun the job to resume"
+                    f"{redact_uri(output)}: commit {name} lists {f}, which is missing; rerun the job to resume"
                 )
         for key in ("rows_ok", "rows_rejected", "blank_lines", "truncated", "utf8_repaired"):
             totals[key] += record[key]
@@ -536,7 +563,7 @@ def summarize(
     ok, rejected = totals["rows_ok"], totals["rows_rejected"]
     if rows_read != ok + rejected or rejected != sum(reasons.values()):
         raise RuntimeError(
-            f"{output}: row accounting broken: rows_read={rows_read} (counted by the readers) != "
+            f"{redact_uri(output)}: row accounting broken: rows_read={rows_read} (counted by the readers) != "
             f"rows_ok={ok} + rows_rejected={rejected} (by reason: {dict(reasons)})"
         )
     summary: dict[str, Any] = {
@@ -576,7 +603,7 @@ def job_identity(kind: str, spec: IngestSpec, info: CorpusInfo, **fields: Any) -
     its version; compared generically on resume) and the input manifest."""
     return {
         "kind": kind,
-        "input": spec.model_dump(mode="json", exclude=IDENTITY_EXCLUDED),
+        "input": redact(spec.model_dump(mode="json", exclude=IDENTITY_EXCLUDED)),  # no credentials on disk
         **fields,
         MANIFEST_KEY: input_manifest(info),
     }
@@ -595,7 +622,7 @@ def _reject_check(spec: IngestSpec, output: str, totals: Counter[str], final: bo
     raise TooManyRejectsError(
         f"stopped: {rejected:,} of the {read:,} rows read ({rejected / read:.0%}) were rejected ({top}), "
         f"more than max_reject_fraction {limit}. Check the ingestion options (e.g. a typo in --text-fields "
-        f"rejects every row as missing_field); see {output}/rejects/. Rerun with the same options and "
+        f"rejects every row as missing_field); see {redact_uri(output)}/rejects/. Rerun with the same options and "
         "--max-reject-fraction 1 to go on anyway"
     )
 
@@ -603,7 +630,7 @@ def _reject_check(spec: IngestSpec, output: str, totals: Counter[str], final: bo
 def commit_corpus(
     spec: IngestSpec,
     output: str,
-    commit: Callable[[ray.data.Dataset], ray.data.Dataset],
+    commit: Callable[[ray.data.Dataset, str], ray.data.Dataset],
     *,
     kind: str,
     identity: dict[str, Any] | None = None,
@@ -618,8 +645,9 @@ def commit_corpus(
     Needs a running Ray. Lists the inputs; refuses (nothing written) a resume whose job identity
     (:func:`job_identity` with `identity`'s extra fields) or input manifest differs; takes the output's
     lease; prepares `output` (:func:`prepare_output`); reads the rows not committed yet (with unit ends
-    and duplicate-id detection per ``spec.dedupe``); applies `commit` (dataset → dataset of count rows,
-    at least :data:`PROGRESS_SCHEMA`, e.g. a `map_batches` over a :class:`CommitProcessor`) and drains
+    and duplicate-id detection per ``spec.dedupe``); applies `commit` ((dataset, lease token) → dataset of
+    count rows, at least :data:`PROGRESS_SCHEMA`, e.g. a `map_batches` over a :class:`CommitProcessor`
+    given that `lease_token`) and drains
     it, logging progress and stopping early on too many rejects (:class:`TooManyRejectsError`); then
     writes the summary (:func:`summarize` with `extra(totals)`, the totals of every integer column of
     this run's count rows) and releases the lease. Returns the summary.
@@ -642,12 +670,14 @@ def commit_corpus(
         ds, read_info = read_corpus(spec, skip=skip, unit_ends=True, ray_remote_args=read_args)
         try:
             last_log = time.monotonic()
-            for batch in commit(ds).iter_batches(batch_format="pyarrow", batch_size=None):
+            for batch in commit(ds, lease.token).iter_batches(batch_format="pyarrow", batch_size=None):
                 for name, column in zip(batch.column_names, batch.columns, strict=True):
                     if pa.types.is_integer(column.type):
                         totals[name] += int(pc.sum(column).as_py() or 0)
                 if lease.lost:
-                    raise OutputInUseError(f"{output}: this job lost its lease to another job; stopping")
+                    raise OutputInUseError(
+                        f"{redact_uri(output)}: this job lost its lease to another job; stopping"
+                    )
                 _reject_check(spec, output, totals, final=False)
                 if time.monotonic() - last_log > PROGRESS_LOG_S:
                     last_log = time.monotonic()
@@ -661,9 +691,9 @@ def commit_corpus(
         _reject_check(spec, output, totals, final=True)
         details = {
             "format": info.format,
-            "inputs": info.inputs,
+            "inputs": redact(info.inputs),
             "files": len(info.files),
-            "ignored_files": info.ignored_files[:IGNORED_FILES_LISTED],
+            "ignored_files": redact(info.ignored_files[:IGNORED_FILES_LISTED]),
             "ignored_files_count": len(info.ignored_files),
             "rows_resumed": resumed,
             MANIFEST_KEY: job[MANIFEST_KEY],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -14,6 +15,7 @@ from bm_ray.engine import Predictor
 from bm_ray.metrics import ConfusionMatrix, plot_confusion_matrix
 from bm_ray.report import PREDICTIONS_FILE, try_build_report
 from bm_ray.specs import EvaluateSpec
+from bm_ray.storage import is_remote, redact, redact_uri, upload_dir
 
 UNKNOWN_LABEL = "unknown_label"
 MISSING_LABEL = "missing_label"
@@ -136,12 +138,22 @@ def evaluate(spec: EvaluateSpec) -> dict[str, Any]:
         report["rejected_by_reason"][reason] = report["rejected_by_reason"].get(reason, 0) + count
     report["rows_rejected"] += sum(ingest_rejects.values())
     report.update(
-        model={"name": predictor.info.name, "version": predictor.info.version, "path": spec.model},
-        data=spec.data.input,
+        model={
+            "name": predictor.info.name,
+            "version": predictor.info.version,
+            "path": redact_uri(spec.model),
+        },
+        data=redact(spec.data.input),
         elapsed_s=round(time.time() - started, 2),
     )
     if spec.output:
-        title = f"{predictor.info.name} on {Path(spec.data.input[0]).name}"
-        write_report(report, spec.output, title=title, log=log)
-        try_build_report(spec.output)
+        title = f"{predictor.info.name} on {Path(redact_uri(spec.data.input[0]).split('?')[0]).name}"
+        if is_remote(spec.output):
+            with tempfile.TemporaryDirectory(prefix="bm-ray-eval-") as local:
+                write_report(report, local, title=title, log=log)
+                try_build_report(local)
+                upload_dir(local, spec.output)
+        else:
+            write_report(report, spec.output, title=title, log=log)
+            try_build_report(spec.output)
     return report

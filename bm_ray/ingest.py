@@ -36,9 +36,10 @@ def ingest(spec: IngestSpec, output: str, *, overwrite: bool = False) -> dict[st
     """
     started = time.monotonic()
     ok_columns = [*OK_COLUMNS, *(k for k in spec.keep_fields if k not in ROW_COLUMNS)]
-    processor = commit_protocol.CommitProcessor(output, functools.partial(_ok_table, ok_columns))
+    ok_fn = functools.partial(_ok_table, ok_columns)
 
-    def commit(ds: ray.data.Dataset) -> ray.data.Dataset:
+    def commit(ds: ray.data.Dataset, lease_token: str) -> ray.data.Dataset:
+        processor = commit_protocol.CommitProcessor(output, ok_fn, lease_token=lease_token)
         return ds.map_batches(
             _commit,
             fn_kwargs={"processor": processor},

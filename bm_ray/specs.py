@@ -114,7 +114,7 @@ class TrainSpec(StrictModel):
     )
     val_fraction: float = Field(default=0.1, gt=0, lt=0.5, description="Held-out fraction when no val_data.")
     base_model: str = Field(
-        default=DEFAULT_MODEL, description="Preset name, local dir, s3:// / gs:// URI or hub id."
+        default=DEFAULT_MODEL, description="Preset name, local dir, s3:// / gs:// URI or hf:ORG/NAME hub id."
     )
     output: str = Field(description="Model directory to write (local path, s3:// or gs://).")
     workers: int = Field(default=2, ge=1)
@@ -136,7 +136,14 @@ class TrainSpec(StrictModel):
     keep_checkpoints: int = Field(default=2, ge=1, description="Best checkpoints kept (by val macro-F1).")
     max_failures: int = Field(default=3, ge=0, description="Worker/node failures survived (FailureConfig).")
     resume: bool = Field(
-        default=False, description="Continue the run stored under output after a driver crash."
+        default=False,
+        description="Continue the run stored under output (after a driver crash); refused when the spec, "
+        "the input files or the labels differ from the stored run's.",
+    )
+    overwrite: bool = Field(
+        default=False,
+        description="Train afresh over output, deleting a finished bm-ray model there (a finished output "
+        "is refused otherwise).",
     )
     address: str | None = Field(default=None, description="Ray address; embedded local Ray when omitted.")
 
@@ -144,6 +151,10 @@ class TrainSpec(StrictModel):
     def _check_batch(self) -> TrainSpec:
         if self.batch_size < self.workers:
             raise ValueError(f"batch_size ({self.batch_size}) must be >= workers ({self.workers})")
+        if self.resume and self.overwrite:
+            raise ValueError(
+                "resume and overwrite exclude each other: continue the stored run or start afresh"
+            )
         return self
 
 

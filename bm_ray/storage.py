@@ -1,5 +1,11 @@
 """URIs, filesystems and atomic writes (base layer): local paths and s3:// gs:// file:// URIs through ``pyarrow.fs``.
 
+Local paths and any URI pyarrow's filesystems read work everywhere bm-ray takes a location. For an
+S3-compatible server (MinIO, Ceph, moto, ...) set the standard `AWS_ENDPOINT_URL` variable, or give
+pyarrow's `endpoint_override` option in the URI (`s3://bucket/path?endpoint_override=host:9000&scheme=http`).
+Credentials may come from the environment (`AWS_ACCESS_KEY_ID`, ...) or the URI's user part
+(`s3://KEY:SECRET@bucket/path`); :func:`redact_uri` strips them before a URI is written anywhere.
+
 Atomic writes go to a hidden temporary sibling (:data:`TMP_PREFIX`) and are then moved into place: a
 rename on local disks, a copy + delete on object stores (where a reader sees the old object or the
 whole new one, never a part).
@@ -12,7 +18,9 @@ import json
 import os
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -30,7 +38,7 @@ def resolve_uri(uri: str) -> tuple[pafs.FileSystem, str]:
 
 
 def join(base: str, *parts: str) -> str:
-    """`base/part/...` for filesystem paths (no duplicate slashes)."""
+    """`base/part/...` for filesystem paths as :func:`resolve_uri` returns them (no duplicate slashes)."""
     return "/".join([base.rstrip("/"), *parts])
 
 
@@ -74,3 +82,52 @@ def list_files(fs: pafs.FileSystem, directory: str) -> list[pafs.FileInfo]:
 def exists(fs: pafs.FileSystem, path: str) -> bool:
     """Whether anything (file or directory) is at `path`."""
     return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+SECRET_QUERY_KEYS = frozenset(
+    {"access_key", "secret_key", "session_token", "aws_access_key_id", "aws_secret_access_key", "token"}
+)
+"""URI query options that carry credentials (dropped by :func:`redact_uri`)."""
+
+
+def redact_uri(uri: str) -> str:
+    """`uri` without credentials: the `user:password@` part and credential query options are removed."""
+    if "://" not in uri:
+        return uri
+    parts = urlsplit(uri)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k.lower() not in SECRET_QUERY_KEYS])
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redact(value: Any) -> Any:
+    """A copy of a JSON-able value (spec dump, summary) with every URI string passed through :func:`redact_uri`."""
+    if isinstance(value, str):
+        return redact_uri(value)
+    if isinstance(value, dict):
+        return {key: redact(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(item) for item in value]
+    return value
+
+
+def join_uri(uri: str, *parts: str) -> str:
+    """`uri/part/...` for a local path or a URI; URI options (`?endpoint_override=...`) stay at the end."""
+    base, sep, query = uri.partition("?")
+    return "/".join([base.rstrip("/"), *parts]) + (sep + query if sep else "")
+
+
+def is_remote(uri: str) -> bool:
+    """True for object-store URIs that pyarrow's filesystems read (s3://, gs://, ...)."""
+    return "://" in uri and not uri.startswith("file://")
+
+
+def upload_dir(local_dir: str | Path, uri: str) -> None:
+    """Copy a local directory tree into `uri` (merging into what is there)."""
+    fs, path = resolve_uri(uri)
+    pafs.copy_files(
+        str(Path(local_dir).resolve()),
+        path,
+        source_filesystem=pafs.LocalFileSystem(),
+        destination_filesystem=fs,
+    )

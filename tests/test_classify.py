@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from bm_ray.corpus import ok_rows, read_corpus
 from bm_ray.engine import Predictor
 from bm_ray.evaluate import corpus_batches, evaluate_batches
 from bm_ray.metrics import ConfusionMatrix
-from bm_ray.models import make_tiny_model
+from bm_ray.models import make_tiny_model, read_model_info
 from bm_ray.specs import ClassifySpec, IngestSpec
 
 LABELS = ["x", "y", "z"]
@@ -81,7 +82,11 @@ def test_broken_rows_accounted_and_predictions_match_engine_and_evaluate(
     assert summary["rejected_by_reason"] == corpus.rejected_by_reason
     assert summary["blank_lines"] == corpus.blank_lines
     assert sum(summary["label_counts"].values()) == summary["rows_classified"]
-    assert summary["model"] == {"name": "tiny-bert", "version": "0", "path": tiny_model}
+    assert summary["model"] == {
+        "name": "tiny-bert",
+        "version": read_model_info(tiny_model).version,
+        "path": tiny_model,
+    }
     assert summary["elapsed_s"] > 0 and summary["rows_per_s"] > 0
     assert json.loads((out / "summary.json").read_text()) == summary
 
@@ -225,6 +230,34 @@ def test_sigkilled_classify_resumes_exactly_once(ray_local, tmp_path: Path, tiny
     fresh = classify(spec.model_copy(update={"overwrite": True}))
     assert fresh["rows_resumed"] == 0 and fresh["rows_this_run"] == fresh["rows_read"] == len(ids)
     ids_exactly_once(out, set(ids))
+
+
+def test_resume_refuses_another_model_version_at_the_same_path(
+    ray_local, tmp_path: Path, tokenizer_dir: str
+) -> None:
+    model_dir = tmp_path / "model"
+    make_tiny_model(model_dir, LABELS, tokenizer_dir, seed=0)
+    old = read_model_info(model_dir).version
+    ids = write_good_rows(tmp_path / "rows.jsonl", 20)
+    ingest = IngestSpec(input=[str(tmp_path / "rows.jsonl")], rows_per_block=10)
+    spec = ClassifySpec(
+        model=str(model_dir), input=ingest, output=str(tmp_path / "out"), batch_size=8, actors=1
+    )
+    first = classify(spec)
+    assert first["model"]["version"] == old
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["model"]["version"] == old
+    assert set(ids_exactly_once(tmp_path / "out", set(ids)).column("model").to_pylist()) == {
+        f"tiny-bert/{old}"
+    }
+
+    shutil.rmtree(model_dir)
+    make_tiny_model(model_dir, LABELS, tokenizer_dir, seed=1)  # retrained at the same path
+    new = read_model_info(model_dir).version
+    assert new != old
+    with pytest.raises(ValueError, match=rf"model version {old}, but the model is now version {new}"):
+        classify(spec)
+    fresh = classify(spec.model_copy(update={"overwrite": True}))
+    assert fresh["model"]["version"] == new and fresh["rows_read"] == len(ids)
 
 
 def test_precision_agreement_bf16_runs(tiny_model: str) -> None:

@@ -85,6 +85,27 @@ def test_processor_commits_batches_and_retries_are_idempotent(tmp_path: Path) ->
     assert counts == (5, 3, 2, 2) and summary["format"] == "jsonl" and summary["commits"] == 3
 
 
+def test_a_worker_of_a_job_whose_lease_was_taken_over_commits_nothing(tmp_path: Path) -> None:
+    """Fencing: a worker left running by a killed driver must not commit into the resumed job's output."""
+    out = str(tmp_path / "out")
+    commit.prepare_output(out)
+    old = commit.OutputLease(out, "classify")
+    old.acquire()
+    orphan = commit.CommitProcessor(out, lease_token=old.token)
+    orphan(make_batch([("u1", 0, None)]))  # while its job holds the lease it commits
+    old._stop.set()  # the driver dies: no more heartbeats, no release
+    new = commit.OutputLease(out, "classify")
+    new.record["heartbeat"] = new.record["started"]
+    commit.write_json_atomic(new.fs, new.path, new.record)  # the resumed job took the lease over
+    with pytest.raises(commit.OutputInUseError, match="no longer holds the output's lease"):
+        orphan(make_batch([("u1", 1, None)]))
+    assert [p.name for p in (tmp_path / "out" / "_commits").iterdir()] == [
+        "u1-000000000000-000000000000.json"
+    ]
+    commit.CommitProcessor(out, lease_token=new.token)(make_batch([("u1", 1, None)]))
+    assert len(list((tmp_path / "out" / "_commits").iterdir())) == 2
+
+
 def test_a_row_lost_between_read_and_commit_fails_the_accounting(ray_local, tmp_path: Path) -> None:
     """The readers count each file's records as they read them; a row that never reaches a commit is
     a gap between that count and the committed spans, and the summary refuses it."""

@@ -7,7 +7,7 @@ normalised rows. It starts no Ray (callers do) and knows no model.
 - :mod:`~bm_ray.corpus.dedupe`: duplicate ids.
 """
 
-from bm_ray.corpus.listing import CorpusFile, CorpusInfo, infer_format, list_corpus, unit_key
+from bm_ray.corpus.listing import CorpusFile, CorpusInfo, infer_format, input_manifest, list_corpus, unit_key
 from bm_ray.corpus.readers import CorpusDatasource, ok_rows, read_corpus
 from bm_ray.corpus.rows import BLANK_LINE, REJECT_REASONS, ROW_COLUMNS, clean_text, row_schema
 
@@ -20,6 +20,7 @@ __all__ = [
     "CorpusInfo",
     "clean_text",
     "infer_format",
+    "input_manifest",
     "list_corpus",
     "ok_rows",
     "read_corpus",

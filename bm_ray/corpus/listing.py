@@ -24,7 +24,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from bm_ray.specs import IngestSpec
-from bm_ray.storage import resolve_uri
+from bm_ray.storage import redact_uri, resolve_uri
 
 EXTENSIONS = {
     ".jsonl": "jsonl",
@@ -119,24 +119,27 @@ def _walk(fs: pafs.FileSystem, base: str) -> list[tuple[str, str, int, datetime 
 def _list_one(uri: str, fmt: str | None) -> tuple[str, list[CorpusFile], list[str]]:
     """Expand one input (file, directory, glob) into files; returns (format, files, ignored relpaths)."""
     glob = None
-    if _GLOB_CHARS.search(uri):
-        scheme, sep, rest = uri.rpartition("://")
-        parts = (rest if sep else uri).split("/")
+    # A URI's `?` starts its options (endpoint_override=...): they stay with the base, not the glob.
+    located, qmark, options = uri.partition("?") if "://" in uri else (uri, "", "")
+    shown = redact_uri(uri)  # messages never echo credentials
+    if _GLOB_CHARS.search(located):
+        scheme, sep, rest = located.rpartition("://")
+        parts = (rest if sep else located).split("/")
         cut = next(i for i, part in enumerate(parts) if _GLOB_CHARS.search(part))
         base_uri = (scheme + sep if sep else "") + (
             "/".join(parts[:cut]) or ("/" if uri.startswith("/") else ".")
         )
         glob = "/".join(parts[cut:])
-        fs, base = resolve_uri(base_uri)
+        fs, base = resolve_uri(base_uri + qmark + options)
     else:
         fs, base = resolve_uri(uri)
     info = fs.get_file_info(base)
     if info.type == pafs.FileType.NotFound:
-        raise FileNotFoundError(f"input not found: {uri}")
+        raise FileNotFoundError(f"input not found: {shown}")
     if info.type == pafs.FileType.File and glob is None:
-        fmt = fmt or infer_format(uri)
+        fmt = fmt or infer_format(redact_uri(located))
         if fmt == "folders":
-            raise ValueError(f"{uri}: format folders needs a directory of class folders")
+            raise ValueError(f"{shown}: format folders needs a directory of class folders")
         parent = info.path.rsplit("/", 1)[0] if "/" in info.path else ""
         found = CorpusFile(info.path, info.base_name, info.size or 0, fmt, uri, None, fs, info.mtime, parent)
         return fmt, [found], []
@@ -144,7 +147,7 @@ def _list_one(uri: str, fmt: str | None) -> tuple[str, list[CorpusFile], list[st
     if glob is not None:
         listing = [t for t in listing if fnmatch.fnmatchcase(t[1], glob)]
         if not listing:
-            raise FileNotFoundError(f"input {uri}: the pattern matches no file")
+            raise FileNotFoundError(f"input {shown}: the pattern matches no file")
     ignored = [t[1] for t in listing if _is_hidden(t[1])]
     listing = [t for t in listing if not _is_hidden(t[1])]
     if fmt is None:
@@ -160,7 +163,7 @@ def _list_one(uri: str, fmt: str | None) -> tuple[str, list[CorpusFile], list[st
                     if found
                     else "no file with a known extension"
                 )
-                raise ValueError(f"{uri}: {what}; pass --format (jsonl, csv, parquet, folders)")
+                raise ValueError(f"{shown}: {what}; pass --format (jsonl, csv, parquet, folders)")
             fmt = found.pop()
             ignored += [t[1] for t in listing if _known_format(t[1]) != fmt]
             listing = [t for t in listing if _known_format(t[1]) == fmt]
