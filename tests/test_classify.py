@@ -98,7 +98,9 @@ def test_broken_rows_accounted_and_predictions_match_engine_and_evaluate(
     assert (
         dict(zip(*rejects.select(["source", "reason"]).to_pydict().values(), strict=True)) == corpus.reasons
     )
-    assert predictions.column("model").unique().to_pylist() == ["tiny-bert/0"]
+    assert predictions.column("model").unique().to_pylist() == [
+        f"tiny-bert/{read_model_info(tiny_model).version}"
+    ]
 
     # The same ok rows through the engine in this process, and through evaluate's path.
     ds, _ = read_corpus(ingest)
