@@ -52,11 +52,17 @@ def write_corpus(root: Path, rows: int, seed: int = 7) -> list[str]:
 
 
 class PeakPerProcess:
-    """Peak RSS of each process in this process's tree (sampled), and the largest of them."""
+    """Peak RSS and peak USS of each process in this process's tree (sampled), and the largest of them.
+
+    RSS counts the shared object-store pages a Ray worker has touched (plasma is mmapped into every
+    worker that writes or reads a block); USS is the process's private memory alone, what grows when a
+    process itself holds more as the corpus grows. Both are reported.
+    """
 
     def __init__(self, interval_s: float = 0.2) -> None:
         self.interval_s = interval_s
         self.peaks: dict[int, tuple[int, str]] = {}
+        self.uss_peaks: dict[int, tuple[int, str]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -67,21 +73,27 @@ class PeakPerProcess:
         while not self._stop.is_set():
             for proc in [me, *me.children(recursive=True)]:
                 try:
-                    rss, name = proc.memory_info().rss, " ".join(proc.cmdline()[:1]) or proc.name()
+                    memory = proc.memory_full_info()
+                    name = " ".join(proc.cmdline()[:1]) or proc.name()
                     title = proc.name()
                 except psutil.Error:
                     continue
-                if rss > self.peaks.get(proc.pid, (0, ""))[0]:
-                    self.peaks[proc.pid] = (
-                        rss,
-                        title if title.startswith("ray::") else name.rsplit("/", 1)[-1],
-                    )
+                label = title if title.startswith("ray::") else name.rsplit("/", 1)[-1]
+                if memory.rss > self.peaks.get(proc.pid, (0, ""))[0]:
+                    self.peaks[proc.pid] = (memory.rss, label)
+                if memory.uss > self.uss_peaks.get(proc.pid, (0, ""))[0]:
+                    self.uss_peaks[proc.pid] = (memory.uss, label)
             self._stop.wait(self.interval_s)
 
     def largest(self) -> tuple[float, str]:
         """(peak RSS in MiB, process name) of the process with the largest peak."""
         rss, name = max(self.peaks.values())
         return rss / 2**20, name
+
+    def largest_private(self) -> tuple[float, str]:
+        """(peak USS in MiB, process name) of the process with the largest private-memory peak."""
+        uss, name = max(self.uss_peaks.values())
+        return uss / 2**20, name
 
     def __enter__(self) -> PeakPerProcess:
         self._thread.start()
@@ -118,6 +130,7 @@ def bench_ingest(sizes: list[int], dedupe: str = "ids", json_path: str | None = 
             finally:
                 ray.shutdown()
             peak_mb, process = peaks.largest()
+            peak_uss_mb, private_process = peaks.largest_private()
             runs.append(
                 {
                     "rows": rows,
@@ -128,6 +141,8 @@ def bench_ingest(sizes: list[int], dedupe: str = "ids", json_path: str | None = 
                     "rows_per_s": round(rows / elapsed, 1),
                     "largest_process_peak_rss_mb": round(peak_mb, 1),
                     "largest_process": process,
+                    "largest_process_peak_uss_mb": round(peak_uss_mb, 1),
+                    "largest_private_process": private_process,
                 }
             )
             print(json.dumps(runs[-1]), flush=True)
@@ -136,6 +151,9 @@ def bench_ingest(sizes: list[int], dedupe: str = "ids", json_path: str | None = 
         first, last = runs[0], runs[-1]
         result["rss_ratio"] = round(
             last["largest_process_peak_rss_mb"] / first["largest_process_peak_rss_mb"], 3
+        )
+        result["uss_ratio"] = round(
+            last["largest_process_peak_uss_mb"] / first["largest_process_peak_uss_mb"], 3
         )
         result["rss_ratio_sizes"] = [first["rows"], last["rows"]]
     if json_path:
