@@ -949,11 +949,15 @@ def commit_corpus(
     return extra, totals
 
 
-def ingest(spec: IngestSpec, output: str, *, overwrite: bool = False) -> dict[str, Any]:
+def ingest(
+    spec: IngestSpec, output: str, *, overwrite: bool = False, near_duplicates: bool = False
+) -> dict[str, Any]:
     """`bm-ray ingest`: validate a corpus into ``output/ok/`` + ``output/rejects/`` + ``output/summary.json``.
 
     Resumes into an existing output of the same spec (rows already committed are not read again),
-    unless `overwrite`, which starts afresh. Returns the summary (see :func:`bm_ray.sink.summarize`).
+    unless `overwrite`, which starts afresh. With `near_duplicates`, the committed ok rows are then
+    clustered (see :mod:`bm_ray.neardup`): ``output/near_duplicates/`` gets (id, cluster) for every
+    ok row and the summary ``near_duplicates`` counts. Returns the summary (see :func:`bm_ray.sink.summarize`).
     """
     started = time.monotonic()
     job = {"kind": "ingest", **spec.model_dump(mode="json", exclude={"rows_per_block"})}
@@ -970,5 +974,27 @@ def ingest(spec: IngestSpec, output: str, *, overwrite: bool = False) -> dict[st
         )
 
     extra, _ = commit_corpus(spec, output, commit, job=job, overwrite=overwrite)
+    if near_duplicates:
+        extra["near_duplicates"] = write_near_duplicates(output)
     extra["elapsed_s"] = round(time.monotonic() - started, 3)
     return sink.summarize(output, extra)
+
+
+def write_near_duplicates(output: str) -> dict[str, Any]:
+    """Cluster the ok rows committed under `output` and write ``near_duplicates/`` (id, cluster); counts."""
+    from bm_ray.neardup import assign_clusters, find_clusters
+
+    rows = ray.data.read_parquet(f"{output.rstrip('/')}/ok", file_extensions=["parquet"]).select_columns(
+        ["id", "text"]
+    )
+    found = find_clusters(rows, key_column="id")
+    clusters = rows.select_columns(["id"]).map_batches(
+        assign_clusters,
+        fn_kwargs={"cluster_of": found.cluster_of, "key_column": "id"},
+        batch_format="pyarrow",
+    )
+    target = f"{output.rstrip('/')}/near_duplicates"
+    fs, path = pafs.FileSystem.from_uri(target) if "://" in target else (pafs.LocalFileSystem(), target)
+    fs.delete_dir_contents(path, missing_dir_ok=True)  # a rerun replaces the previous clustering
+    clusters.write_parquet(target)
+    return found.counts()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 
 from bm_ray.engine import Predictor
 from bm_ray.metrics import ConfusionMatrix, plot_confusion_matrix
-from bm_ray.specs import EvaluateSpec
+from bm_ray.specs import EvaluateSpec, IngestSpec
 
 UNKNOWN_LABEL = "unknown_label"
 MISSING_LABEL = "missing_label"
@@ -94,6 +95,22 @@ def evaluate(spec: EvaluateSpec) -> dict[str, Any]:
         data=spec.data.input,
         elapsed_s=round(time.time() - started, 2),
     )
+    if spec.train_data is not None:
+        report["leakage"] = corpus_leakage(spec.train_data, spec.data, spec.duplicate_threshold)
     if spec.output:
         write_report(report, spec.output, title=f"{predictor.info.name} on {Path(spec.data.input[0]).name}")
+    return report
+
+
+def corpus_leakage(train: IngestSpec, data: IngestSpec, threshold: float) -> dict[str, Any]:
+    """Leakage report (see :func:`bm_ray.neardup.leakage_report`) of a corpus's ok rows against a
+    training corpus's ok rows; prints the warning when above 1%."""
+    from bm_ray.corpus import ok_rows, read_corpus
+    from bm_ray.neardup import leakage_report, leakage_warning
+
+    train_rows, eval_rows = (ok_rows(read_corpus(spec)[0], ["id", "text"]) for spec in (train, data))
+    report = leakage_report(train_rows, eval_rows, threshold)
+    warning = leakage_warning(report)
+    if warning:
+        print(f"[bm-ray] {warning}", file=sys.stderr, flush=True)
     return report
