@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
+from pathlib import Path
 
+import pyarrow.parquet as pq
 import ray
+from typer.testing import CliRunner
 
 from bm_ray import neardup
+from bm_ray.cli import app
+from bm_ray.models import make_tiny_model
 
 LABELS = ["a", "b", "c"]
 
@@ -101,3 +107,49 @@ def test_leakage_report_counts_planted_duplicates_exactly(ray_local: None) -> No
     assert "MinHash" in report["method"]
     assert "12 of 100" in (neardup.leakage_warning(report) or "")
     assert neardup.leakage_warning({**report, "exact": 1, "near": 0, "fraction": 0.01}) is None
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_ingest_near_duplicates_writes_a_cluster_per_row(ray_local: None, tmp_path: Path) -> None:
+    rows, planted = planted_corpus()
+    corpus = _write_jsonl(tmp_path / "c.jsonl", rows)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app, ["ingest", "--input", str(corpus), "--output", str(out), "--near-duplicates"]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["near_duplicates"]["clusters"] == len(planted)
+    assert summary["near_duplicates"]["rows_in_clusters"] == sum(map(len, planted))
+    table = pq.read_table(out / "near_duplicates")
+    cluster_of = dict(zip(table.column("id").to_pylist(), table.column("cluster").to_pylist(), strict=True))
+    assert len(cluster_of) == summary["rows_ok"] == len(rows)
+    for cluster in planted:
+        assert len({cluster_of[key] for key in cluster}) == 1
+    assert cluster_of["r0"] == "r0"  # a row without duplicates is its own cluster
+
+
+def test_evaluate_train_data_reports_leakage(ray_local: None, tokenizer_dir: str, tmp_path: Path) -> None:
+    rng = random.Random(5)
+    train_rows = [{"id": f"t{i}", "text": _text(rng), "label": LABELS[i % 3]} for i in range(60)]
+    eval_rows = [{"id": f"e{i}", "text": _text(rng), "label": LABELS[i % 3]} for i in range(40)]
+    for i in range(4):
+        eval_rows[i]["text"] = train_rows[10 + i]["text"]
+    eval_rows[4]["text"] = _near_copy(train_rows[20]["text"], rng)
+    model = make_tiny_model(tmp_path / "model", LABELS, tokenizer_dir)
+    args = ["evaluate", "--model", str(model), "--data", str(_write_jsonl(tmp_path / "e.jsonl", eval_rows))]
+    args += [
+        "--train-data",
+        str(_write_jsonl(tmp_path / "t.jsonl", train_rows)),
+        "--output",
+        str(tmp_path / "m"),
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    leakage = json.loads((tmp_path / "m" / "metrics.json").read_text(encoding="utf-8"))["leakage"]
+    assert (leakage["val_rows"], leakage["exact"], leakage["near"]) == (40, 4, 1)
+    assert "warning: 5 of 40" in result.output

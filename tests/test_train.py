@@ -89,7 +89,8 @@ def trained_with_fault(ray_local: None, tiny_base: Path, tmp_path_factory: pytes
     tmp = tmp_path_factory.mktemp("train")
     data = write_synthetic(tmp / "train.jsonl", 360)
     output = tmp / "model"
-    spec = spec_for(data, output, tiny_base)
+    # The recipe's optional levers ride along, so the recovery path is exercised with them.
+    spec = spec_for(data, output, tiny_base, head_warmup=0.25, label_smoothing=0.1, dropout=0.1)
     killed: list[int] = []
     stop = threading.Event()
     killer = threading.Thread(
@@ -120,6 +121,41 @@ def test_training_survives_a_killed_worker_and_learns(trained_with_fault: dict) 
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["confusion_matrix"]["labels"] == LABELS
     assert set(metrics["per_class"]) == set(LABELS)
+    assert metrics["spec"]["split"] == "grouped"
+    leakage = metrics["leakage"]
+    assert leakage["val_rows"] == metrics["rows_evaluated"]
+    assert set(leakage) == {"val_rows", "exact", "near", "fraction", "method"}
+
+
+REAL_HEADLINES = [
+    "Man Utd striker scores twice as United beat Arsenal",
+    "Oil prices rise as OPEC signals output cut",
+    "Intel unveils faster laptop chip",
+    "Wall Street shares slip on profit warning",
+]
+
+
+def test_plain_transformers_predicts_like_the_engine_on_real_text(trained_with_fault: dict) -> None:
+    """The model directory is plain Hugging Face: from_pretrained + AutoTokenizer + softmax give the same
+    labels and probabilities as the engine `bm-ray classify` runs."""
+    import tensorflow as tf
+    from transformers import AutoTokenizer, TFBertForSequenceClassification
+
+    output = str(trained_with_fault["output"])
+    engine = Predictor.load(output)
+    model = TFBertForSequenceClassification.from_pretrained(output)
+    tokenizer = AutoTokenizer.from_pretrained(output)
+    encoded = tokenizer(
+        REAL_HEADLINES, padding=True, truncation=True, max_length=engine.info.max_length, return_tensors="tf"
+    )
+    assert (
+        int(tf.reduce_sum(encoded["attention_mask"], axis=1).numpy().max()) < engine.info.max_length
+    )  # one window
+    plain = tf.nn.softmax(model(**encoded).logits, axis=-1).numpy()
+    ours = engine.predict_proba(REAL_HEADLINES)
+    np.testing.assert_allclose(plain, ours, atol=1e-5)
+    labels = [model.config.id2label[i] for i in plain.argmax(axis=1)]
+    assert labels == [engine.labels[i] for i in ours.argmax(axis=1)]
 
 
 def test_model_dir_loads_with_plain_transformers(trained_with_fault: dict) -> None:
