@@ -6,18 +6,19 @@ per-row work as Ray Data tasks (the Ray runtime the caller started):
 1. ``map_batches``: every row's text is normalised (NFKC, case-folded, every run of non-alphanumeric
    characters a single space), cut into word :data:`SHINGLE_WORDS`-grams (a text shorter than that is
    one shingle), each hashed to 32 bits, and summarised by a :data:`NUM_PERM`-value MinHash signature.
-2. ``map_batches``: each row is emitted once per LSH band (:data:`BANDS` bands of
-   :data:`ROWS_PER_BAND` signature values) keyed by a hash of its band, carrying its shingle hashes.
-3. ``groupby(band key).map_groups``: rows that share a band are candidates; their exact Jaccard
-   similarity of shingle sets is computed there and pairs at or above the threshold become edges
-   (an edge is *exact* when the normalised texts are equal).
+2. ``groupby(band key).count()``: every row's :data:`BANDS` band keys (hashes of :data:`ROWS_PER_BAND`
+   signature values each) are counted; only keys shared by 2+ rows come back (few: a handful per
+   duplicated row).
+3. ``map_batches`` + ``groupby(band key).map_groups``: each row is emitted once per *shared* band key,
+   carrying its shingle hashes; in each bucket the exact Jaccard similarity of every pair is computed
+   and pairs at or above the threshold become edges (*exact* when the normalised texts are equal).
 
-Edges are few (a handful per duplicated row), so clusters are the connected components of the edges,
-found with a union-find on the driver: its cost is O(edges), not O(rows). Cost of the rest grows
-linearly with the rows (signatures) and with rows × :data:`BANDS` (the band rows shuffled by the
-group-by, each carrying its shingle hashes), plus the candidate pairs verified in each band bucket
-(quadratic in a bucket's size; buckets larger than :data:`MAX_BUCKET` are compared to their first
-row only, so one boilerplate text shared by thousands of rows cannot blow up the job).
+Clusters are the connected components of the edges, found with a union-find on the driver: O(edges),
+not O(rows). The rest grows linearly with the rows (signatures), with rows × :data:`BANDS` small
+integer rows (the count), and with the rows in shared buckets × their shared bands (rows carrying
+shingle hashes), plus the pairs verified per bucket (quadratic in a bucket's size; buckets larger than
+:data:`MAX_BUCKET` are compared to their first row only, so one boilerplate text shared by thousands
+of rows cannot blow up the job).
 
 Threshold: :data:`DEFAULT_THRESHOLD` = 0.3 word-5-gram Jaccard. On AG News this catches the same
 story republished by another source with small edits (at 0.3, 17% of the 6,001 development rows have

@@ -61,8 +61,9 @@ def tune(spec: TuneSpec) -> dict[str, Any]:
         _trial, spec_json=spec.train.model_dump(), data=data, storage_path=str(out / "trials")
     )
     tuner = ray_tune.Tuner(
-        # The trial itself only drives a Ray Train run, whose workers hold the CPUs of the spec.
-        ray_tune.with_resources(trainable, {"CPU": 0}),
+        # The trial itself only drives a Ray Train run, whose workers hold the CPUs of the spec
+        # (Tune refuses an empty bundle, hence a token share).
+        ray_tune.with_resources(trainable, {"CPU": 0.01}),
         param_space={"values": ray_tune.grid_search(grid)},
         tune_config=ray_tune.TuneConfig(
             scheduler=ASHAScheduler(
