@@ -211,6 +211,14 @@ def split_rows(ok: Any, spec: TrainSpec) -> tuple[Any, Any, dict[str, Any], dict
         for batch in val_rows.select_columns(["id"]).iter_batches(batch_format="pyarrow")
         for k in batch.column(0).to_pylist()
     }
+    if not val_keys:
+        duplicates = found.counts()
+        raise ValueError(
+            f"the {spec.split} split left no validation rows: the {spec.data.input} corpus's rows fall into "
+            f"{duplicates['clusters']} duplicate cluster(s) holding {duplicates['rows_in_clusters']} rows, "
+            "and no cluster fits in the validation share. Give a separate validation corpus (--val-data), "
+            "raise --val-fraction, or pass --split random (its leakage is then reported)"
+        )
     leakage = leakage_from_edges(found.edges, val_keys, len(val_keys), spec.duplicate_threshold)
     return train_rows, val_rows, found.counts(), leakage
 

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 import ray
 from typer.testing import CliRunner
 
@@ -90,6 +91,22 @@ def test_grouped_split_keeps_clusters_whole_stratified_and_seeded(ray_local: Non
         assert abs(in_val[label] - 0.2 * totals[label]) <= 3, (label, in_val, totals)
     assert _split_ids(rows, seed=7) == (train, val)  # deterministic
     assert _split_ids(rows, seed=8) != (train, val)  # and seeded
+
+
+def test_a_grouped_split_with_no_room_for_validation_refuses(ray_local: None) -> None:
+    """One cluster holding every row cannot be split: a clear error, never a run validated on 0 rows."""
+    from bm_ray.specs import TrainSpec
+    from bm_ray.train import split_rows
+
+    text = "the central bank signals a pause while markets rally on tech earnings"
+    rows = [{"id": f"r{i}", "text": f"{text} {i}", "label": LABELS[i % len(LABELS)]} for i in range(30)]
+    spec = TrainSpec.model_validate({"data": {"input": ["corpus.jsonl"]}, "output": "out"})
+    with pytest.raises(ValueError, match=r"left no validation rows.*--split random"):
+        split_rows(ray.data.from_items(rows), spec)
+    train, val, _, leakage = split_rows(
+        ray.data.from_items(rows), spec.model_copy(update={"split": "random"})
+    )
+    assert train.count() + val.count() == 30 and leakage["fraction"] == 1.0
 
 
 def test_leakage_report_counts_planted_duplicates_exactly(ray_local: None) -> None:
