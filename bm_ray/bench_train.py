@@ -120,3 +120,112 @@ def bench_train(
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=2), encoding="utf-8")
     return result
+
+
+SEED_RECIPE = {"learning_rate": 5e-5, "batch_size": 32, "epochs": 2, "max_length": 128}
+"""The seed project's recipe: single-process Keras fit, Adam 5e-5, batch 32, 2 epochs, every batch padded to 128."""
+
+
+def _seed_recipe_fit(
+    base_model: str, labels: list[str], train: list[dict], val: list[dict], cores: int, seed: int
+) -> dict[str, float]:
+    """Train and score the seed recipe in one process on `cores` threads (a Ray task of that size)."""
+    import tensorflow as tf
+    from transformers import AutoTokenizer
+
+    from bm_ray.engine import configure_threads
+    from bm_ray.metrics import ConfusionMatrix
+    from bm_ray.models import build_classifier, resolve_model
+
+    configure_threads(cores)
+    tf.keras.utils.set_random_seed(seed)
+    base = resolve_model(base_model)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    index = {label: i for i, label in enumerate(labels)}
+
+    def encode(rows: list[dict]) -> tuple[dict[str, Any], np.ndarray]:
+        enc = tokenizer(
+            [r["text"] for r in rows],
+            padding="max_length",
+            truncation=True,
+            max_length=SEED_RECIPE["max_length"],
+            return_tensors="np",
+        )
+        return (
+            {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]},
+            np.asarray([index[r["label"]] for r in rows], dtype=np.int32),
+        )
+
+    (x_train, y_train), (x_val, y_val) = encode(train), encode(val)
+    started = time.perf_counter()
+    model = build_classifier(base, labels)
+    model.compile(
+        optimizer=tf.keras.optimizers.Adam(SEED_RECIPE["learning_rate"]),
+        loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.fit(
+        x_train,
+        y_train,
+        batch_size=SEED_RECIPE["batch_size"],
+        epochs=SEED_RECIPE["epochs"],
+        shuffle=True,
+        verbose=0,
+    )
+    train_s = time.perf_counter() - started
+    logits = model.predict(x_val, batch_size=64, verbose=0).logits
+    matrix = ConfusionMatrix(labels)
+    matrix.add_indices(y_val.astype(np.int64), logits.argmax(axis=1))
+    report = matrix.report()
+    return {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"], "train_s": train_s}
+
+
+def bench_quality(spec: TrainSpec, json_path: str | None = None) -> dict[str, Any]:
+    """The seed recipe and bm-ray's training (`spec`, normally the defaults) on the same split of the
+    same rows, on the same cores: validation accuracy, macro-F1 and wall time, side by side.
+
+    bm-ray's time is its whole `train` call (ingest, split, tokenise, fit, validate, write); the seed's
+    is its `fit` alone (tokenising beforehand, no split search), so the comparison favours the seed.
+    """
+    import ray
+
+    from bm_ray.runtime import init_ray
+    from bm_ray.train import _read_rows, split_rows, train
+
+    init_ray(spec.address)
+    started = time.perf_counter()
+    report = train(spec)
+    bm_ray_s = time.perf_counter() - started
+    labels = list(report["confusion_matrix"]["labels"])
+    ok = _read_rows(spec.data, "data")[0].select_columns(["id", "text", "label"])
+    train_rows, val_rows, _, leakage = split_rows(ok, spec)  # deterministic: the split bm-ray used
+    seed_task = ray.remote(num_cpus=spec.workers * spec.cpus_per_worker)(_seed_recipe_fit)
+    seed = ray.get(
+        seed_task.remote(
+            spec.base_model,
+            labels,
+            train_rows.take_all(),
+            val_rows.take_all(),
+            int(spec.workers * spec.cpus_per_worker),
+            spec.seed,
+        )
+    )
+    result = {
+        "split": spec.split,
+        "train_rows": report["data"]["train_rows"],
+        "val_rows": report["rows_evaluated"],
+        "leakage_fraction": leakage["fraction"],
+        "cores": spec.workers * spec.cpus_per_worker,
+        "seed_recipe": SEED_RECIPE,
+        "seed_accuracy": round(seed["accuracy"], 4),
+        "seed_macro_f1": round(seed["macro_f1"], 4),
+        "seed_train_s": round(seed["train_s"], 1),
+        "bm_ray_accuracy": round(report["accuracy"], 4),
+        "bm_ray_macro_f1": round(report["macro_f1"], 4),
+        "bm_ray_train_s": round(bm_ray_s, 1),
+        "bm_ray_recipe": spec.model_dump(
+            include={"epochs", "batch_size", "learning_rate", "head_warmup", "label_smoothing", "dropout"}
+        ),
+    }
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return result

@@ -14,6 +14,7 @@ from bm_ray.specs import (
     IngestSpec,
     SpecError,
     TrainSpec,
+    TuneSpec,
     load_spec_file,
     validate_spec,
 )
@@ -154,6 +155,12 @@ def ingest(
     max_line_bytes: MaxLineBytesOpt = None,
     max_reject_fraction: MaxRejectFractionOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start afresh instead of resuming.")] = False,
+    near_duplicates: Annotated[
+        bool,
+        typer.Option(
+            "--near-duplicates", help="Also write near_duplicates/ (cluster id per ok row) and count them."
+        ),
+    ] = False,
 ) -> None:
     """Validate a corpus: every row ends in ok/ or rejects/ (with a reason); summary.json accounts for all."""
     from bm_ray.ingest import ingest as run_ingest
@@ -174,7 +181,7 @@ def ingest(
     )
     spec = validate_spec(IngestSpec, flags, "command line")
     try:
-        summary = run_ingest(spec, output, overwrite=overwrite)
+        summary = run_ingest(spec, output, overwrite=overwrite, near_duplicates=near_duplicates)
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
     print_json(summary)
@@ -212,6 +219,17 @@ def train(
         int | None, typer.Option("--max-length", help="Token window (default: from data).")
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed")] = None,
+    split: Annotated[
+        str | None, typer.Option("--split", help="grouped (duplicates stay on one side, default) or random.")
+    ] = None,
+    head_warmup: Annotated[
+        float | None, typer.Option("--head-warmup", help="Epoch fraction training the head alone first.")
+    ] = None,
+    label_smoothing: Annotated[float | None, typer.Option("--label-smoothing")] = None,
+    dropout: Annotated[float | None, typer.Option("--dropout")] = None,
+    refit: Annotated[
+        bool | None, typer.Option("--refit/--no-refit", help="Retrain the selected run on train + val.")
+    ] = None,
     mixed_precision: Annotated[bool | None, typer.Option("--mixed-precision/--no-mixed-precision")] = None,
     resume: Annotated[
         bool | None, typer.Option("--resume/--no-resume", help="Continue the run under --output.")
@@ -245,6 +263,11 @@ def train(
             "learning_rate": learning_rate,
             "max_length": max_length,
             "seed": seed,
+            "split": split,
+            "head_warmup": head_warmup,
+            "label_smoothing": label_smoothing,
+            "dropout": dropout,
+            "refit": refit,
             "mixed_precision": mixed_precision,
             "resume": resume,
             "overwrite": overwrite,
@@ -265,6 +288,21 @@ def train(
 
 
 @app.command()
+def tune(
+    spec: Annotated[Path, typer.Option("--spec", help="Tune spec YAML (see jobs/tune.yaml).")],
+    output: Annotated[
+        str | None, typer.Option("--output", help="Results directory (overrides the spec).")
+    ] = None,
+) -> None:
+    """Search recipe options with Ray Tune (ASHA); writes results.csv and best_train.yaml."""
+    from bm_ray.tune import tune as run_tune
+
+    result = run_tune(build_spec(TuneSpec, spec, drop_none({"output": output})))
+    console.print(f"[bold green]best:[/] {result['best']}")
+    print_json({k: result[k] for k in ("best", "metric", "split", "leakage", "elapsed_s")})
+
+
+@app.command()
 def evaluate(
     model: Annotated[str, typer.Option("--model", help="Model directory or URI.")],
     data: Annotated[str, typer.Option("--data", help="Labelled corpus.")],
@@ -279,16 +317,24 @@ def evaluate(
     csv_header: CsvHeaderOpt = None,
     csv_columns: CsvColumnsOpt = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
+    train_data: Annotated[
+        str | None,
+        typer.Option(
+            "--train-data", help="Training corpus (same options): report duplicates of it (leakage)."
+        ),
+    ] = None,
 ) -> None:
     """Accuracy, macro-F1, per-class P/R/F1 and a confusion matrix of a model on a labelled corpus."""
     from bm_ray.evaluate import evaluate as run_evaluate
 
+    data_flags = ingest_options(
+        data, format, text_fields, label_field, id_field, None, clean_text, csv_header, csv_columns
+    )
     flags = drop_none(
         {
             "model": model,
-            "data": ingest_options(
-                data, format, text_fields, label_field, id_field, None, clean_text, csv_header, csv_columns
-            ),
+            "data": data_flags,
+            "train_data": {**data_flags, "input": train_data} if train_data else None,
             "output": output,
             "batch_size": batch_size,
         }
@@ -307,7 +353,9 @@ def evaluate(
                 "rows_rejected",
                 "rejected_by_reason",
                 "unknown_labels",
+                "leakage",
             )
+            if k in report
         }
     )
 
@@ -586,11 +634,45 @@ def bench_train_cmd(
     epochs: Annotated[int, typer.Option("--epochs", help="Epochs per path; the first is not timed.")] = 2,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
     json_path: Annotated[str | None, typer.Option("--json", help="Write the figures as JSON.")] = None,
+    quality: Annotated[
+        bool,
+        typer.Option(
+            "--quality",
+            help="Instead: accuracy of the seed recipe vs bm-ray's default training on the same (grouped) "
+            "split of all rows, same cores (--rows, --epochs, --batch-size are not used).",
+        ),
+    ] = False,
+    output: Annotated[
+        str | None,
+        typer.Option("--output", help="--quality: where bm-ray's model goes (default: a temp dir)."),
+    ] = None,
 ) -> None:
     """Training rows/s: Ray Train (N workers x 1 CPU) vs plain Keras fit on N cores, plus padding waste."""
-    from bm_ray.bench_train import bench_train
+    from bm_ray.bench_train import bench_quality, bench_train
 
     flags = ingest_options(data, format, text_fields, label_field, None, None, None, csv_header, csv_columns)
+    if quality:
+        import tempfile
+
+        spec = validate_spec(
+            TrainSpec,
+            {
+                "data": flags,
+                "base_model": base_model,
+                "workers": workers,
+                "output": output or tempfile.mkdtemp(prefix="bm-ray-bench-quality-"),
+            },
+            "command line",
+        )
+        result = bench_quality(spec, json_path)
+        console.print(
+            f"seed recipe accuracy {result['seed_accuracy']:.4f} (macro-F1 {result['seed_macro_f1']:.4f}, "
+            f"fit {result['seed_train_s']:.0f}s) vs bm-ray {result['bm_ray_accuracy']:.4f} (macro-F1 "
+            f"{result['bm_ray_macro_f1']:.4f}, whole train {result['bm_ray_train_s']:.0f}s) on "
+            f"{result['val_rows']} {result['split']}-split validation rows"
+        )
+        print_json(result)
+        return
     result = bench_train(
         validate_spec(IngestSpec, flags, "command line"),
         base_model,

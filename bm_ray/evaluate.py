@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -14,7 +15,7 @@ import numpy as np
 from bm_ray.engine import Predictor
 from bm_ray.metrics import ConfusionMatrix, plot_confusion_matrix
 from bm_ray.report import PREDICTIONS_FILE, try_build_report
-from bm_ray.specs import EvaluateSpec
+from bm_ray.specs import EvaluateSpec, IngestSpec
 from bm_ray.storage import is_remote, redact, redact_uri, upload_dir
 
 UNKNOWN_LABEL = "unknown_label"
@@ -146,6 +147,8 @@ def evaluate(spec: EvaluateSpec) -> dict[str, Any]:
         data=redact(spec.data.input),
         elapsed_s=round(time.time() - started, 2),
     )
+    if spec.train_data is not None:
+        report["leakage"] = corpus_leakage(spec.train_data, spec.data, spec.duplicate_threshold)
     if spec.output:
         title = f"{predictor.info.name} on {Path(redact_uri(spec.data.input[0]).split('?')[0]).name}"
         if is_remote(spec.output):
@@ -156,4 +159,18 @@ def evaluate(spec: EvaluateSpec) -> dict[str, Any]:
         else:
             write_report(report, spec.output, title=title, log=log)
             try_build_report(spec.output)
+    return report
+
+
+def corpus_leakage(train: IngestSpec, data: IngestSpec, threshold: float) -> dict[str, Any]:
+    """Leakage report (see :func:`bm_ray.neardup.leakage_report`) of a corpus's ok rows against a
+    training corpus's ok rows; prints the warning when above 1%."""
+    from bm_ray.corpus import ok_rows, read_corpus
+    from bm_ray.neardup import leakage_report, leakage_warning
+
+    train_rows, eval_rows = (ok_rows(read_corpus(spec)[0], ["id", "text"]) for spec in (train, data))
+    report = leakage_report(train_rows, eval_rows, threshold)
+    warning = leakage_warning(report)
+    if warning:
+        print(f"[bm-ray] {warning}", file=sys.stderr, flush=True)
     return report

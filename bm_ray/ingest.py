@@ -14,6 +14,10 @@ from bm_ray.corpus import ROW_COLUMNS
 from bm_ray.report import try_build_report
 from bm_ray.runtime import init_ray
 from bm_ray.specs import IngestSpec
+from bm_ray.storage import join, resolve_uri, write_json_atomic
+
+NEAR_DUPLICATES_DIR = "near_duplicates"
+"""Subdirectory of an ingest output holding (id, cluster) of every ok row (``--near-duplicates``)."""
 
 OK_COLUMNS = ("id", "text", "label", "source", "truncated", "utf8_repaired")
 """Columns of ``output/ok/`` (+ keep_fields)."""
@@ -27,12 +31,16 @@ def _commit(batch: pa.Table, processor: commit_protocol.CommitProcessor) -> pa.T
     return processor(batch)
 
 
-def ingest(spec: IngestSpec, output: str, *, overwrite: bool = False) -> dict[str, Any]:
+def ingest(
+    spec: IngestSpec, output: str, *, overwrite: bool = False, near_duplicates: bool = False
+) -> dict[str, Any]:
     """`bm-ray ingest`: validate a corpus into ``output/ok/`` + ``output/rejects/`` + ``output/summary.json``.
 
     Resumes into an existing output of the same spec and inputs (rows already committed are not read
     again), unless `overwrite`, which starts afresh. Starts an embedded Ray unless one is running.
-    Returns the summary (see :func:`bm_ray.commit.summarize`).
+    With `near_duplicates`, the committed ok rows are then clustered (see :mod:`bm_ray.neardup`):
+    ``output/near_duplicates/`` gets (id, cluster) for every ok row and the summary the
+    ``near_duplicates`` counts. Returns the summary (see :func:`bm_ray.commit.summarize`).
     """
     started = time.monotonic()
     ok_columns = [*OK_COLUMNS, *(k for k in spec.keep_fields if k not in ROW_COLUMNS)]
@@ -57,5 +65,29 @@ def ingest(spec: IngestSpec, output: str, *, overwrite: bool = False) -> dict[st
         overwrite=overwrite,
         extra=lambda _: {"elapsed_s": round(time.monotonic() - started, 3)},
     )
+    if near_duplicates:
+        summary["near_duplicates"] = write_near_duplicates(output)
+        fs, root = resolve_uri(output)
+        write_json_atomic(fs, join(root, commit_protocol.SUMMARY_FILE), summary)
     try_build_report(output)
     return summary
+
+
+def write_near_duplicates(output: str) -> dict[str, Any]:
+    """Cluster the ok rows committed under `output` and write ``near_duplicates/`` (id, cluster); counts."""
+    from bm_ray.neardup import assign_clusters, find_clusters
+
+    fs, root = resolve_uri(output)
+    rows = ray.data.read_parquet(join(root, "ok"), filesystem=fs, file_extensions=["parquet"]).select_columns(
+        ["id", "text"]
+    )
+    found = find_clusters(rows, key_column="id")
+    clusters = rows.select_columns(["id"]).map_batches(
+        assign_clusters,
+        fn_kwargs={"cluster_of": found.cluster_of, "key_column": "id"},
+        batch_format="pyarrow",
+    )
+    target = join(root, NEAR_DUPLICATES_DIR)
+    fs.delete_dir_contents(target, missing_dir_ok=True)  # a rerun replaces the previous clustering
+    clusters.write_parquet(target, filesystem=fs)
+    return found.counts()

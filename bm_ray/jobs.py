@@ -37,6 +37,7 @@ from bm_ray.specs import (
     ServeSpec,
     SpecError,
     TrainSpec,
+    TuneSpec,
     format_validation_error,
     read_yaml,
     validate_spec,
@@ -45,7 +46,11 @@ from bm_ray.specs import (
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 SPEC_FILE = "spec.yaml"
 SERVE_IMPORT_PATH = "bm_ray.serve:build_app"
-JOB_KINDS: dict[str, type[TrainSpec | ClassifySpec]] = {"train": TrainSpec, "classify": ClassifySpec}
+JOB_KINDS: dict[str, type[TrainSpec | ClassifySpec | TuneSpec]] = {
+    "train": TrainSpec,
+    "classify": ClassifySpec,
+    "tune": TuneSpec,
+}
 TERMINAL = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
 LOG_TAIL_LINES = 40
 AUTH_HINT = (
@@ -53,7 +58,7 @@ AUTH_HINT = (
     "(or RAY_AUTH_TOKEN); `bm-ray cluster up` prints them, on KubeRay the token is the Secret's auth_token"
 )
 
-JobFile = TrainSpec | ClassifySpec | ServeDeploySchema
+JobFile = TrainSpec | ClassifySpec | TuneSpec | ServeDeploySchema
 
 
 class JobsError(RuntimeError):

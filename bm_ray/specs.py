@@ -113,6 +113,14 @@ class TrainSpec(StrictModel):
         default=None, description="Validation corpus; else a stratified split."
     )
     val_fraction: float = Field(default=0.1, gt=0, lt=0.5, description="Held-out fraction when no val_data.")
+    split: Literal["grouped", "random"] = Field(
+        default="grouped",
+        description="grouped: exact/near-duplicate clusters stay on one side of the split (stratified by "
+        "label); random: a stratified random split (duplicates may leak into validation).",
+    )
+    duplicate_threshold: float = Field(
+        default=0.3, gt=0, le=1, description="Word-5-gram Jaccard at which two rows are near-duplicates."
+    )
     base_model: str = Field(
         default=DEFAULT_MODEL, description="Preset name, local dir, s3:// / gs:// URI or hf:ORG/NAME hub id."
     )
@@ -130,6 +138,26 @@ class TrainSpec(StrictModel):
         ge=8,
         le=512,
         description="Token window; chosen from the data (99th percentile) when omitted.",
+    )
+    head_warmup: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Fraction of an epoch's steps that first train the classifier head alone (encoder "
+        "frozen) at head_learning_rate, before the full fine-tuning.",
+    )
+    head_learning_rate: float = Field(default=1e-3, gt=0, description="Learning rate of the head warm-up.")
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    dropout: float | None = Field(
+        default=None,
+        ge=0,
+        lt=1,
+        description="Hidden, attention and classifier dropout; the base's when omitted.",
+    )
+    refit: bool = Field(
+        default=False,
+        description="After selecting the best epoch on the validation split, retrain that configuration on "
+        "train + validation rows for the final model (metrics.json keeps the selection run's metrics).",
     )
     seed: int = 42
     mixed_precision: bool = Field(default=False, description="mixed_float16 on GPU, mixed_bfloat16 on CPU.")
@@ -155,6 +183,47 @@ class TrainSpec(StrictModel):
             raise ValueError(
                 "resume and overwrite exclude each other: continue the stored run or start afresh"
             )
+        return self
+
+
+TuneParam = Literal[
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "warmup_fraction",
+    "weight_decay",
+    "head_warmup",
+    "head_learning_rate",
+    "label_smoothing",
+    "dropout",
+]
+
+
+class TuneSpec(StrictModel):
+    """`bm-ray tune`: Ray Tune (ASHA) over recipe options of a train spec, on the same (grouped) split."""
+
+    kind: Literal["tune"] = "tune"
+    train: TrainSpec = Field(description="The base train spec; every trial is this spec with its values.")
+    search_space: dict[TuneParam, list[float | int | None]] = Field(
+        description="Values to try per option; trials are the grid of all combinations (x num_samples)."
+    )
+    num_samples: int = Field(default=1, ge=1, description="Repeats of the grid.")
+    metric: Literal["val_accuracy", "val_macro_f1"] = "val_accuracy"
+    grace_period: int = Field(
+        default=1, ge=1, description="ASHA: epochs every trial runs before it can be stopped."
+    )
+    reduction_factor: float = Field(default=2, gt=1, description="ASHA: keep 1/reduction_factor per rung.")
+    max_concurrent_trials: int = Field(
+        default=1, ge=1, description="Trials at once (each holds workers x cpus_per_worker CPUs)."
+    )
+    output: str = Field(description="Directory for results.csv, results.json and best_train.yaml.")
+
+    @model_validator(mode="after")
+    def _check_space(self) -> TuneSpec:
+        for key, values in self.search_space.items():
+            if not values:
+                raise ValueError(f"search_space.{key}: give at least one value")
+            TrainSpec.model_validate({**self.train.model_dump(), key: values[0]})  # a value must be valid
         return self
 
 
@@ -205,6 +274,13 @@ class EvaluateSpec(StrictModel):
     kind: Literal["evaluate"] = "evaluate"
     model: str
     data: IngestSpec
+    train_data: IngestSpec | None = Field(
+        default=None,
+        description="Training corpus: report evaluation rows with an exact or near duplicate in it (leakage).",
+    )
+    duplicate_threshold: float = Field(
+        default=0.3, gt=0, le=1, description="Word-5-gram Jaccard at which two rows are near-duplicates."
+    )
     output: str | None = None
     batch_size: int = Field(default=32, ge=1)
 
@@ -327,4 +403,5 @@ SPEC_KINDS: dict[str, type[StrictModel]] = {
     "train": TrainSpec,
     "classify": ClassifySpec,
     "evaluate": EvaluateSpec,
+    "tune": TuneSpec,
 }

@@ -1,0 +1,172 @@
+"""Near-duplicate clusters, the leakage-aware grouped split and the leakage report (real Ray Data)."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import ray
+from typer.testing import CliRunner
+
+from bm_ray import neardup
+from bm_ray.cli import app
+from bm_ray.models import make_tiny_model
+
+LABELS = ["a", "b", "c"]
+
+
+def _text(rng: random.Random, words: int = 30) -> str:
+    return " ".join(f"w{rng.randrange(50_000)}" for _ in range(words))
+
+
+def _near_copy(text: str, rng: random.Random) -> str:
+    """Same story, lightly edited: one word replaced, different case and punctuation."""
+    words = text.split()
+    words[rng.randrange(len(words))] = "edited"
+    return (" ".join(words) + " !").upper()
+
+
+def planted_corpus(seed: int = 0) -> tuple[list[dict], list[set[str]]]:
+    """300 unrelated rows plus planted clusters: 12 exact pairs, 10 near-duplicate triples
+    (one exact + one near copy) and 4 chains a~b~c where a and c are not similar themselves."""
+    rng = random.Random(seed)
+    rows, clusters = [], []
+
+    def add(text: str, label: str) -> str:
+        key = f"r{len(rows)}"
+        rows.append({"id": key, "text": text, "label": label})
+        return key
+
+    for i in range(300):
+        add(_text(rng), LABELS[i % 3])
+    for i in range(12):
+        text, label = _text(rng), LABELS[i % 3]
+        clusters.append({add(text, label), add("  " + text.upper() + ".", label)})
+    for i in range(10):
+        text, label = _text(rng), LABELS[i % 3]
+        clusters.append({add(text, label), add(text, label), add(_near_copy(text, rng), label)})
+    for i in range(4):
+        first, second = _text(rng, 20), _text(rng, 20)
+        label = LABELS[i % 3]
+        clusters.append({add(first, label), add(first + " " + second, label), add(second, label)})
+    return rows, clusters
+
+
+def test_normalise_and_short_texts() -> None:
+    assert neardup.normalise("  Hello,  WORLD!!  it's\tme ") == "hello world it s me"
+    assert neardup.shingles("two words").size == 1  # shorter than a shingle: one shingle
+    assert neardup.jaccard(neardup.shingles("a b c d e f"), neardup.shingles("A b c d e, f")) == 1.0
+
+
+def test_planted_clusters_are_found(ray_local: None) -> None:
+    rows, planted = planted_corpus()
+    found = neardup.find_clusters(ray.data.from_items(rows), key_column="id")
+    got: dict[str, set[str]] = {}
+    for key, cluster in found.cluster_of.items():
+        got.setdefault(cluster, set()).add(key)
+    assert sorted(map(sorted, got.values())) == sorted(map(sorted, planted))
+    assert found.counts()["exact_pairs"] == 12 + 10
+
+
+def _split_ids(rows: list[dict], seed: int) -> tuple[list[str], list[str]]:
+    train, val, _ = neardup.grouped_split(ray.data.from_items(rows), 0.2, seed, key_column="id")
+    return sorted(r["id"] for r in train.take_all()), sorted(r["id"] for r in val.take_all())
+
+
+def test_grouped_split_keeps_clusters_whole_stratified_and_seeded(ray_local: None) -> None:
+    rows, planted = planted_corpus()
+    train, val = _split_ids(rows, seed=7)
+    assert sorted(train + val) == sorted(r["id"] for r in rows)  # every row on exactly one side
+    val_set = set(val)
+    for cluster in planted:
+        assert len(cluster & val_set) in (0, len(cluster)), f"cluster {sorted(cluster)} straddles the split"
+    assert any(cluster <= val_set for cluster in planted)  # clusters do go to validation
+    label_of = {r["id"]: r["label"] for r in rows}
+    totals, in_val = Counter(label_of.values()), Counter(label_of[i] for i in val)
+    for label in LABELS:  # stratified: each label's share within one (≤ 3-row) cluster of 20%
+        assert abs(in_val[label] - 0.2 * totals[label]) <= 3, (label, in_val, totals)
+    assert _split_ids(rows, seed=7) == (train, val)  # deterministic
+    assert _split_ids(rows, seed=8) != (train, val)  # and seeded
+
+
+def test_a_grouped_split_with_no_room_for_validation_refuses(ray_local: None) -> None:
+    """One cluster holding every row cannot be split: a clear error, never a run validated on 0 rows."""
+    from bm_ray.specs import TrainSpec
+    from bm_ray.train import split_rows
+
+    text = "the central bank signals a pause while markets rally on tech earnings"
+    rows = [{"id": f"r{i}", "text": f"{text} {i}", "label": LABELS[i % len(LABELS)]} for i in range(30)]
+    spec = TrainSpec.model_validate({"data": {"input": ["corpus.jsonl"]}, "output": "out"})
+    with pytest.raises(ValueError, match=r"left no validation rows.*--split random"):
+        split_rows(ray.data.from_items(rows), spec)
+    train, val, _, leakage = split_rows(
+        ray.data.from_items(rows), spec.model_copy(update={"split": "random"})
+    )
+    assert train.count() + val.count() == 30 and leakage["fraction"] == 1.0
+
+
+def test_leakage_report_counts_planted_duplicates_exactly(ray_local: None) -> None:
+    rng = random.Random(3)
+    train_rows = [{"id": f"t{i}", "text": _text(rng)} for i in range(200)]
+    val_rows = [{"id": f"v{i}", "text": _text(rng)} for i in range(100)]
+    for i in range(7):  # 7 exact copies (up to case and punctuation) of training rows
+        val_rows[i]["text"] = train_rows[i]["text"].upper() + "."
+    for i in range(7, 12):  # 5 near copies
+        val_rows[i]["text"] = _near_copy(train_rows[i]["text"], rng)
+    val_rows[12]["text"] = val_rows[13]["text"]  # duplicated within validation only: not leakage
+    report = neardup.leakage_report(ray.data.from_items(train_rows), ray.data.from_items(val_rows))
+    assert (report["val_rows"], report["exact"], report["near"]) == (100, 7, 5)
+    assert report["fraction"] == 0.12
+    assert "MinHash" in report["method"]
+    assert "12 of 100" in (neardup.leakage_warning(report) or "")
+    assert neardup.leakage_warning({**report, "exact": 1, "near": 0, "fraction": 0.01}) is None
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_ingest_near_duplicates_writes_a_cluster_per_row(ray_local: None, tmp_path: Path) -> None:
+    rows, planted = planted_corpus()
+    corpus = _write_jsonl(tmp_path / "c.jsonl", rows)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app, ["ingest", "--input", str(corpus), "--output", str(out), "--near-duplicates"]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["near_duplicates"]["clusters"] == len(planted)
+    assert summary["near_duplicates"]["rows_in_clusters"] == sum(map(len, planted))
+    table = pq.read_table(out / "near_duplicates")
+    cluster_of = dict(zip(table.column("id").to_pylist(), table.column("cluster").to_pylist(), strict=True))
+    assert len(cluster_of) == summary["rows_ok"] == len(rows)
+    for cluster in planted:
+        assert len({cluster_of[key] for key in cluster}) == 1
+    assert cluster_of["r0"] == "r0"  # a row without duplicates is its own cluster
+
+
+def test_evaluate_train_data_reports_leakage(ray_local: None, tokenizer_dir: str, tmp_path: Path) -> None:
+    rng = random.Random(5)
+    train_rows = [{"id": f"t{i}", "text": _text(rng), "label": LABELS[i % 3]} for i in range(60)]
+    eval_rows = [{"id": f"e{i}", "text": _text(rng), "label": LABELS[i % 3]} for i in range(40)]
+    for i in range(4):
+        eval_rows[i]["text"] = train_rows[10 + i]["text"]
+    eval_rows[4]["text"] = _near_copy(train_rows[20]["text"], rng)
+    model = make_tiny_model(tmp_path / "model", LABELS, tokenizer_dir)
+    args = ["evaluate", "--model", str(model), "--data", str(_write_jsonl(tmp_path / "e.jsonl", eval_rows))]
+    args += [
+        "--train-data",
+        str(_write_jsonl(tmp_path / "t.jsonl", train_rows)),
+        "--output",
+        str(tmp_path / "m"),
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    leakage = json.loads((tmp_path / "m" / "metrics.json").read_text(encoding="utf-8"))["leakage"]
+    assert (leakage["val_rows"], leakage["exact"], leakage["near"]) == (40, 4, 1)
+    assert "warning: 5 of 40" in result.output
