@@ -19,8 +19,8 @@ SLOW_S = 1.0
 HANG = "HANG-TEXT"
 HANG_S = 4.0
 PACE = "PACE-TEXT"
-PACE_S = 0.05
-"""A pass holding this text takes at least this long: load that queues at the model, as a real model's would."""
+PACE_S = 0.2
+"""A pass holding this text takes at least this long (5 passes/s): load that queues at the model, as a real model's would."""
 
 
 class _FaultyClassifier(Classifier.func_or_class):  # type: ignore[name-defined,misc]
