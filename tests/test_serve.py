@@ -203,7 +203,20 @@ class _FakeMethod:
                 raise outcome
             return outcome
 
-        return answer()
+        return _FakeResponse(answer())
+
+
+class _FakeResponse:
+    """Awaitable like a DeploymentResponse, with its `cancel()`."""
+
+    def __init__(self, answer: object) -> None:
+        self.answer = answer
+
+    def __await__(self):  # type: ignore[no-untyped-def]
+        return self.answer.__await__()  # type: ignore[attr-defined]
+
+    def cancel(self) -> None:
+        pass
 
 
 class _FakeHandle:

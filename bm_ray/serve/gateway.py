@@ -118,8 +118,14 @@ async def call_model(
     """
     attempt = 0
     while True:
+        response = getattr(handle, method).remote(*args)
         try:
-            return await getattr(handle, method).remote(*args)
+            return await response
+        except asyncio.CancelledError:
+            # A timed-out or disconnected request: tell the replica, so a call still queued there is
+            # skipped (awaiting the response alone does not cancel it there).
+            response.cancel()
+            raise
         except BackPressureError as err:
             retry_after = retry_after_s if err.retry_after_s is None else err.retry_after_s
             raise queue_full(math.ceil(retry_after)) from None
