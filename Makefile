@@ -7,7 +7,7 @@ export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: venv demo test lint format test-slow model clean
+.PHONY: venv demo test lint format test-slow model clean browser scan-venv
 
 venv: $(STAMP)
 
@@ -30,11 +30,32 @@ format: venv
 	$(BIN)/ruff check --fix bm_ray tests
 	$(BIN)/ruff format bm_ray tests
 
-test: lint
+# checkov (the Helm chart's policy scan, tests/test_helm_policy.py) pins packages that conflict with ours: own venv.
+SCAN_VENV ?= .venv-scan
+CHECKOV_VERSION := 3.3.30
+SCAN_STAMP := $(SCAN_VENV)/.installed-checkov-$(CHECKOV_VERSION)
+
+scan-venv: $(SCAN_STAMP)
+
+$(SCAN_STAMP):
+	test -x $(SCAN_VENV)/bin/python || $(PYTHON) -m venv $(SCAN_VENV)
+	$(SCAN_VENV)/bin/python -m pip install -q --upgrade pip
+	$(SCAN_VENV)/bin/python -m pip install -q checkov==$(CHECKOV_VERSION)
+	rm -f $(SCAN_VENV)/.installed-*; touch $(SCAN_STAMP)
+
+test: lint browser scan-venv
 	$(BIN)/python -m pytest -q
+
+# Headless Chromium for the browser tests (tests/browser.py drives it through playwright's Python API).
+# Installed with apt when missing; elsewhere install Chromium or Chrome and set BM_RAY_CHROMIUM=/path/to/it.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || [ -n "$$BM_RAY_CHROMIUM" ] || { \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); $$sudo apt-get update -q && $$sudo apt-get install -y -q chromium; \
+	  else echo "no Chromium and no apt-get: install Chromium or Chrome and set BM_RAY_CHROMIUM=/path/to/it"; exit 1; fi; }
 
 test-slow: venv
 	BM_RAY_SLOW=1 $(BIN)/python -m pytest -q -m "slow or realdata"
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(SCAN_VENV) .pytest_cache .ruff_cache

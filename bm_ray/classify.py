@@ -3,7 +3,7 @@
 One streaming pass: :func:`bm_ray.corpus.read_corpus` (ok rows, rejects and blank lines together,
 committed rows skipped) → one ``map_batches`` over an actor pool of :class:`ClassifyProcessor`, which
 loads the :class:`~bm_ray.engine.Predictor` once per actor, predicts the ok rows of each batch in one
-engine call and commits every run through :class:`~bm_ray.sink.CommitProcessor`::
+engine call and commits every run through :class:`~bm_ray.commit.CommitProcessor`::
 
     DIR/predictions/<run>.parquet   id, label, score, scores (map<string, float>), model, keep_fields
     DIR/rejects/<run>.parquet       id, source, reason, raw
@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,12 +27,14 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from bm_ray import sink
-from bm_ray.corpus import ROW_COLUMNS, commit_corpus
+from bm_ray import commit
+from bm_ray.corpus import ROW_COLUMNS
 from bm_ray.engine import Predictor
 from bm_ray.models import read_model_info, resolve_model
+from bm_ray.report import try_build_report
 from bm_ray.runtime import init_ray
 from bm_ray.specs import ClassifySpec, Precision
+from bm_ray.storage import exists, join, read_json, redact_uri, resolve_uri
 
 PREDICTIONS_DIR = "predictions"
 PROBS_COLUMN = "_probs"
@@ -49,10 +52,10 @@ READ_ARGS = {"num_cpus": 0}
 holding every CPU would otherwise starve the reads (they cannot fuse into an explicit-batch_size map)."""
 
 
-class ClassifyProcessor(sink.CommitProcessor):
+class ClassifyProcessor(commit.CommitProcessor):
     """Ray Data callable class: predict the ok rows of a batch with the engine, then commit its runs.
 
-    Returns the per-run count rows of :data:`bm_ray.sink.PROGRESS_SCHEMA` plus ``real_tokens`` and
+    Returns the per-run count rows of :data:`bm_ray.commit.PROGRESS_SCHEMA` plus ``real_tokens`` and
     ``padded_tokens`` (of this batch's forward passes, on its first row) for the padding accounting.
     """
 
@@ -65,8 +68,15 @@ class ClassifyProcessor(sink.CommitProcessor):
         precision: Precision = "auto",
         num_threads: int | None = None,
         keep_fields: Sequence[str] = (),
+        lease_token: str | None = None,
     ) -> None:
-        super().__init__(output, self.prediction_table, ok_dir=PREDICTIONS_DIR, label_column="label")
+        super().__init__(
+            output,
+            self.prediction_table,
+            ok_dir=PREDICTIONS_DIR,
+            label_column="label",
+            lease_token=lease_token,
+        )
         self.predictor = Predictor.load(model, batch_size, precision, num_threads)
         info = self.predictor.info
         self.model_tag = f"{info.name}/{info.version}"
@@ -88,10 +98,9 @@ class ClassifyProcessor(sink.CommitProcessor):
         flat = pa.FixedSizeListArray.from_arrays(pa.array(probs.ravel()), labels)
         progress = super().__call__(batch.append_column(PROBS_COLUMN, flat))
         self._batches += 1
-        others = [0] * (progress.num_rows - 1)  # a batch has at least one run: counts ride on its first row
         return progress.append_column(
-            "real_tokens", pa.array([stats.real_tokens - real, *others], pa.int64())
-        ).append_column("padded_tokens", pa.array([stats.padded_tokens - padded, *others], pa.int64()))
+            "real_tokens", pa.array([stats.real_tokens - real], pa.int64())
+        ).append_column("padded_tokens", pa.array([stats.padded_tokens - padded], pa.int64()))
 
     def prediction_table(self, rows: pa.Table) -> pa.Table:
         """The predictions table of the ok rows of one run (probabilities in :data:`PROBS_COLUMN`)."""
@@ -145,7 +154,7 @@ def map_batch_rows(spec: ClassifySpec) -> int:
 def classify(spec: ClassifySpec) -> dict[str, Any]:
     """Run the classify job; returns the summary also written to ``output/summary.json``.
 
-    Keys (beyond :func:`bm_ray.sink.summarize`): rows_classified, elapsed_s, rows_per_s (rows read by
+    Keys (beyond :func:`bm_ray.commit.summarize`): rows_classified, elapsed_s, rows_per_s (rows read by
     this run / its wall time), rows_this_run, padding_waste, model (name, version, path), precision,
     actors, batch_size.
     """
@@ -153,13 +162,10 @@ def classify(spec: ClassifySpec) -> dict[str, Any]:
     info = read_model_info(resolve_model(spec.model))  # fail fast, before touching the output
     init_ray(spec.address)
     min_actors, max_actors = actor_pool(spec)
-    job = {
-        "kind": "classify",
-        "model": spec.model,
-        "input": spec.input.model_dump(mode="json", exclude={"rows_per_block"}),
-    }
+    if not spec.overwrite:
+        check_model_version(spec.output, info.version)
 
-    def commit(ds: ray.data.Dataset) -> ray.data.Dataset:
+    def predict_and_commit(ds: ray.data.Dataset, lease_token: str) -> ray.data.Dataset:
         return ds.map_batches(
             ClassifyProcessor,
             fn_constructor_args=(spec.output, spec.model),
@@ -168,6 +174,7 @@ def classify(spec: ClassifySpec) -> dict[str, Any]:
                 "precision": spec.precision,
                 "num_threads": math.ceil(spec.cpus_per_actor),
                 "keep_fields": spec.input.keep_fields,
+                "lease_token": lease_token,
             },
             compute=ray.data.ActorPoolStrategy(min_size=min_actors, max_size=max_actors),
             num_cpus=spec.cpus_per_actor,
@@ -183,38 +190,60 @@ def classify(spec: ClassifySpec) -> dict[str, Any]:
     context = ray.data.DataContext.get_current()
     previous_block_size = context.target_max_block_size
     context.target_max_block_size = CLASSIFY_BLOCK_BYTES
+
+    def finish(totals: Counter[str]) -> dict[str, Any]:
+        elapsed = time.monotonic() - started
+        return {
+            "elapsed_s": round(elapsed, 3),
+            "rows_this_run": totals["rows_committed"],
+            "rows_per_s": round(totals["rows_committed"] / elapsed, 2) if elapsed else 0.0,
+            "padding_waste": round(totals["padded_tokens"] / totals["real_tokens"], 4)
+            if totals["real_tokens"]
+            else 1.0,
+            "real_tokens": totals["real_tokens"],
+            "model": {"name": info.name, "version": info.version, "path": redact_uri(spec.model)},
+            "precision": spec.precision,
+            "actors": {"min": min_actors, "max": max_actors, "cpus_per_actor": spec.cpus_per_actor},
+            "batch_size": spec.batch_size,
+            "output": redact_uri(spec.output),
+        }
+
     try:
-        extra, totals = commit_corpus(
+        summary = commit.commit_corpus(
             spec.input,
             spec.output,
-            commit,
-            job=job,
+            predict_and_commit,
+            kind="classify",
+            identity={"model": redact_uri(spec.model), "model_version": info.version},
             ok_dir=PREDICTIONS_DIR,
             overwrite=spec.overwrite,
             read_args=READ_ARGS,
+            extra=finish,
+            ok_alias="rows_classified",
         )
     finally:
         context.target_max_block_size = previous_block_size
-    elapsed = time.monotonic() - started
-    extra.update(
-        elapsed_s=round(elapsed, 3),
-        rows_this_run=totals["rows_read"],
-        rows_per_s=round(totals["rows_read"] / elapsed, 2) if elapsed else 0.0,
-        padding_waste=round(totals["padded_tokens"] / totals["real_tokens"], 4)
-        if totals["real_tokens"]
-        else 1.0,
-        real_tokens=totals["real_tokens"],
-        model={"name": info.name, "version": info.version, "path": spec.model},
-        precision=spec.precision,
-        actors={"min": min_actors, "max": max_actors, "cpus_per_actor": spec.cpus_per_actor},
-        batch_size=spec.batch_size,
-        output=spec.output,
-    )
-    summary = sink.summarize(spec.output, extra, write=False)
-    summary["rows_classified"] = summary["rows_ok"]
-    fs, root = sink.resolve_uri(spec.output)
-    sink.write_json_atomic(fs, f"{root.rstrip('/')}/{sink.SUMMARY_FILE}", summary)
+    try_build_report(spec.output)
     return summary
+
+
+def check_model_version(output: str, version: str) -> None:
+    """Refuse to resume into `output` when its recorded job ran another version of the model.
+
+    The version is part of the job identity in `_job.json` as well; this check runs first so the
+    error names both versions (the model directory was retrained or replaced at the same path).
+    """
+    fs, root = resolve_uri(output)
+    job_path = join(root, commit.JOB_FILE)
+    if not exists(fs, job_path):
+        return
+    previous = read_json(fs, job_path).get("model_version")
+    if previous is not None and previous != version:
+        raise ValueError(
+            f"{redact_uri(output)} holds predictions of model version {previous}, but the model is now "
+            f"version {version}; pass overwrite (--overwrite) to classify afresh with the new model, "
+            "or choose another output"
+        )
 
 
 def precision_agreement(

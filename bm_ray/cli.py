@@ -18,6 +18,7 @@ from bm_ray.specs import (
     load_spec_file,
     validate_spec,
 )
+from bm_ray.storage import join_uri, redact_uri
 
 app = typer.Typer(help="Distributed batch text classification on Ray.", no_args_is_help=True)
 model_app = typer.Typer(help="Pretrained model presets.", no_args_is_help=True)
@@ -76,6 +77,19 @@ CsvHeaderOpt = Annotated[
     bool | None, typer.Option("--csv-header/--no-csv-header", help="CSV files have a header line.")
 ]
 CsvColumnsOpt = Annotated[str | None, typer.Option("--csv-columns", help="Column names of headerless CSV.")]
+DedupeOpt = Annotated[
+    str | None,
+    typer.Option("--dedupe", help="ids: later rows with an id already seen are duplicate_id; none."),
+]
+MaxLineBytesOpt = Annotated[
+    int | None, typer.Option("--max-line-bytes", help="Longer lines are too_long rejects (default 16 MB).")
+]
+MaxRejectFractionOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-reject-fraction", help="Stop when more of the rows read are rejected (default 0.99)."
+    ),
+]
 AddressOpt = Annotated[
     str | None, typer.Option("--address", help="Ray cluster address (default: an embedded local Ray).")
 ]
@@ -94,6 +108,10 @@ def ingest_options(
     clean_text: bool | None = None,
     csv_header: bool | None = None,
     csv_columns: str | None = None,
+    *,
+    dedupe: str | None = None,
+    max_line_bytes: int | None = None,
+    max_reject_fraction: float | None = None,
 ) -> dict[str, Any]:
     """The IngestSpec fields given on the command line (None = not given)."""
     return drop_none(
@@ -107,6 +125,9 @@ def ingest_options(
             "clean_text": clean_text,
             "csv_header": csv_header,
             "csv_columns": csv_columns,
+            "dedupe": dedupe,
+            "max_line_bytes": max_line_bytes,
+            "max_reject_fraction": max_reject_fraction,
         }
     )
 
@@ -130,16 +151,34 @@ def ingest(
     clean_text: CleanOpt = None,
     csv_header: CsvHeaderOpt = None,
     csv_columns: CsvColumnsOpt = None,
+    dedupe: DedupeOpt = None,
+    max_line_bytes: MaxLineBytesOpt = None,
+    max_reject_fraction: MaxRejectFractionOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start afresh instead of resuming.")] = False,
 ) -> None:
     """Validate a corpus: every row ends in ok/ or rejects/ (with a reason); summary.json accounts for all."""
-    from bm_ray.corpus import ingest as run_ingest
+    from bm_ray.ingest import ingest as run_ingest
 
     flags = ingest_options(
-        input, format, text_fields, label_field, id_field, keep_fields, clean_text, csv_header, csv_columns
+        input,
+        format,
+        text_fields,
+        label_field,
+        id_field,
+        keep_fields,
+        clean_text,
+        csv_header,
+        csv_columns,
+        dedupe=dedupe,
+        max_line_bytes=max_line_bytes,
+        max_reject_fraction=max_reject_fraction,
     )
     spec = validate_spec(IngestSpec, flags, "command line")
-    print_json(run_ingest(spec, output, overwrite=overwrite))
+    try:
+        summary = run_ingest(spec, output, overwrite=overwrite)
+    except (ValueError, FileNotFoundError) as err:
+        fail(str(err))
+    print_json(summary)
 
 
 @app.command()
@@ -162,7 +201,7 @@ def train(
         float | None, typer.Option("--val-fraction", help="Stratified held-out fraction.")
     ] = None,
     base_model: Annotated[
-        str | None, typer.Option("--base-model", help="Preset, dir, URI or hub id.")
+        str | None, typer.Option("--base-model", help="Preset, dir, URI or hf:ORG/NAME hub id.")
     ] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="Ray Train workers.")] = None,
     cpus_per_worker: Annotated[float | None, typer.Option("--cpus-per-worker")] = None,
@@ -178,12 +217,17 @@ def train(
     resume: Annotated[
         bool | None, typer.Option("--resume/--no-resume", help="Continue the run under --output.")
     ] = None,
+    overwrite: Annotated[
+        bool | None, typer.Option("--overwrite", help="Train afresh over a finished model in --output.")
+    ] = None,
     address: AddressOpt = None,
     spec: SpecOpt = None,
 ) -> None:
     """Fine-tune BERT (TFBertForSequenceClassification) data-parallel with Ray Train."""
+    from bm_ray.models import ModelRefError
     from bm_ray.train import TrainError
     from bm_ray.train import train as run_train
+    from bm_ray.train_resume import ResumeError
 
     ingest_flags = ingest_options(
         data, format, text_fields, label_field, id_field, None, clean_text, csv_header, csv_columns
@@ -204,6 +248,7 @@ def train(
             "seed": seed,
             "mixed_precision": mixed_precision,
             "resume": resume,
+            "overwrite": overwrite,
             "address": address,
         }
     )
@@ -212,7 +257,7 @@ def train(
     train_spec = build_spec(TrainSpec, spec, flags)
     try:
         report = run_train(train_spec)
-    except TrainError as err:
+    except (TrainError, ResumeError, ModelRefError) as err:
         fail(str(err))
     console.print(
         f"[bold green]done:[/] accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f} "
@@ -319,6 +364,9 @@ def classify(
     clean_text: CleanOpt = None,
     csv_header: CsvHeaderOpt = None,
     csv_columns: CsvColumnsOpt = None,
+    dedupe: DedupeOpt = None,
+    max_line_bytes: MaxLineBytesOpt = None,
+    max_reject_fraction: MaxRejectFractionOpt = None,
     batch_size: Annotated[
         int | None, typer.Option("--batch-size", help="Rows per forward pass (length-bucketed).")
     ] = None,
@@ -341,7 +389,18 @@ def classify(
     from bm_ray.specs import ClassifySpec
 
     ingest_flags = ingest_options(
-        input, format, text_fields, label_field, id_field, keep_fields, clean_text, csv_header, csv_columns
+        input,
+        format,
+        text_fields,
+        label_field,
+        id_field,
+        keep_fields,
+        clean_text,
+        csv_header,
+        csv_columns,
+        dedupe=dedupe,
+        max_line_bytes=max_line_bytes,
+        max_reject_fraction=max_reject_fraction,
     )
     flags = drop_none(
         {
@@ -360,10 +419,25 @@ def classify(
     classify_spec = build_spec(ClassifySpec, spec, flags)
     try:
         summary = run_classify(classify_spec)
-    except ValueError as err:
+    except (ValueError, FileNotFoundError) as err:
         fail(str(err))
     console.print(summary_table(summary))
-    typer.echo(f"{classify_spec.output.rstrip('/')}/summary.json")
+    typer.echo(join_uri(redact_uri(classify_spec.output), "summary.json"))
+
+
+@app.command()
+def report(
+    output: Annotated[
+        str, typer.Argument(help="A job's output directory (ingest, classify, train, evaluate).")
+    ],
+) -> None:
+    """(Re)build OUTPUT/report.html from the output's own files (no model, no Ray); prints its path."""
+    from bm_ray.report import ReportError, build_report
+
+    try:
+        typer.echo(build_report(output))
+    except ReportError as err:
+        fail(str(err))
 
 
 @model_app.command("fetch")
@@ -383,11 +457,11 @@ def model_fetch(
 
 @model_app.command("list")
 def model_list() -> None:
-    """List the known presets."""
+    """List the known presets (name, hash-based version, description)."""
     from bm_ray.models import PRESETS
 
     for name, preset in PRESETS.items():
-        typer.echo(f"{name}\t{preset.description}")
+        typer.echo(f"{name}\t{preset.version}\t{preset.description}")
 
 
 @app.command()
@@ -422,6 +496,9 @@ def serve(
     api_key_env: Annotated[
         str | None, typer.Option("--api-key-env", help="Env var holding the Bearer API key.")
     ] = None,
+    api_key_file: Annotated[
+        str | None, typer.Option("--api-key-file", help="File holding the Bearer API key (a mounted Secret).")
+    ] = None,
     address: AddressOpt = None,
     config: Annotated[
         Path | None,
@@ -449,6 +526,7 @@ def serve(
             "forward_batch_size": forward_batch_size,
             "max_queued_requests": max_queued_requests,
             "api_key_env": api_key_env,
+            "api_key_file": api_key_file,
         }
     )
     spec = load_serve_spec(config, flags)
@@ -553,6 +631,24 @@ def bench_train_cmd(
     print_json(result)
 
 
+@bench_app.command("ingest")
+def bench_ingest_cmd(
+    rows: Annotated[
+        str, typer.Option("--rows", help="Row counts, comma-separated (e.g. 1000000,5000000).")
+    ] = "1000000,5000000",
+    dedupe: DedupeOpt = None,
+    json_path: Annotated[str | None, typer.Option("--json", help="Write the figures as JSON.")] = None,
+) -> None:
+    """Ingest rows/s and the largest process's peak RSS on synthetic corpora of growing size (2 CPUs)."""
+    from bm_ray.bench_ingest import bench_ingest
+
+    try:
+        sizes = [int(n) for n in rows.split(",") if n.strip()]
+    except ValueError:
+        fail(f"--rows {rows!r}: give row counts, e.g. 1000000,5000000")
+    print_json(bench_ingest(sizes, dedupe or "ids", json_path))
+
+
 @bench_app.command("classify")
 def bench_classify_cmd(
     model: Annotated[str, typer.Option("--model", help="Model directory or URI.")],
@@ -621,6 +717,9 @@ def submit(
     pip: list[str] = typer.Option([], "--pip", help="Extra pip requirement for the job (repeatable)."),
     timeout: float | None = typer.Option(None, help="Give up waiting after this many seconds."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and print the equivalent Ray command."),
+    replace_all: bool = typer.Option(
+        False, "--replace-all", help="Serve config: remove the cluster's applications it does not contain."
+    ),
 ) -> None:
     """Submit a job file to a Ray cluster's job server; prints the submission id.
 
@@ -640,7 +739,9 @@ def submit(
         typer.echo(ray_job_submit_command(file, address))
         return
     try:
-        submission_id = submit_job(file, address, overrides, wait, follow, ship_package, pip, timeout)
+        submission_id = submit_job(
+            file, address, overrides, wait, follow, ship_package, pip, timeout, replace_all=replace_all
+        )
     except JobFailedError as err:
         console.print(err.log_tail, markup=False, highlight=False)
         fail(str(err), code=1)
@@ -697,16 +798,22 @@ def cluster_up_command(
     port: int = typer.Option(6379, help="GCS port of the head."),
     dashboard_port: int = typer.Option(8265, help="Dashboard / job server port."),
     temp_dir: Path | None = typer.Option(None, help="Temp dir (default /tmp/bm-ray-PORT)."),
+    auth: bool = typer.Option(True, "--auth/--no-auth", help="Ray token auth (a fresh token per cluster)."),
 ) -> None:
     """Start a head and N worker nodes on this machine; wait until all are alive."""
     from bm_ray.cluster import ClusterError, cluster_up
 
     try:
-        info = cluster_up(workers, cpus_per_worker, head_cpus, port, dashboard_port, temp_dir)
+        info = cluster_up(workers, cpus_per_worker, head_cpus, port, dashboard_port, temp_dir, auth=auth)
     except ClusterError as err:
         fail(str(err))
     typer.echo(f"cluster up: {workers + 1} nodes, temp dir {info.temp_dir}")
-    typer.echo(f"  export RAY_ADDRESS={info.dashboard_url}   # bm-ray submit / ray job submit")
+    if not auth:
+        typer.echo("  no token auth: anyone who reaches its ports can run code on it")
+    exports = " ".join(
+        f"{name}={value}" for name, value in {**info.auth_env, "RAY_ADDRESS": info.dashboard_url}.items()
+    )
+    typer.echo(f"  export {exports}   # bm-ray submit / jobs / serve, ray job submit")
     typer.echo(f"  bm-ray train --spec jobs/train.yaml --set address={info.address}")
 
 

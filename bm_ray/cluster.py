@@ -3,6 +3,10 @@
 Every process of a cluster lives under its own `--temp-dir`, so :func:`cluster_down` stops exactly that
 cluster (by the processes whose command line names the temp dir, and their children) and never touches
 other Ray clusters on the machine, as `ray stop` would.
+
+Token authentication is on by default: the cluster gets its own random token in `<temp-dir>/auth_token`
+(mode 0600), every node runs with `RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=<that file>`, and callers use the
+same two variables (Ray's own conventions; :attr:`ClusterInfo.auth_env`).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -22,9 +27,10 @@ from pathlib import Path
 
 import httpx
 
-from bm_ray.runtime import node_env
+from bm_ray.runtime import node_env, ray_auth_headers
 
 STATE_FILE = "bm-ray-cluster.json"
+TOKEN_FILE = "auth_token"
 HEAD_RESOURCE = "bm-ray-head"
 WORKER_RESOURCE = "bm-ray-worker"
 
@@ -41,6 +47,7 @@ class ClusterInfo:
     dashboard_port: int
     workers: int
     temp_dir: str
+    token_path: str | None = None
 
     @property
     def address(self) -> str:
@@ -51,6 +58,13 @@ class ClusterInfo:
     def dashboard_url(self) -> str:
         """Dashboard / job server address for `bm-ray submit --address` and `ray job submit`."""
         return f"http://127.0.0.1:{self.dashboard_port}"
+
+    @property
+    def auth_env(self) -> dict[str, str]:
+        """Ray's variables that make a client (bm-ray, `ray job submit`, `ray.init`) present the token."""
+        if self.token_path is None:
+            return {"RAY_AUTH_MODE": "disabled"}
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": self.token_path}
 
 
 def default_temp_dir(port: int) -> Path:
@@ -69,41 +83,56 @@ def _port_in_use(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _ray_start(args: list[str], temp_dir: Path, resources: dict[str, float]) -> None:
-    # Each node gets its own agent / client ports: the fixed defaults (52365, 10001) would collide
-    # with the other nodes of this cluster and with other clusters on the machine.
+def _write_token(temp_dir: Path) -> Path:
+    """A fresh random token for one cluster, readable by its owner only."""
+    path = temp_dir / TOKEN_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        file.write(secrets.token_hex(32))
+    return path
+
+
+def _ray_start(args: list[str], info: ClusterInfo, resources: dict[str, float], timeout_s: float) -> None:
+    # Each node gets its own agent / client / metrics ports: the fixed defaults (52365, 10001) would collide
+    # with the other nodes of this cluster and with other clusters on the machine, and so, on a busy machine,
+    # can the metrics port Ray picks by itself.
     command = [
         str(Path(sys.executable).with_name("ray")),
         "start",
         *args,
-        f"--temp-dir={temp_dir}",
+        f"--temp-dir={info.temp_dir}",
         "--node-ip-address=127.0.0.1",
         f"--dashboard-agent-listen-port={_free_port()}",
+        f"--metrics-export-port={_free_port()}",
         f"--resources={json.dumps(resources)}",
         "--disable-usage-stats",
     ]
     # The nodes (and so job entrypoints such as `bm-ray train`) use the tools of this interpreter's venv.
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    # Token auth is switched on implicitly for a head when ~/.ray/auth_token exists, but not for the nodes
-    # that join it; a local development cluster states its mode explicitly so that both sides agree.
-    env = {
-        **os.environ,
-        **node_env(),
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_AUTH_MODE": "disabled",
-        "PATH": path,
-    }
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+    # Every node states the mode and the token file explicitly, so that head, workers and job drivers agree
+    # (Ray would otherwise switch a head to token mode whenever ~/.ray/auth_token exists, but not its workers).
+    # RAY_AUTH_TOKEN would win over the file: a caller's own token must not leak into this cluster.
+    env = {name: value for name, value in os.environ.items() if name != "RAY_AUTH_TOKEN"}
+    env.update(node_env(), RAY_USAGE_STATS_ENABLED="0", PATH=path, **info.auth_env)
+    try:
+        result = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=timeout_s, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise ClusterError(f"`{' '.join(command[1:3])}` did not finish within {timeout_s:.0f}s") from None
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
         raise ClusterError(f"`{' '.join(command[1:3])}` failed (exit {result.returncode}):\n{tail}")
 
 
-def _alive_nodes(dashboard_url: str) -> int | None:
+def _alive_nodes(info: ClusterInfo) -> int | None:
     """Alive nodes as the dashboard sees them; None while it does not answer yet."""
+    headers = ray_auth_headers(info.auth_env)
     try:
-        httpx.get(f"{dashboard_url}/api/version", timeout=5).raise_for_status()
-        reply = httpx.get(f"{dashboard_url}/nodes", params={"view": "summary"}, timeout=5)
+        httpx.get(f"{info.dashboard_url}/api/version", headers=headers, timeout=5).raise_for_status()
+        reply = httpx.get(
+            f"{info.dashboard_url}/nodes", params={"view": "summary"}, headers=headers, timeout=5
+        )
         reply.raise_for_status()
     except httpx.HTTPError:
         return None
@@ -119,11 +148,14 @@ def cluster_up(
     dashboard_port: int = 8265,
     temp_dir: str | Path | None = None,
     timeout_s: float = 120,
+    auth: bool = True,
 ) -> ClusterInfo:
     """Start a head node (with dashboard and job server) and `workers` worker nodes; wait until all are alive.
 
     Worker nodes carry the custom resource `bm-ray-worker` (the head `bm-ray-head`), so work can be pinned to
-    them. On failure, whatever was started is stopped again.
+    them. With `auth` (the default) the cluster requires its own token (see the module doc); without it,
+    anyone who reaches its ports can run code on it. `timeout_s` bounds each `ray start` and the wait for the
+    nodes. On failure, whatever was started is stopped again.
     """
     if workers < 0 or cpus_per_worker < 1 or head_cpus < 0:
         raise ClusterError("workers must be >= 0, cpus_per_worker >= 1 and head_cpus >= 0")
@@ -132,7 +164,8 @@ def cluster_up(
             raise ClusterError(f"{name} {value} is already in use (another Ray cluster?); pick another")
     temp = Path(temp_dir or default_temp_dir(port)).resolve()
     temp.mkdir(parents=True, exist_ok=True)
-    info = ClusterInfo(port=port, dashboard_port=dashboard_port, workers=workers, temp_dir=str(temp))
+    token = str(_write_token(temp)) if auth else None
+    info = ClusterInfo(port, dashboard_port, workers, str(temp), token_path=token)
     # Recorded first, so that cluster_down can find every process even of a half-started cluster.
     (temp / STATE_FILE).write_text(json.dumps(asdict(info)), encoding="utf-8")
     try:
@@ -146,15 +179,19 @@ def cluster_up(
                 f"--num-cpus={head_cpus}",
                 f"--ray-client-server-port={_free_port()}",
             ],
-            temp,
+            info,
             {HEAD_RESOURCE: 1},
+            timeout_s,
         )
         for _ in range(workers):
             _ray_start(
-                [f"--address={info.address}", f"--num-cpus={cpus_per_worker}"], temp, {WORKER_RESOURCE: 1}
+                [f"--address={info.address}", f"--num-cpus={cpus_per_worker}"],
+                info,
+                {WORKER_RESOURCE: 1},
+                timeout_s,
             )
         deadline = time.monotonic() + timeout_s
-        while (alive := _alive_nodes(info.dashboard_url)) != workers + 1:
+        while (alive := _alive_nodes(info)) != workers + 1:
             if time.monotonic() > deadline:
                 raise ClusterError(f"{alive or 0} of {workers + 1} nodes alive after {timeout_s:.0f}s")
             time.sleep(1)
@@ -227,4 +264,5 @@ def cluster_down(temp_dir: str | Path, timeout_s: float = 10) -> int:
         time.sleep(0.5)
     _signal_all(left, signal.SIGKILL)
     (temp / STATE_FILE).unlink(missing_ok=True)
+    (temp / TOKEN_FILE).unlink(missing_ok=True)
     return len(pids | left)

@@ -89,8 +89,8 @@ def run_demo(
     from ray import serve
 
     from bm_ray.classify import classify
-    from bm_ray.corpus import ingest
     from bm_ray.evaluate import evaluate
+    from bm_ray.ingest import ingest
     from bm_ray.models import PRESETS, fetch_preset
     from bm_ray.runtime import init_ray
     from bm_ray.serve import run_serve

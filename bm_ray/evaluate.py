@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -12,23 +13,55 @@ import numpy as np
 
 from bm_ray.engine import Predictor
 from bm_ray.metrics import ConfusionMatrix, plot_confusion_matrix
+from bm_ray.report import PREDICTIONS_FILE, try_build_report
 from bm_ray.specs import EvaluateSpec
+from bm_ray.storage import is_remote, redact, redact_uri, upload_dir
 
 UNKNOWN_LABEL = "unknown_label"
 MISSING_LABEL = "missing_label"
+TEXT_SNIPPET_CHARS = 500
+"""Characters of each text kept in predictions.parquet: enough to eyeball an example in the report."""
 
 
-def evaluate_batches(predictor: Predictor, batches: Any) -> dict[str, Any]:
-    """Evaluate `(texts, labels)` batches; rows whose label the model does not know are counted, not fatal.
+class PredictionLog:
+    """Per-row predictions of an evaluation (id, true label, predicted label, top score, text snippet).
+
+    Written as predictions.parquet beside metrics.json: the report's risk–coverage curve, reliability
+    diagram and example lists are computed from it alone.
+    """
+
+    def __init__(self) -> None:
+        self.columns: dict[str, list[Any]] = {k: [] for k in ("id", "label", "predicted", "score", "text")}
+
+    def add(
+        self, ids: list[str], labels: list[str], predicted: list[str], scores: Any, texts: list[str]
+    ) -> None:
+        """Append one batch of evaluated rows."""
+        for name, values in zip(self.columns, (ids, labels, predicted, scores, texts), strict=True):
+            self.columns[name].extend(values)
+
+    def write(self, path: str | Path) -> Path:
+        """Write the rows as Parquet (texts cut to :data:`TEXT_SNIPPET_CHARS`)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        columns = dict(self.columns, text=[t[:TEXT_SNIPPET_CHARS] for t in self.columns["text"]])
+        schema = pa.schema([(k, pa.float32() if k == "score" else pa.string()) for k in columns])
+        pq.write_table(pa.table(columns, schema=schema), path)
+        return Path(path)
+
+
+def evaluate_batches(predictor: Predictor, batches: Any, log: PredictionLog | None = None) -> dict[str, Any]:
+    """Evaluate `(texts, labels, ids)` batches; rows whose label the model does not know are counted, not fatal.
 
     Returns the metrics report plus `rows_evaluated`, `rows_rejected`, `rejected_by_reason`,
-    `unknown_labels` (label → count) and `log_loss`.
+    `unknown_labels` (label → count) and `log_loss`. Every evaluated row goes into `log` when given.
     """
     matrix = ConfusionMatrix(predictor.labels)
     unknown: Counter[str] = Counter()
     rejected: Counter[str] = Counter()
     log_loss_sum = 0.0
-    for texts, labels in batches:
+    for texts, labels, ids in batches:
         keep = [i for i, label in enumerate(labels) if label in matrix.index]
         for label in labels:
             if label is None:
@@ -40,7 +73,12 @@ def evaluate_batches(predictor: Predictor, batches: Any) -> dict[str, Any]:
             continue
         probs = predictor.predict_proba([texts[i] for i in keep])
         true_ids = np.asarray([matrix.index[labels[i]] for i in keep])
-        matrix.add_indices(true_ids, probs.argmax(axis=1))
+        top = probs.argmax(axis=1)
+        matrix.add_indices(true_ids, top)
+        if log is not None:
+            kept_texts = [texts[i] for i in keep]
+            names = [predictor.labels[k] for k in top]
+            log.add([ids[i] for i in keep], [labels[i] for i in keep], names, probs.max(axis=1), kept_texts)
         log_loss_sum += float(-np.log(np.clip(probs[np.arange(len(keep)), true_ids], 1e-12, 1.0)).sum())
     report = matrix.report()
     report.update(
@@ -54,7 +92,7 @@ def evaluate_batches(predictor: Predictor, batches: Any) -> dict[str, Any]:
 
 
 def corpus_batches(ds: Any, ingest_rejects: Counter[str], batch_size: int = 1024) -> Any:
-    """Yield (texts, labels) of the ok rows of a corpus dataset in one streaming pass.
+    """Yield (texts, labels, ids) of the ok rows of a corpus dataset in one streaming pass.
 
     Reject rows (blank lines excepted: they are not rows) are counted into `ingest_rejects` by reason.
     """
@@ -63,14 +101,19 @@ def corpus_batches(ds: Any, ingest_rejects: Counter[str], batch_size: int = 1024
         ingest_rejects.update(r for r in reasons if r is not None and r != "blank_line")
         ok = [i for i, reason in enumerate(reasons) if reason is None]
         texts, labels = batch.column("text").to_pylist(), batch.column("label").to_pylist()
-        yield [texts[i] for i in ok], [labels[i] for i in ok]
+        ids = batch.column("id").to_pylist()
+        yield [texts[i] for i in ok], [labels[i] for i in ok], [ids[i] for i in ok]
 
 
-def write_report(report: dict[str, Any], output: str | Path, title: str) -> Path:
-    """Write metrics.json and confusion_matrix.png into `output`."""
+def write_report(
+    report: dict[str, Any], output: str | Path, title: str, log: PredictionLog | None = None
+) -> Path:
+    """Write metrics.json, confusion_matrix.png and (given `log`) predictions.parquet into `output`."""
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    if log is not None:
+        log.write(out / PREDICTIONS_FILE)
     plot_confusion_matrix(report, out / "confusion_matrix.png", title=title)
     return out
 
@@ -83,17 +126,34 @@ def evaluate(spec: EvaluateSpec) -> dict[str, Any]:
     started = time.time()
     init_ray()
     predictor = Predictor.load(spec.model, batch_size=spec.batch_size)
-    ds, _ = read_corpus(spec.data)
+    ds, info = read_corpus(spec.data)
     ingest_rejects: Counter[str] = Counter()
-    report = evaluate_batches(predictor, corpus_batches(ds, ingest_rejects))
+    log = PredictionLog()
+    try:
+        report = evaluate_batches(predictor, corpus_batches(ds, ingest_rejects), log)
+    finally:
+        if info.dedupe is not None:
+            info.dedupe.close()
     for reason, count in ingest_rejects.items():
         report["rejected_by_reason"][reason] = report["rejected_by_reason"].get(reason, 0) + count
     report["rows_rejected"] += sum(ingest_rejects.values())
     report.update(
-        model={"name": predictor.info.name, "version": predictor.info.version, "path": spec.model},
-        data=spec.data.input,
+        model={
+            "name": predictor.info.name,
+            "version": predictor.info.version,
+            "path": redact_uri(spec.model),
+        },
+        data=redact(spec.data.input),
         elapsed_s=round(time.time() - started, 2),
     )
     if spec.output:
-        write_report(report, spec.output, title=f"{predictor.info.name} on {Path(spec.data.input[0]).name}")
+        title = f"{predictor.info.name} on {Path(redact_uri(spec.data.input[0]).split('?')[0]).name}"
+        if is_remote(spec.output):
+            with tempfile.TemporaryDirectory(prefix="bm-ray-eval-") as local:
+                write_report(report, local, title=title, log=log)
+                try_build_report(local)
+                upload_dir(local, spec.output)
+        else:
+            write_report(report, spec.output, title=title, log=log)
+            try_build_report(spec.output)
     return report

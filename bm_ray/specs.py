@@ -78,6 +78,22 @@ class IngestSpec(StrictModel):
         default=1_000_000, gt=0, description="Texts longer than this are rejected as too_long."
     )
     rows_per_block: int = Field(default=1000, gt=0, description="Rows per block emitted by a read task.")
+    dedupe: Literal["ids", "none"] = Field(
+        default="ids",
+        description="ids: the first row with an id (listing order) wins, later ones are duplicate_id; none: keep all.",
+    )
+    max_line_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        gt=0,
+        description="A JSONL/CSV line (or JSON array element) longer than this is a too_long reject, never read whole.",
+    )
+    max_reject_fraction: float | None = Field(
+        default=0.99,
+        gt=0,
+        le=1,
+        description="Stop ingest/classify when more than this fraction of the rows read so far are rejected "
+        "(checked from 1,000 rows on, and at the end); null: never.",
+    )
 
     @model_validator(mode="after")
     def _check_caps(self) -> IngestSpec:
@@ -98,7 +114,7 @@ class TrainSpec(StrictModel):
     )
     val_fraction: float = Field(default=0.1, gt=0, lt=0.5, description="Held-out fraction when no val_data.")
     base_model: str = Field(
-        default=DEFAULT_MODEL, description="Preset name, local dir, s3:// / gs:// URI or hub id."
+        default=DEFAULT_MODEL, description="Preset name, local dir, s3:// / gs:// URI or hf:ORG/NAME hub id."
     )
     output: str = Field(description="Model directory to write (local path, s3:// or gs://).")
     workers: int = Field(default=2, ge=1)
@@ -120,7 +136,14 @@ class TrainSpec(StrictModel):
     keep_checkpoints: int = Field(default=2, ge=1, description="Best checkpoints kept (by val macro-F1).")
     max_failures: int = Field(default=3, ge=0, description="Worker/node failures survived (FailureConfig).")
     resume: bool = Field(
-        default=False, description="Continue the run stored under output after a driver crash."
+        default=False,
+        description="Continue the run stored under output (after a driver crash); refused when the spec, "
+        "the input files or the labels differ from the stored run's.",
+    )
+    overwrite: bool = Field(
+        default=False,
+        description="Train afresh over output, deleting a finished bm-ray model there (a finished output "
+        "is refused otherwise).",
     )
     address: str | None = Field(default=None, description="Ray address; embedded local Ray when omitted.")
 
@@ -128,6 +151,10 @@ class TrainSpec(StrictModel):
     def _check_batch(self) -> TrainSpec:
         if self.batch_size < self.workers:
             raise ValueError(f"batch_size ({self.batch_size}) must be >= workers ({self.workers})")
+        if self.resume and self.overwrite:
+            raise ValueError(
+                "resume and overwrite exclude each other: continue the stored run or start afresh"
+            )
         return self
 
 
@@ -223,6 +250,11 @@ class ServeSpec(StrictModel):
     max_text_chars: int = Field(default=100_000, ge=1, description="Longer texts are refused with 422.")
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     api_key_env: str | None = Field(default=None, description="Env var holding the Bearer API key.")
+    api_key_file: str | None = Field(
+        default=None,
+        description="File holding the Bearer API key (e.g. a mounted Kubernetes Secret); a missing file fails "
+        "the replica instead of opening the endpoint.",
+    )
     cpus_per_replica: float = Field(default=1, gt=0)
     gpus_per_replica: float = Field(default=0, ge=0)
     precision: Precision = "auto"
@@ -231,6 +263,8 @@ class ServeSpec(StrictModel):
     def _check(self) -> ServeSpec:
         if self.max_replicas < self.min_replicas:
             raise ValueError(f"max_replicas ({self.max_replicas}) < min_replicas ({self.min_replicas})")
+        if self.api_key_env and self.api_key_file:
+            raise ValueError("api_key_env and api_key_file: give one source of the API key, not both")
         return self
 
 

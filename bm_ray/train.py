@@ -28,8 +28,10 @@ import pyarrow as pa
 import tensorflow as tf
 
 from bm_ray.evaluate import MISSING_LABEL, UNKNOWN_LABEL
-from bm_ray.models import ModelInfo, is_remote, resolve_model
+from bm_ray.models import ModelInfo, resolve_model
 from bm_ray.specs import IngestSpec, TrainSpec
+from bm_ray.storage import is_remote, join_uri, redact, redact_uri, resolve_uri, upload_dir
+from bm_ray.train_resume import OPTIMIZER_STATE_FILE, RUN_DIR
 
 TRAIN_STATE_FILE = "train_state.json"
 
@@ -84,8 +86,10 @@ def _read_rows(ingest: IngestSpec, name: str) -> tuple[Any, Any, Counter[str], C
     """
     from bm_ray.corpus import read_corpus
 
-    ds, _ = read_corpus(ingest)
+    ds, info = read_corpus(ingest)
     ds = ds.filter(lambda row: row["reason"] != "blank_line").materialize()
+    if info.dedupe is not None:
+        info.dedupe.close()
     reasons: Counter[str] = Counter()
     label_counts: Counter[str] = Counter()
     rows_read = 0
@@ -272,6 +276,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     from bm_ray.engine import Predictor, configure_threads
     from bm_ray.models import save_model_dir
+    from bm_ray.train_resume import restore_optimizer_state, save_optimizer_state
 
     configure_threads(config["threads"])
     tf.keras.utils.set_random_seed(config["seed"])
@@ -300,14 +305,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     with strategy.scope():
         model = compile_classifier(weights_from, labels, total_steps, config)
         model.optimizer.iterations.assign(start_epoch * steps)  # the LR schedule continues after a restore
+        if restored_dir:
+            restore_optimizer_state(model.optimizer, model, restored_dir)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(config["base_model"]))
-    info = ModelInfo(labels, config["max_length"], config["name"], "0", config["base_model"])
+    # An empty version is stamped from the weights of each checkpoint when it is saved.
+    info = ModelInfo(labels, config["max_length"], config["name"], "", redact_uri(config["base_model"]))
     predictor = Predictor(model, tokenizer, info, batch_size=64)
     shard = ray.train.get_dataset_shard("train")
     options = tf.data.Options()
     # Each worker already holds only its own Ray Data shard: TF must not shard it again.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    tensorboard = tf.summary.create_file_writer(config["tensorboard_dir"]) if rank == 0 else None
+    # TF writes summaries to local disks only: for an object-store output rank 0 writes a local copy
+    # and uploads it every epoch, so the events land in the output whichever node ran rank 0.
+    tensorboard_target = config["tensorboard_dir"]
+    tensorboard_local = tempfile.mkdtemp(prefix="bm-ray-tb-") if is_remote(tensorboard_target) else None
+    tensorboard = (
+        tf.summary.create_file_writer(tensorboard_local or tensorboard_target) if rank == 0 else None
+    )
 
     for epoch in range(start_epoch, config["epochs"]):
         started = time.time()
@@ -352,8 +366,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     if isinstance(value, int | float):
                         tf.summary.scalar(key, value)
             tensorboard.flush()
+            if tensorboard_local:
+                upload_dir(tensorboard_local, tensorboard_target)
             checkpoint_dir = tempfile.mkdtemp(prefix="bm-ray-ckpt-")
             save_model_dir(model, tokenizer, info, checkpoint_dir)
+            save_optimizer_state(model.optimizer, checkpoint_dir)
             state = {"epoch": epoch + 1, "history": history, "recoveries": recoveries}
             (Path(checkpoint_dir) / TRAIN_STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
             checkpoint_out = ray.train.Checkpoint.from_directory(checkpoint_dir)
@@ -361,8 +378,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         ray.train.report({**metrics, "history": list(history)}, checkpoint=checkpoint_out)
         if checkpoint_out is not None:
             shutil.rmtree(checkpoint_out.path, ignore_errors=True)
-    if restored_dir:
-        shutil.rmtree(restored_dir, ignore_errors=True)
+    for scratch in (restored_dir, tensorboard_local):
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
     os.environ.pop("TF_CONFIG", None)
 
 
@@ -426,20 +444,21 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     from ray.train.tensorflow import TensorflowTrainer
 
     from bm_ray.runtime import init_ray, runtime_env
+    from bm_ray.train_resume import prepare_train_output, record_labels
 
     started = time.time()
+    prepare_train_output(spec)  # refuses a finished output or a resume of another run, before any work
+    resolve_model(spec.base_model)  # a missing path or an offline download fails here, not in a worker
     init_ray(spec.address)
     remote_output = is_remote(spec.output)
     local_output = Path(tempfile.mkdtemp(prefix="bm-ray-model-")) if remote_output else Path(spec.output)
     local_output.mkdir(parents=True, exist_ok=True)
-    storage_path = (
-        f"{spec.output.rstrip('/')}/_ray_train" if remote_output else str(local_output / "_ray_train")
-    )
+    # An explicit filesystem: URI options (endpoint_override, credentials) survive path joins.
+    storage_fs, storage_path = resolve_uri(join_uri(spec.output, RUN_DIR))
     name = run_name(spec.output)
-    if not spec.resume and not remote_output:
-        shutil.rmtree(Path(storage_path) / name, ignore_errors=True)
 
     data = prepare_data(spec)
+    record_labels(spec, data.labels)
     rejects = data.counts.pop("rejects")
     print(
         f"[bm-ray] training on {data.counts['train_rows']} rows, validating on {data.counts['val_rows']}, "
@@ -451,8 +470,10 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         "max_length": data.max_length,
         "train_rows": data.counts["train_rows"],
         "base_model": spec.base_model,
-        "name": Path(spec.output.rstrip("/")).name or "bm-ray-model",
-        "tensorboard_dir": str(local_output / "tensorboard"),
+        "name": Path(redact_uri(spec.output).split("?", 1)[0].rstrip("/")).name or "bm-ray-model",
+        "tensorboard_dir": join_uri(spec.output, "tensorboard")
+        if remote_output
+        else str(local_output / "tensorboard"),
         "threads": max(1, int(spec.cpus_per_worker)),
         **spec.model_dump(include={"epochs", "batch_size", "learning_rate", "warmup_fraction"}),
         **spec.model_dump(include={"weight_decay", "seed", "mixed_precision"}),
@@ -468,6 +489,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         run_config=RunConfig(
             name=name,
             storage_path=storage_path,
+            storage_filesystem=storage_fs,
             checkpoint_config=CheckpointConfig(
                 num_to_keep=spec.keep_checkpoints,
                 checkpoint_score_attribute="val_macro_f1",
@@ -497,29 +519,32 @@ def _finish(
 ) -> dict[str, Any]:
     """Materialise the best checkpoint as the model directory, evaluate it, write metrics and plots."""
     from bm_ray.engine import Predictor
-    from bm_ray.evaluate import corpus_batches, evaluate_batches, write_report
+    from bm_ray.evaluate import PredictionLog, corpus_batches, evaluate_batches, write_report
     from bm_ray.metrics import plot_training_curves
+    from bm_ray.report import try_build_report
 
     checkpoint.to_directory(str(local_output))
     state = json.loads((local_output / TRAIN_STATE_FILE).read_text(encoding="utf-8"))
     (local_output / TRAIN_STATE_FILE).unlink()
+    (local_output / OPTIMIZER_STATE_FILE).unlink(missing_ok=True)  # resume state, not part of the model
     predictor = Predictor.load(str(local_output), batch_size=64)
-    report = evaluate_batches(predictor, corpus_batches(data.val_rows, Counter()))
+    log = PredictionLog()
+    report = evaluate_batches(predictor, corpus_batches(data.val_rows, Counter()), log)
     report.update(
         epochs=latest_metrics.get("history") or state["history"],
         best_epoch=state["epoch"],
         recovered_after_epochs=latest_metrics.get("recovered_after_epochs", []),
         data=data.counts,
-        spec=spec.model_dump(mode="json"),
+        spec=redact(spec.model_dump(mode="json")),
         elapsed_s=round(time.time() - started, 1),
     )
     if rejects.count():
-        rejects.drop_columns(["_unit", "_row"]).write_parquet(str(local_output / "rejects"))
-    write_report(report, local_output, title="validation")
+        # Written by Ray Data tasks on any node: straight into the output, never a driver-local path.
+        rejects_fs, rejects_path = resolve_uri(join_uri(spec.output, "rejects"))
+        rejects.drop_columns(["_unit", "_row"]).write_parquet(rejects_path, filesystem=rejects_fs)
+    write_report(report, local_output, title="validation", log=log)
     plot_training_curves(report["epochs"], local_output / "training_curves.png")
+    try_build_report(str(local_output))
     if is_remote(spec.output):
-        import pyarrow.fs as pafs
-
-        fs, path = pafs.FileSystem.from_uri(spec.output)
-        pafs.copy_files(str(local_output), path, destination_filesystem=fs)
+        upload_dir(local_output, spec.output)
     return report

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -22,7 +25,7 @@ from bm_ray.corpus import ok_rows, read_corpus
 from bm_ray.engine import Predictor
 from bm_ray.evaluate import corpus_batches, evaluate_batches
 from bm_ray.metrics import ConfusionMatrix
-from bm_ray.models import make_tiny_model
+from bm_ray.models import make_tiny_model, read_model_info
 from bm_ray.specs import ClassifySpec, IngestSpec
 
 LABELS = ["x", "y", "z"]
@@ -79,7 +82,11 @@ def test_broken_rows_accounted_and_predictions_match_engine_and_evaluate(
     assert summary["rejected_by_reason"] == corpus.rejected_by_reason
     assert summary["blank_lines"] == corpus.blank_lines
     assert sum(summary["label_counts"].values()) == summary["rows_classified"]
-    assert summary["model"] == {"name": "tiny-bert", "version": "0", "path": tiny_model}
+    assert summary["model"] == {
+        "name": "tiny-bert",
+        "version": read_model_info(tiny_model).version,
+        "path": tiny_model,
+    }
     assert summary["elapsed_s"] > 0 and summary["rows_per_s"] > 0
     assert json.loads((out / "summary.json").read_text()) == summary
 
@@ -161,26 +168,61 @@ def test_killed_actor_commits_every_id_exactly_once(tmp_path: Path, tiny_model: 
     assert result.stdout.strip().endswith("summary.json")
 
 
-def test_resume_after_killed_job_and_overwrite(ray_local, tmp_path: Path, tiny_model: str) -> None:
-    ids = write_good_rows(tmp_path / "rows.jsonl", 50)
+def test_sigkilled_classify_resumes_exactly_once(ray_local, tmp_path: Path, tiny_model: str) -> None:
+    """A real `bm-ray classify` is SIGKILLed mid-run (with its embedded Ray), then rerun into the same
+    output: every id is predicted once, nothing is missing, and the read-time accounting is exact."""
+    ids = write_good_rows(tmp_path / "rows.jsonl", 400)
     ingest = IngestSpec(input=[str(tmp_path / "rows.jsonl")], rows_per_block=5)
     out = tmp_path / "out"
     spec = ClassifySpec(model=tiny_model, input=ingest, output=str(out), batch_size=5, actors=1)
-    first = classify(spec)
-    assert first["rows_read"] == len(ids) and first["commits"] >= 5
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    bm_ray_cli = Path(sys.executable).with_name("bm-ray")
+    log = (tmp_path / "driver.log").open("wb")
+    driver = subprocess.Popen(
+        [str(bm_ray_cli), "classify", "--spec", str(spec_file), "--address", "local"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: the driver and the Ray it started
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while len(list((out / "_commits").glob("*.json"))) < 4 and time.monotonic() < deadline:
+            if driver.poll() is not None:
+                tail = (tmp_path / "driver.log").read_text(errors="replace")[-3000:]
+                pytest.fail(
+                    f"the classify job ended (exit {driver.returncode}) before it was killed:\n{tail}"
+                )
+            time.sleep(0.2)
+        assert len(list((out / "_commits").glob("*.json"))) >= 4, "no commits within 300 s"
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=60)
+        log.close()
+    assert (out / "_lease.json").exists()  # left behind by the killed driver: stale, taken over below
+    committed = sum(json.loads(r.read_text())["rows_committed"] for r in (out / "_commits").glob("*.json"))
+    assert 0 < committed < len(ids)
 
-    # A job killed mid-run: the last commits never happened (their data files are debris), plus a temp file.
-    records = sorted((out / "_commits").glob("*.json"))
-    for record in records[len(records) // 2 :]:
-        record.unlink()
-    (out / "predictions" / ".tmp-partial.parquet-0000").write_bytes(b"partial")
     resumed = classify(spec)
-    committed = sum(json.loads(r.read_text())["rows_read"] for r in records[: len(records) // 2])
-    assert resumed["rows_resumed"] == committed and resumed["rows_this_run"] == len(ids) - committed
+    assert (
+        resumed["rows_resumed"] >= committed
+        and resumed["rows_this_run"] == len(ids) - resumed["rows_resumed"]
+    )
     assert resumed["rows_read"] == resumed["rows_classified"] == len(ids)
     predictions = ids_exactly_once(out, set(ids))
     assert sorted(predictions.column("id").to_pylist()) == sorted(ids)
-    assert not list((out / "predictions").glob(".tmp-*"))
+    assert not list(out.rglob(".tmp-*")) and not (out / "_lease.json").exists()
+
+    # a commit whose data file is gone: detected on resume, its rows classified again
+    lost = sorted((out / "predictions").glob("*.parquet"))[0]
+    lost_rows = pq.read_table(lost).num_rows
+    lost.unlink()
+    again = classify(spec)
+    assert again["rows_this_run"] == lost_rows and again["rows_classified"] == len(ids)
+    assert sorted(ids_exactly_once(out, set(ids)).column("id").to_pylist()) == sorted(ids)
 
     with pytest.raises(ValueError, match="different job"):
         classify(spec.model_copy(update={"input": ingest.model_copy(update={"text_fields": ["body"]})}))
@@ -188,6 +230,34 @@ def test_resume_after_killed_job_and_overwrite(ray_local, tmp_path: Path, tiny_m
     fresh = classify(spec.model_copy(update={"overwrite": True}))
     assert fresh["rows_resumed"] == 0 and fresh["rows_this_run"] == fresh["rows_read"] == len(ids)
     ids_exactly_once(out, set(ids))
+
+
+def test_resume_refuses_another_model_version_at_the_same_path(
+    ray_local, tmp_path: Path, tokenizer_dir: str
+) -> None:
+    model_dir = tmp_path / "model"
+    make_tiny_model(model_dir, LABELS, tokenizer_dir, seed=0)
+    old = read_model_info(model_dir).version
+    ids = write_good_rows(tmp_path / "rows.jsonl", 20)
+    ingest = IngestSpec(input=[str(tmp_path / "rows.jsonl")], rows_per_block=10)
+    spec = ClassifySpec(
+        model=str(model_dir), input=ingest, output=str(tmp_path / "out"), batch_size=8, actors=1
+    )
+    first = classify(spec)
+    assert first["model"]["version"] == old
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["model"]["version"] == old
+    assert set(ids_exactly_once(tmp_path / "out", set(ids)).column("model").to_pylist()) == {
+        f"tiny-bert/{old}"
+    }
+
+    shutil.rmtree(model_dir)
+    make_tiny_model(model_dir, LABELS, tokenizer_dir, seed=1)  # retrained at the same path
+    new = read_model_info(model_dir).version
+    assert new != old
+    with pytest.raises(ValueError, match=rf"model version {old}, but the model is now version {new}"):
+        classify(spec)
+    fresh = classify(spec.model_copy(update={"overwrite": True}))
+    assert fresh["model"]["version"] == new and fresh["rows_read"] == len(ids)
 
 
 def test_precision_agreement_bf16_runs(tiny_model: str) -> None:

@@ -55,6 +55,40 @@ def test_dockerfile_versions_match_pyproject() -> None:
     assert "! pip show torch" in dockerfile, "the build must fail when torch is pulled in"
 
 
+def test_image_bakes_the_presets_and_runs_offline() -> None:
+    """The weights are fetched at build time into the image's model cache, and the image is offline after it."""
+    dockerfile = (CLUSTER / "Dockerfile").read_text(encoding="utf-8")
+    cache = re.search(r"\bBM_RAY_CACHE=(\S+)", dockerfile)
+    assert cache, "the image's model cache (BM_RAY_CACHE) must be set"
+    fetch = re.search(r"^RUN .*\bbm-ray model fetch\b.*$", dockerfile, re.M)
+    assert fetch, "the presets must be fetched with `bm-ray model fetch` at build time"
+    presets = re.search(r'^ARG PRESETS="([^"]+)"', dockerfile, re.M)
+    assert presets and "minilm-l6" in presets[1].split()
+    offline = re.search(r"^ENV BM_RAY_OFFLINE=1$", dockerfile, re.M)
+    assert offline and offline.start() > fetch.start(), (
+        "BM_RAY_OFFLINE=1 must follow the fetch (it would refuse it)"
+    )
+    assert f"chmod -R a+rX {cache[1]}" in dockerfile  # pods run as another UID than the build's
+    helpers = (ROOT / "helm" / "bm-ray" / "templates" / "_helpers.tpl").read_text(encoding="utf-8")
+    assert f"if [ -d {cache[1]} ]; then cp -Rn {cache[1]}/." in helpers  # the chart seeds its writable cache
+
+
+def test_launcher_configs_use_token_auth() -> None:
+    """Every `ray start` of the launcher configs runs in token mode, and the token file reaches every node."""
+    for name in ("local.yaml", "aws.yaml"):
+        config = yaml.safe_load((CLUSTER / name).read_text(encoding="utf-8"))
+        starts = [
+            c
+            for c in config["head_start_ray_commands"] + config["worker_start_ray_commands"]
+            if "ray start" in c
+        ]
+        docker_env = " ".join(config.get("docker", {}).get("run_options", []))
+        assert starts and all(
+            "RAY_AUTH_MODE=token" in c or "--env RAY_AUTH_MODE=token" in docker_env for c in starts
+        )
+        assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token", name
+
+
 def test_python_version_matches_pyproject() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     assert project["requires-python"].startswith(">=3.11")

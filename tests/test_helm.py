@@ -28,10 +28,16 @@ TOGGLES: dict[str, dict[str, Any]] = {
         "serve": {"enabled": True},
         "ingress": {"enabled": True, "className": "nginx", "tlsSecret": "tls"},
     },
+    "ingress-http": {
+        "serve": {"enabled": True},
+        "ingress": {"enabled": True, "allowInsecureHttp": True},
+    },
+    "open": {"networkPolicy": {"enabled": False}, "rayAuth": {"mode": "disabled"}},
     "loadbalancer": {"serve": {"enabled": True, "service": {"type": "LoadBalancer"}}},
     "object-store": {
         "storage": {"pvc": {"enabled": False}, "objectStore": {"credentialsSecret": "s3-creds"}}
     },
+    "grafana": {"grafana": {"enabled": True, "folder": "ML"}},
 }
 
 
@@ -102,7 +108,7 @@ def test_rendered_objects_are_valid(toggle: str) -> None:
 
 def test_default_values_render_one_private_cluster() -> None:
     objects = render({})
-    assert {obj["kind"] for obj in objects} == {"RayCluster", "PersistentVolumeClaim"}
+    assert {obj["kind"] for obj in objects} == {"RayCluster", "PersistentVolumeClaim", "NetworkPolicy"}
     (cluster,) = _by_kind(objects, "RayCluster")
     spec = cluster["spec"]
     assert spec["enableInTreeAutoscaling"] is True
@@ -112,7 +118,8 @@ def test_default_values_render_one_private_cluster() -> None:
         assert template["spec"]["securityContext"]["runAsNonRoot"] is True
         container = template["spec"]["containers"][0]
         context = container["securityContext"]
-        assert context["runAsUser"] == 1000
+        assert context["runAsUser"] >= 10000
+        assert context["readOnlyRootFilesystem"] is True
         assert context["allowPrivilegeEscalation"] is False
         assert context["capabilities"]["drop"] == ["ALL"]
         assert container["resources"]["requests"] and container["resources"]["limits"]
@@ -133,7 +140,7 @@ def test_rayjob_runs_the_jobs_file(kind: str) -> None:
     objects = render({kind: {"enabled": True}})
     (job,) = _by_kind(objects, "RayJob")
     (config_map,) = _by_kind(objects, "ConfigMap")
-    assert job["spec"]["entrypoint"] == f"bm-ray {kind} --spec /etc/bm-ray/{kind}.yaml"
+    assert job["spec"]["entrypoint"] == f"bm-ray {kind} --spec /etc/bm-ray/spec/{kind}.yaml"
     assert job["spec"]["shutdownAfterJobFinishes"] is True
     assert job["spec"]["ttlSecondsAfterFinished"] > 0 and job["spec"]["activeDeadlineSeconds"] > 0
     expected = yaml.safe_load((ROOT / "jobs" / f"{kind}.yaml").read_text(encoding="utf-8"))
@@ -159,11 +166,16 @@ def test_rayservice_serves_the_jobs_file_privately() -> None:
     assert yaml.safe_load(service["spec"]["serveConfigV2"]) == expected
     assert service["spec"]["serveService"]["spec"]["type"] == "ClusterIP"
     assert not _by_kind(objects, "Ingress")
-    head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
-    api_key = next(
-        env for env in head["env"] if env["name"] == expected["applications"][0]["args"]["api_key_env"]
-    )
-    assert api_key["valueFrom"]["secretKeyRef"] == {"name": "bm-ray-api-key", "key": "api-key"}
+    key_file = Path(expected["applications"][0]["args"]["api_key_file"])
+    cluster = service["spec"]["rayClusterConfig"]
+    head = cluster["headGroupSpec"]["template"]["spec"]
+    worker = cluster["workerGroupSpecs"][0]["template"]["spec"]
+    # The key is a file in the Serve worker pods only (the head runs no replicas: num-cpus 0).
+    (volume,) = [v for v in worker["volumes"] if v.get("secret", {}).get("secretName") == "bm-ray-api-key"]
+    assert volume["secret"]["items"] == [{"key": "api-key", "path": key_file.name}]
+    (mount,) = [m for m in worker["containers"][0]["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount["mountPath"] == str(key_file.parent) and mount["readOnly"] is True
+    assert not [v for v in head["volumes"] if "secret" in v]
 
 
 def test_public_exposure_only_when_asked() -> None:
@@ -178,8 +190,13 @@ def test_object_store_uses_existing_secret_and_no_pvc() -> None:
     objects = render(TOGGLES["object-store"])
     assert not _by_kind(objects, "PersistentVolumeClaim")
     (cluster,) = _by_kind(objects, "RayCluster")
-    container = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
-    assert container["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+    template = cluster["spec"]["headGroupSpec"]["template"]["spec"]
+    container = template["containers"][0]
+    assert "envFrom" not in container
+    (volume,) = [v for v in template["volumes"] if v.get("secret", {}).get("secretName") == "s3-creds"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["AWS_SHARED_CREDENTIALS_FILE"] == f"{mount['mountPath']}/credentials"
 
 
 @pytest.mark.parametrize(
@@ -191,8 +208,19 @@ def test_object_store_uses_existing_secret_and_no_pvc() -> None:
         {"serve": {"service": {"type": "Public"}}},
         {"train": {"spec": {"kind": "classify"}}},
         {"ingress": {"enabled": "yes"}},
+        {"grafana": {"enabled": "yes"}},
     ],
 )
 def test_bad_values_are_refused(bad: dict[str, Any]) -> None:
     with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError):
         chart.render(copy.deepcopy(bad), name="demo", namespace="ml")
+
+
+def test_grafana_dashboard_configmap_only_when_enabled() -> None:
+    """The dashboard file, verbatim, in a ConfigMap carrying the label Grafana's sidecar watches."""
+    assert not [obj for obj in _by_kind(render({}), "ConfigMap") if "grafana" in obj["metadata"]["name"]]
+    (config_map,) = _by_kind(render(TOGGLES["grafana"]), "ConfigMap")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert config_map["metadata"]["annotations"] == {"grafana_folder": "ML"}
+    dashboard = (CHART / "dashboards" / "bm-ray.json").read_text(encoding="utf-8")
+    assert config_map["data"]["bm-ray.json"] == dashboard.rstrip("\n")

@@ -24,6 +24,7 @@ from bm_ray.jobs import (
     load_job,
     merge_overrides,
     ray_job_submit_command,
+    serve_applications,
     stop_job,
     submit,
     submit_entrypoint,
@@ -189,6 +190,32 @@ def test_stop_job_stops_a_running_job(local_cluster) -> None:  # noqa: F811
     assert err.value.status == "STOPPED"
 
 
+def test_token_auth_submit_needs_the_token(local_cluster, monkeypatch) -> None:  # noqa: F811
+    """The cluster runs with token auth: a submit with the token (Ray's variables) runs, one without is refused."""
+    address = local_cluster.dashboard_url
+    job_id = submit_entrypoint("python -c 'print(\"authed\")'", address, job_runtime_env())
+    assert wait_job(job_id, address, timeout_s=WAIT_S) == "SUCCEEDED"
+    assert local_cluster.auth_env["RAY_AUTH_MODE"] == "token"
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(name)
+    assert httpx.get(f"{address}/api/jobs/", timeout=60).status_code == 401
+    # Ray's client may still present its default token file (~/.ray/auth_token, written by any local Ray
+    # 2.60 start on this machine), which is not this cluster's token: either way the call is refused.
+    refused_without_token = r"Authentication (required|failed)"
+    with pytest.raises(JobsError, match=refused_without_token + r".*RAY_AUTH_TOKEN_PATH"):
+        submit_entrypoint("python -c 'print(1)'", address, job_runtime_env())
+    with pytest.raises(JobsError, match=refused_without_token):
+        job_status(job_id, address)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "not-the-token")
+    with pytest.raises(JobsError, match="Authentication failed"):
+        submit(JOBS / "train.yaml", address)
+    refused = CliRunner().invoke(app, ["jobs", "logs", job_id, "--address", address])
+    assert refused.exit_code != 0
+    assert "refused the request: Authentication failed" in " ".join(refused.output.split())
+    monkeypatch.setenv("RAY_AUTH_TOKEN", Path(local_cluster.token_path).read_text(encoding="utf-8"))
+    assert "authed" in job_logs(job_id, address)  # the token alone, without RAY_AUTH_MODE, is presented
+
+
 def test_unknown_job_id_is_one_line_error(local_cluster) -> None:  # noqa: F811
     with pytest.raises(JobsError, match="no-such-job"):
         job_status("no-such-job", local_cluster.dashboard_url)
@@ -260,8 +287,12 @@ def test_submit_serve_config_deploys_a_working_endpoint(
     tmp_path: Path,
     tokenizer_dir: str,
 ) -> None:
-    """jobs/serve.yaml through the Serve REST API: the app reaches RUNNING and classifies over loopback."""
+    """jobs/serve.yaml through the Serve REST API: the app reaches RUNNING and classifies over loopback with
+    the API key read from its file; a config that would remove it is refused unless --replace-all."""
+    address = local_cluster.dashboard_url
     model = make_tiny_model(tmp_path / "model", ["World", "Sports"], tokenizer_dir)
+    key_file = tmp_path / "api-key"
+    key_file.write_text("k-123\n", encoding="utf-8")
     port = free_port()
     overrides = _overrides(
         "http_options.host=127.0.0.1",
@@ -270,14 +301,43 @@ def test_submit_serve_config_deploys_a_working_endpoint(
         "applications.0.args.min_replicas=1",
         "applications.0.args.max_replicas=1",
         "applications.0.args.cpus_per_replica=0.5",
-        "applications.0.args.api_key_env=null",
+        f"applications.0.args.api_key_file={key_file}",
     )
-    result = submit(
-        JOBS / "serve.yaml", local_cluster.dashboard_url, overrides, wait=True, timeout_s=WAIT_S * 2
-    )
-    assert result == "serve:bm-ray"
+    assert submit(JOBS / "serve.yaml", address, overrides, wait=True, timeout_s=WAIT_S * 2) == "serve:bm-ray"
+    url = f"http://127.0.0.1:{port}/v1/classify"
+    assert httpx.post(url, json={"texts": ["a match report"]}, timeout=60).status_code == 401
     response = httpx.post(
-        f"http://127.0.0.1:{port}/v1/classify", json={"texts": ["a match report"]}, timeout=60
+        url, json={"texts": ["a match report"]}, headers={"Authorization": "Bearer k-123"}, timeout=60
     )
     assert response.status_code == 200, response.text
     assert response.json()["predictions"][0]["label"] in {"World", "Sports"}
+
+    # The same config under another application name would remove `bm-ray`: refused, naming it.
+    other = _write(tmp_path, "other.yaml", merge_overrides(_load("serve.yaml"), overrides))
+    renamed = _overrides("applications.0.name=bm-ray-b", "applications.0.route_prefix=/b")
+    with pytest.raises(JobsError, match=r"does not contain: bm-ray; .*--replace-all"):
+        submit(other, address, renamed)
+    cli = CliRunner().invoke(
+        app, ["submit", str(other), "--address", address, "--set", "applications.0.name=x"]
+    )
+    said_by_cli = " ".join(cli.output.split())
+    assert (
+        cli.exit_code != 0 and "does not contain: bm-ray;" in said_by_cli and "--replace-all" in said_by_cli
+    )
+    assert serve_applications(address) == ["bm-ray"]
+    said: list[str] = []
+    result = submit(
+        other, address, renamed, wait=True, timeout_s=WAIT_S * 2, echo=said.append, replace_all=True
+    )
+    assert result == "serve:bm-ray-b"
+    assert "removing bm-ray" in "".join(said)
+    assert serve_applications(address) == ["bm-ray-b"]
+
+
+def test_serve_config_takes_one_api_key_source(tmp_path: Path) -> None:
+    both = _overrides("applications.0.args.api_key_env=BM_RAY_API_KEY")
+    with pytest.raises(SpecError, match="api_key_env and api_key_file"):
+        load_job(JOBS / "serve.yaml", both)
+    assert (
+        load_job(JOBS / "serve.yaml")[1].applications[0].args["api_key_file"] == "/etc/bm-ray/api-key/api-key"
+    )

@@ -169,6 +169,25 @@ def test_api_key_fails_closed_and_strips_one_newline(monkeypatch: pytest.MonkeyP
         assert read_api_key(spec) == key
 
 
+def test_api_key_file_fails_closed_and_strips_one_newline(tmp_path: Path) -> None:
+    """A mounted Secret: a missing, unreadable or empty file refuses to start, never opens the endpoint."""
+    key_file = tmp_path / "api-key"
+    spec = ServeSpec(model="/m", api_key_file=str(key_file))
+    with pytest.raises(ApiKeyError, match=rf"{key_file} cannot be read"):
+        read_api_key(spec)  # missing
+    with pytest.raises(ApiKeyError, match=rf"{tmp_path} cannot be read"):
+        read_api_key(ServeSpec(model="/m", api_key_file=str(tmp_path)))  # a directory
+    for value in ("", "\n", "\r\n"):
+        key_file.write_bytes(value.encode())
+        with pytest.raises(ApiKeyError, match=rf"{key_file} is empty"):
+            read_api_key(spec)
+    for value, key in (("k\n", "k"), ("k\r\n", "k"), ("k\n\n", "k\n"), ("k", "k")):
+        key_file.write_bytes(value.encode())
+        assert read_api_key(spec) == key
+    with pytest.raises(ValueError, match="api_key_env and api_key_file"):
+        ServeSpec(model="/m", api_key_env="BM_RAY_TEST_KEY_UNIT", api_key_file=str(key_file))
+
+
 def test_cli_refuses_to_start_without_key_or_with_a_bad_model(
     models: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -588,15 +607,23 @@ def test_replica_refuses_a_model_that_does_not_load_and_keeps_the_old_one(
         asyncio.run(fresh.reconfigure({"model": str(broken)}))
 
 
-def test_unset_api_key_fails_the_deploy_with_the_reason(spec: ServeSpec, url: str) -> None:
+@pytest.mark.parametrize("source", ["api_key_env", "api_key_file"])
+def test_unset_api_key_fails_the_deploy_with_the_reason(
+    spec: ServeSpec, url: str, source: str, tmp_path: Path
+) -> None:
     """Fail closed inside Serve too: the gateway replica refuses to start; Serve's status says why."""
-    closed = spec.model_copy(update={"route_prefix": "/closed", "api_key_env": UNSET_KEY_ENV})
+    missing, reason = (
+        (UNSET_KEY_ENV, "unset or empty")
+        if source == "api_key_env"
+        else (str(tmp_path / "no-key"), "cannot be read")
+    )
+    closed = spec.model_copy(update={"route_prefix": "/closed", source: missing})
     try:
-        with pytest.raises(DeployFailedError, match=UNSET_KEY_ENV):
+        with pytest.raises(DeployFailedError, match=missing):
             deploy(closed, name="closed")
         app = serve.status().applications["closed"]
         assert app.status == "DEPLOY_FAILED"
-        assert "unset or empty" in app.deployments[INGRESS_DEPLOYMENT].message
+        assert reason in app.deployments[INGRESS_DEPLOYMENT].message
         assert httpx.post(f"{app_url(closed)}/v1/classify", json={"texts": ["a"]}).status_code != 200
     finally:
         serve.delete("closed")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -15,9 +17,10 @@ import psutil
 import pytest
 
 from bm_ray.engine import Predictor
-from bm_ray.models import load_classifier, make_tiny_model, save_model_dir
+from bm_ray.models import load_classifier, make_tiny_model, save_model_dir, sha256_file
 from bm_ray.specs import IngestSpec, TrainSpec
 from bm_ray.train import TrainError, prepare_data, run_name, train
+from bm_ray.train_resume import OPTIMIZER_STATE_FILE, ResumeError, prepare_train_output, record_labels
 
 LABELS = ["alpha", "beta", "gamma"]
 TOPIC_WORDS = {
@@ -139,6 +142,64 @@ def test_checkpoint_round_trip_keeps_logits(trained_with_fault: dict, tmp_path: 
     save_model_dir(model, tokenizer, info, tmp_path / "copy")
     after = Predictor.load(str(tmp_path / "copy")).predict_proba(texts)
     np.testing.assert_allclose(before, after, atol=1e-6)
+
+
+def test_trained_model_is_versioned_and_checkpoints_carry_the_optimizer(trained_with_fault: dict) -> None:
+    output = trained_with_fault["output"]
+    version = json.loads((output / "labels.json").read_text())["version"]
+    assert re.match(r"^[0-9a-f]{16}-\d{8}T\d{6}Z$", version), version
+    weights_hash = hashlib.sha256(sha256_file(output / "tf_model.h5").encode()).hexdigest()[:16]
+    assert version.startswith(weights_hash)
+    assert trained_with_fault["report"]["recovered_after_epochs"]  # restored weights and optimizer state
+    assert list((output / "_ray_train").rglob(OPTIMIZER_STATE_FILE)), "checkpoints must carry it"
+    assert not (output / OPTIMIZER_STATE_FILE).exists(), "resume state is not part of the model"
+    job = json.loads((output / "_job.json").read_text())
+    assert job["labels"] == LABELS and job["manifest"]["data"][0]["size"] > 0
+
+
+def test_rerun_into_a_finished_output_refuses(trained_with_fault: dict, tiny_base: Path) -> None:
+    output = trained_with_fault["output"]
+    weights = (output / "tf_model.h5").stat().st_mtime_ns
+    with pytest.raises(ResumeError, match=r"already holds a finished model \(version [0-9a-f]{16}-"):
+        train(spec_for(output.parent / "train.jsonl", output, tiny_base))
+    assert (output / "tf_model.h5").stat().st_mtime_ns == weights
+
+
+def test_resume_refuses_a_changed_spec_or_changed_data(trained_with_fault: dict, tiny_base: Path) -> None:
+    output = trained_with_fault["output"]
+    data = output.parent / "train.jsonl"
+    with pytest.raises(ResumeError, match=r"spec\.epochs: 4 → 5"):
+        train(spec_for(data, output, tiny_base, resume=True, epochs=5))
+    original = data.read_bytes()
+    try:
+        data.write_bytes(original + b'{"id": "extra", "text": "one more row", "label": "alpha"}\n')
+        with pytest.raises(
+            ResumeError, match=r"data: file changed \(size or modification time\): .*train\.jsonl"
+        ):
+            train(spec_for(data, output, tiny_base, resume=True))
+    finally:
+        data.write_bytes(original)
+
+
+def test_record_labels_refuses_other_labels_on_resume(tmp_path: Path, tiny_base: Path) -> None:
+    data = write_synthetic(tmp_path / "d.jsonl", 30)
+    spec = spec_for(data, tmp_path / "out", tiny_base)
+    prepare_train_output(spec)
+    record_labels(spec, LABELS)
+    with pytest.raises(
+        ResumeError, match=r"labels differ: stored \['alpha', 'beta', 'gamma'\], now \['alpha', 'beta'\]"
+    ):
+        record_labels(spec.model_copy(update={"resume": True}), ["alpha", "beta"])
+
+
+def test_overwrite_refuses_a_directory_that_is_not_a_training_output(tmp_path: Path, tiny_base: Path) -> None:
+    data = write_synthetic(tmp_path / "d.jsonl", 30)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "precious.txt").write_text("keep me")
+    with pytest.raises(ResumeError, match="not a bm-ray training output"):
+        prepare_train_output(spec_for(data, foreign, tiny_base, overwrite=True))
+    assert (foreign / "precious.txt").read_text() == "keep me"
 
 
 def test_rows_without_label_are_rejected_not_fatal(ray_local: None, tiny_base: Path, tmp_path: Path) -> None:

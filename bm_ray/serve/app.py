@@ -17,7 +17,7 @@ from ray.serve.deployment import Deployment
 from ray.serve.handle import DeploymentHandle
 
 import bm_ray
-from bm_ray.models import is_remote, read_model_info
+from bm_ray.models import HUB_PREFIX, PRESETS, ModelRefError, is_remote, read_model_info, resolve_model
 from bm_ray.runtime import init_ray, runtime_env
 from bm_ray.serve.gateway import INGRESS_NUM_CPUS, ApiGateway, ingress_max_ongoing, read_api_key
 from bm_ray.serve.model import Classifier
@@ -34,24 +34,19 @@ class DeployFailedError(RuntimeError):
     """Serve could not deploy the app; the message carries Serve's own reasons from its status."""
 
 
-class ModelRefError(ValueError):
-    """A model reference that is not a loadable bm-ray model; the message says why."""
-
-
 def check_model_ref(model: str) -> None:
-    """Refuse a local model reference that is missing or not a bm-ray model, naming the reason.
+    """Refuse a local model reference that is missing or not a bm-ray model (:class:`ModelRefError`, naming why).
 
-    Remote URIs and presets are checked by the replicas when they load (a refused swap keeps the old
-    model there). This runs wherever the app is built: in `bm-ray serve` before anything is deployed,
-    and in Serve's build step for `serve deploy`/KubeRay, where it fails the new config (the reason
-    shows in `serve status`) and the running version keeps answering.
+    Presets, ``hf:`` hub ids and remote URIs are checked by the replicas when they load (a refused
+    swap keeps the old model there). This runs wherever the app is built: in `bm-ray serve` before
+    anything is deployed, and in Serve's build step for `serve deploy`/KubeRay, where it fails the
+    new config (the reason shows in `serve status`) and the running version keeps answering.
     """
-    path = model[len("file://") :] if model.startswith("file://") else model
-    if is_remote(path) or not path.startswith((".", "/")):
-        return  # a preset or a hub id
-    directory = Path(path)
-    if not directory.is_dir():
-        raise ModelRefError(f"model {model!r}: no such directory")
+    if model in PRESETS or model.startswith(HUB_PREFIX) or is_remote(model):
+        return
+    directory = resolve_model(
+        model
+    )  # a local reference: no download, a ModelRefError when it is no directory
     try:
         read_model_info(directory)
     except (ValueError, KeyError, TypeError) as err:

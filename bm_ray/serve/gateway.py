@@ -7,16 +7,19 @@ failing requests (a call lost with its replica is sent again) and answers every 
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures of the ingress class at runtime.
 import asyncio
+import functools
 import hmac
 import logging
 import math
 import os
 import time
 from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
@@ -58,28 +61,57 @@ RETRY_BACKOFF_S = 0.05
 READY_TIMEOUT_S = 5.0
 CAPACITY_REFRESH_S = 1.0
 """How often a gateway re-reads the running replica counts that set its admission bound."""
+PLAYGROUND_CSP = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'"
+)
+"""The playground runs its own inline script and talks only to this endpoint."""
 
 
 class ApiKeyError(RuntimeError):
-    """The API key variable named by the spec is unset or empty: the endpoint refuses to start."""
+    """The API key source named by the spec is unset, missing or empty: the endpoint refuses to start."""
+
+
+def strip_key(raw: str) -> str:
+    """`raw` less one trailing newline (``\\n`` or ``\\r\\n``): a Kubernetes Secret created from a file keeps the file's."""
+    key = raw[:-1] if raw.endswith("\n") else raw
+    return key[:-1] if key.endswith("\r") else key
 
 
 def read_api_key(spec: ServeSpec) -> str | None:
-    """The Bearer key (None when `api_key_env` is not set); :class:`ApiKeyError` when its variable is unset or empty.
+    """The Bearer key from `api_key_env` or `api_key_file` (None when neither is set: an open endpoint, by choice).
 
-    One trailing newline is stripped: a Kubernetes Secret created from a file keeps the file's.
+    Fails closed: :class:`ApiKeyError` when the variable is unset or empty, or the file is missing,
+    unreadable or empty; never an open endpoint. One trailing newline is stripped (:func:`strip_key`).
     """
+    if spec.api_key_file is not None:
+        try:
+            key = strip_key(Path(spec.api_key_file).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as err:
+            raise ApiKeyError(
+                f"api_key_file {spec.api_key_file} cannot be read ({err}); mount or write the Bearer API key "
+                "there (or drop api_key_file to serve without auth)"
+            ) from None
+        if not key:
+            raise ApiKeyError(
+                f"api_key_file {spec.api_key_file} is empty; write the Bearer API key into it "
+                "(or drop api_key_file to serve without auth)"
+            )
+        return key
     if spec.api_key_env is None:
         return None
-    key = os.environ.get(spec.api_key_env, "")
-    key = key[:-1] if key.endswith("\n") else key
-    key = key[:-1] if key.endswith("\r") else key
+    key = strip_key(os.environ.get(spec.api_key_env, ""))
     if not key:
         raise ApiKeyError(
             f"api_key_env names {spec.api_key_env}, which is unset or empty; set it to the Bearer API key "
             "(or drop api_key_env to serve without auth)"
         )
     return key
+
+
+@functools.cache
+def playground_page() -> str:
+    """The endpoint playground (package data `bm_ray/serve_playground.html`), read once per process."""
+    return (resources.files("bm_ray") / "serve_playground.html").read_text(encoding="utf-8")
 
 
 def admission_limit(spec: ServeSpec, model_replicas: int, gateway_replicas: int) -> int:
@@ -185,7 +217,8 @@ class ApiGateway:
     def __init__(self, spec: ServeSpec, model: DeploymentHandle) -> None:
         self.spec = spec
         self._model = model
-        self._api_key = read_api_key(spec)  # fail closed: an unset key variable stops the replica here
+        # Fail closed: an unset variable or a missing file stops the replica here.
+        self._api_key = read_api_key(spec)
         self._rejected = Counter(
             "bm_ray_rejected_requests", description="Requests refused, by reason.", tag_keys=("reason",)
         )
@@ -313,6 +346,11 @@ class ApiGateway:
         except ApiError as err:
             return self._reject(err)
         return FastJSONResponse(info)
+
+    @http_app.get("/", include_in_schema=False)
+    async def playground(self) -> HTMLResponse:
+        """The playground page (public; the API calls it makes carry the key typed into it)."""
+        return HTMLResponse(playground_page(), headers={"Content-Security-Policy": PLAYGROUND_CSP})
 
     @http_app.get("/healthz")
     async def healthz(self) -> dict[str, str]:
