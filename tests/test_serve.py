@@ -202,6 +202,10 @@ def test_cli_refuses_to_start_without_key_or_with_a_bad_model(
     assert f"{UNSET_KEY_ENV},whichisunsetorempty" in refused(
         "--model", models[0], "--api-key-env", UNSET_KEY_ENV
     )
+    empty_key = tmp_path / "empty-key"
+    empty_key.write_text("\n", encoding="utf-8")
+    assert "isempty" in refused("--model", models[0], "--api-key-file", str(empty_key))
+    assert "cannotberead" in refused("--model", models[0], "--api-key-file", str(tmp_path / "no-key"))
     assert "nosuchdirectory" in refused("--model", str(tmp_path / "nope"))
     assert "notatrainedbm-raymodel" in refused("--model", str(fetch_preset("minilm-l6")))
 
