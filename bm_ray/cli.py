@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -525,14 +526,17 @@ def serve(
         typer.Option("--target-ongoing-requests", help="Per-replica load the autoscaler aims for."),
     ] = None,
     max_batch_size: Annotated[
-        int | None, typer.Option("--max-batch-size", help="Requests batched into one model call.")
+        int | None, typer.Option("--max-batch-size", help="Most texts a model replica runs in one pass.")
     ] = None,
     forward_batch_size: Annotated[
         int | None,
         typer.Option("--forward-batch-size", help="Rows per forward pass (a batch is length-sorted first)."),
     ] = None,
-    batch_wait_ms: Annotated[
-        float | None, typer.Option("--batch-wait-ms", help="How long a batch waits to fill.")
+    request_timeout_s: Annotated[
+        float | None, typer.Option("--request-timeout-s", help="Longer requests get 504.")
+    ] = None,
+    downscale_delay_s: Annotated[
+        float | None, typer.Option("--downscale-delay-s", help="Idle this long before a replica is removed.")
     ] = None,
     max_queued_requests: Annotated[
         int | None, typer.Option("--max-queued-requests", help="Beyond this, 503 with Retry-After.")
@@ -550,7 +554,11 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the model over HTTP with Ray Serve until Ctrl-C; on a running app, a new --model is a zero-downtime swap."""
-    from bm_ray.serve import load_serve_spec, run_serve
+    import time
+
+    from ray import serve as ray_serve
+
+    from bm_ray.serve import ApiKeyError, DeployFailedError, ModelRefError, load_serve_spec, run_serve
 
     flags = drop_none(
         {
@@ -561,14 +569,29 @@ def serve(
             "max_replicas": max_replicas,
             "target_ongoing_requests": target_ongoing_requests,
             "max_batch_size": max_batch_size,
-            "batch_wait_ms": batch_wait_ms,
+            "request_timeout_s": request_timeout_s,
+            "downscale_delay_s": downscale_delay_s,
             "forward_batch_size": forward_batch_size,
             "max_queued_requests": max_queued_requests,
             "api_key_env": api_key_env,
             "api_key_file": api_key_file,
         }
     )
-    run_serve(load_serve_spec(config, flags), address=address, blocking=True)
+    spec = load_serve_spec(config, flags)
+    try:
+        url = run_serve(spec, address=address)
+    except (ModelRefError, ApiKeyError) as err:
+        fail(f"refused, nothing deployed or changed: {err}")
+    except DeployFailedError as err:
+        fail(str(err), code=1)
+    typer.echo(f"bm-ray: serving {spec.model} at {url} (docs: {url}/docs); Ctrl-C to stop", err=True)
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        # An embedded Ray goes with this process; an app on a cluster keeps running (`serve delete`).
+        if not (address or os.environ.get("RAY_ADDRESS")):
+            ray_serve.shutdown()
 
 
 @bench_app.command("serve")

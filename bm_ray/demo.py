@@ -153,7 +153,7 @@ def run_demo(
         def run_endpoint() -> tuple[int, str, str]:
             import httpx
 
-            url = run_serve(ServeSpec(model=str(model_dir), port=port, max_replicas=1), blocking=False)
+            url = run_serve(ServeSpec(model=str(model_dir), port=port, max_replicas=1))
             texts = [
                 "The central bank raised interest rates again as inflation stayed high.",
                 "The striker scored twice in the second half to win the cup final.",

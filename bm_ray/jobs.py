@@ -249,6 +249,9 @@ def _call(method: Callable[[str], Any], submission_id: str) -> Any:
 
 
 def _serve_client(address: str) -> Any:
+    # The Serve REST API (PUT/GET /api/serve/applications/) is public, but Ray has no public Python
+    # client for it: this is the one `serve deploy` uses, and it adds Ray's token-auth header (on by
+    # default since Ray 2.5x) that a plain HTTP call would have to rebuild from Ray's private modules.
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
     return ServeSubmissionClient(address, headers=_auth_headers())

@@ -294,17 +294,28 @@ class ServeSpec(StrictModel):
     route_prefix: str = "/"
     min_replicas: int = Field(default=1, ge=0)
     max_replicas: int = Field(default=2, ge=1)
-    target_ongoing_requests: float = Field(default=16, gt=0)
+    target_ongoing_requests: float = Field(
+        default=16,
+        gt=0,
+        description="Requests per model replica (running or queued) the autoscaler aims for.",
+    )
+    upscale_delay_s: float = Field(default=10, ge=0, description="Load above target this long adds replicas.")
+    downscale_delay_s: float = Field(
+        default=120, ge=0, description="Load below target this long removes replicas (plus a 15 s average)."
+    )
+    gateway_replicas: int = Field(
+        default=2, ge=1, description="Ingress replicas (two: no single point of failure)."
+    )
+    request_timeout_s: float = Field(default=30, gt=0, description="Longer requests get 504.")
     max_ongoing_requests: int = Field(default=64, ge=1)
     max_queued_requests: int = Field(default=256, ge=-1, description="Beyond this, 503 with Retry-After.")
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After (seconds) sent with 503 answers.")
     max_batch_size: int = Field(
         default=32,
         ge=1,
-        description="Concurrent requests the gateway batches into one model call, and the most texts a "
-        "model replica runs in one pass.",
+        description="The most texts a model replica runs in one pass (the calls queued behind the "
+        "previous pass are merged up to this).",
     )
-    batch_wait_ms: float = Field(default=10, ge=0, description="How long a gateway batch waits to fill.")
     forward_batch_size: int = Field(
         default=8,
         ge=1,
