@@ -82,6 +82,45 @@ SpecOpt = Annotated[
     Path | None, typer.Option("--spec", help="YAML job spec (the same model as the flags; flags win).")
 ]
 
+# Long-text options shared by the commands that run the engine (fields of LongTextOptions).
+LongTextOpt = Annotated[
+    str | None,
+    typer.Option("--long-text", help="window (default): read whole texts as overlapping windows; truncate."),
+]
+WindowStrideOpt = Annotated[
+    int | None,
+    typer.Option("--window-stride", help="Tokens between window starts (default: half a window)."),
+]
+MaxWindowsOpt = Annotated[
+    int | None, typer.Option("--max-windows", help="Windows read per text at most (default 64; counted).")
+]
+WindowAggregationOpt = Annotated[
+    str | None,
+    typer.Option("--window-aggregation", help="confidence (default), mean or max: windows → one prediction."),
+]
+MaxBatchTokensOpt = Annotated[
+    int | None, typer.Option("--max-batch-tokens", help="Padded tokens per forward pass at most.")
+]
+
+
+def long_text_flags(
+    long_text: str | None,
+    window_stride: int | None,
+    max_windows: int | None,
+    window_aggregation: str | None,
+    max_batch_tokens: int | None,
+) -> dict[str, Any]:
+    """The LongTextOptions fields given on the command line (None = not given)."""
+    return drop_none(
+        {
+            "long_text": long_text,
+            "window_stride": window_stride,
+            "max_windows": max_windows,
+            "window_aggregation": window_aggregation,
+            "max_batch_tokens": max_batch_tokens,
+        }
+    )
+
 
 def ingest_options(
     input: str | None,
@@ -234,6 +273,11 @@ def evaluate(
     csv_header: CsvHeaderOpt = None,
     csv_columns: CsvColumnsOpt = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
+    long_text: LongTextOpt = None,
+    window_stride: WindowStrideOpt = None,
+    max_windows: MaxWindowsOpt = None,
+    window_aggregation: WindowAggregationOpt = None,
+    max_batch_tokens: MaxBatchTokensOpt = None,
 ) -> None:
     """Accuracy, macro-F1, per-class P/R/F1 and a confusion matrix of a model on a labelled corpus."""
     from bm_ray.evaluate import evaluate as run_evaluate
@@ -246,6 +290,7 @@ def evaluate(
             ),
             "output": output,
             "batch_size": batch_size,
+            **long_text_flags(long_text, window_stride, max_windows, window_aggregation, max_batch_tokens),
         }
     )
     try:
@@ -262,6 +307,8 @@ def evaluate(
                 "rows_rejected",
                 "rejected_by_reason",
                 "unknown_labels",
+                "windows",
+                "rows_windows_capped",
             )
         }
     )
@@ -328,6 +375,11 @@ def classify(
     cpus_per_actor: Annotated[float | None, typer.Option("--cpus-per-actor")] = None,
     gpus_per_actor: Annotated[float | None, typer.Option("--gpus-per-actor")] = None,
     precision: Annotated[str | None, typer.Option("--precision", help="auto|fp32|bf16|fp16.")] = None,
+    long_text: LongTextOpt = None,
+    window_stride: WindowStrideOpt = None,
+    max_windows: MaxWindowsOpt = None,
+    window_aggregation: WindowAggregationOpt = None,
+    max_batch_tokens: MaxBatchTokensOpt = None,
     overwrite: Annotated[
         bool | None, typer.Option("--overwrite", help="Start afresh instead of resuming into --output.")
     ] = None,
@@ -352,6 +404,7 @@ def classify(
             "cpus_per_actor": cpus_per_actor,
             "gpus_per_actor": gpus_per_actor,
             "precision": precision,
+            **long_text_flags(long_text, window_stride, max_windows, window_aggregation, max_batch_tokens),
             "overwrite": overwrite,
             "address": address,
         }
