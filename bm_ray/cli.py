@@ -642,6 +642,56 @@ def bench_classify_cmd(
     print_json(result)
 
 
+@bench_app.command("windows")
+def bench_windows_cmd(
+    model: Annotated[
+        str, typer.Option("--model", help="Model directory or URI (trained on AG News labels).")
+    ],
+    data: Annotated[
+        str, typer.Option("--data", help="AG News CSV (header Class Index,Title,Description).")
+    ] = "../shared/data/ag_news_dev/val.csv",
+    skip_rows: Annotated[
+        int,
+        typer.Option("--skip-rows", help="Rows the model trained on: skipped, and their descriptions too."),
+    ] = 0,
+    rows: Annotated[int, typer.Option("--rows", help="Articles (and pages) scored.")] = 1000,
+    bbc: Annotated[
+        str | None,
+        typer.Option("--bbc", help="Also BBC full articles from this folder (../shared/data/bbc)."),
+    ] = None,
+    bbc_labels: Annotated[
+        str, typer.Option("--bbc-labels", help="BBC folder=model label pairs.")
+    ] = "business=3,sport=2,tech=4,politics=1",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Engine batch size.")] = 32,
+    throughput_rows: Annotated[
+        int, typer.Option("--throughput-rows", help="Short texts per throughput round.")
+    ] = 2000,
+    rounds: Annotated[int, typer.Option("--rounds", help="Interleaved throughput rounds per mode.")] = 3,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the figures as JSON.")] = None,
+) -> None:
+    """Articles vs boilerplate-laden pages, truncated vs windowed (every aggregation rule); short-text speed."""
+    from bm_ray.bench_windows import bench_windows, summary_table
+
+    try:
+        result = bench_windows(
+            model,
+            data,
+            skip_rows=skip_rows,
+            rows=rows,
+            bbc=bbc,
+            bbc_labels=bbc_labels,
+            batch_size=batch_size,
+            throughput_rows=throughput_rows,
+            rounds=rounds,
+        )
+    except (ValueError, FileNotFoundError) as err:
+        fail(str(err))
+    console.print(summary_table(result))
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    print_json(result)
+
+
 @jobs_app.command("validate")
 def jobs_validate(files: list[Path] = typer.Argument(..., help="Job files (jobs/*.yaml).")) -> None:
     """Validate job files: train/classify specs, and Serve configs (Ray's schema + ServeSpec args)."""

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from bm_ray import bench_windows
 from bm_ray.classify import classify
 from bm_ray.engine import Predictor, aggregate_windows, window_confidence
 from bm_ray.evaluate import PredictionLog, evaluate_batches
@@ -211,3 +212,30 @@ def test_classify_writes_windows_per_row(ray_local, tmp_path: Path, tiny_model: 
     assert got == {"short": 1, "long": 4}
     assert summary["windows"] == 5 and summary["rows_windows_capped"] == 1
     assert summary["long_text"]["max_windows"] == 4
+
+
+def test_bench_pages_carry_250_to_400_tokens_of_varied_boilerplate(encoder: TextEncoder) -> None:
+    rng = np.random.default_rng(0)
+    tokenizer = encoder.tokenizer
+    pages = [bench_windows.page("Article title\nArticle body.", rng, tokenizer) for _ in range(50)]
+    for text in pages:
+        assert text.endswith("\nArticle title\nArticle body.")
+        head = text[: -len("\nArticle title\nArticle body.")]
+        assert 250 <= len(tokenizer(head, add_special_tokens=False)["input_ids"]) <= 400
+    assert len(set(pages)) == len(pages)
+
+
+def test_bench_rows_skip_the_training_rows_and_their_descriptions(tmp_path: Path) -> None:
+    csv_path = tmp_path / "ag.csv"
+    rows = [
+        ("1", "t0", "shared"),
+        ("2", "t1", "d1"),
+        ("3", "t2", "shared"),
+        ("4", "t3", "d3"),
+        ("1", "t4", "d4"),
+    ]
+    csv_path.write_text(
+        "Class Index,Title,Description\r\n" + "".join(f'"{c}","{t}","{d}"\r\n' for c, t, d in rows)
+    )
+    texts, labels = bench_windows.read_ag_rows(csv_path, skip_rows=2, rows=2)
+    assert texts == ["t3\nd3", "t4\nd4"] and labels == ["4", "1"]
