@@ -213,6 +213,12 @@ def train(
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed")] = None,
     mixed_precision: Annotated[bool | None, typer.Option("--mixed-precision/--no-mixed-precision")] = None,
+    background_rows: Annotated[
+        int | None,
+        typer.Option(
+            "--background-rows", help="Generic non-news texts trained towards a flat answer (default 0)."
+        ),
+    ] = None,
     resume: Annotated[
         bool | None, typer.Option("--resume/--no-resume", help="Continue the run under --output.")
     ] = None,
@@ -241,6 +247,7 @@ def train(
             "max_length": max_length,
             "seed": seed,
             "mixed_precision": mixed_precision,
+            "background_rows": background_rows,
             "resume": resume,
             "address": address,
         }

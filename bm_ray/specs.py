@@ -120,6 +120,12 @@ class TrainSpec(StrictModel):
     seed: int = 42
     mixed_precision: bool = Field(default=False, description="mixed_float16 on GPU, mixed_bfloat16 on CPU.")
     keep_checkpoints: int = Field(default=2, ge=1, description="Best checkpoints kept (by val macro-F1).")
+    background_rows: int = Field(
+        default=0,
+        ge=0,
+        description="Generic non-topical texts (site boilerplate written into bm-ray) added to the training rows "
+        "with a uniform target, so the model answers flat on text that is not news (see bm_ray.background).",
+    )
     max_failures: int = Field(default=3, ge=0, description="Worker/node failures survived (FailureConfig).")
     resume: bool = Field(
         default=False, description="Continue the run stored under output after a driver crash."

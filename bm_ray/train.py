@@ -171,14 +171,50 @@ def prepare_data(spec: TrainSpec) -> PreparedData:
         ).materialize()
         for rows in (train_rows, val_rows)
     ]
+    if spec.background_rows:
+        tokenised[0] = with_background(tokenised[0], spec, max_length)
     counts.update(
         labels=dict(label_counts),
+        background_rows=spec.background_rows,
         train_rows=tokenised[0].count(),
         val_rows=tokenised[1].count(),
         max_length=max_length,
         rejects=rejects,
     )
     return PreparedData(tokenised[0], tokenised[1], val_rows, labels, max_length, counts)
+
+
+def with_background(train: Any, spec: TrainSpec, max_length: int) -> Any:
+    """Tokenised training rows plus `spec.background_rows` generic non-topical rows, shuffled together.
+
+    Background rows carry :data:`~bm_ray.background.BACKGROUND_LABEL_ID`: :func:`flat_target_loss`
+    trains them towards a uniform distribution (they never enter validation).
+    """
+    import ray
+
+    from bm_ray.background import BACKGROUND_LABEL_ID, background_texts
+
+    ids = _encoder(spec.base_model, max_length).encode(background_texts(spec.background_rows, spec.seed))
+    table = pa.table(
+        {
+            "input_ids": pa.array([seq.tolist() for seq in ids], type=pa.list_(pa.int32())),
+            "label_id": pa.array([BACKGROUND_LABEL_ID] * len(ids), type=pa.int32()),
+        }
+    )
+    return train.union(ray.data.from_arrow(table)).random_shuffle(seed=spec.seed + 2).materialize()
+
+
+def flat_target_loss(label_ids: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """Per-row cross-entropy: against the label for labelled rows, against uniform for background rows."""
+    from bm_ray.background import BACKGROUND_LABEL_ID
+
+    label_ids = tf.cast(tf.reshape(label_ids, [-1]), tf.int32)
+    log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
+    labels = tf.shape(log_probs)[-1]
+    one_hot = tf.one_hot(tf.maximum(label_ids, 0), labels)
+    uniform = tf.ones_like(log_probs) / tf.cast(labels, tf.float32)
+    target = tf.where((label_ids == BACKGROUND_LABEL_ID)[:, None], uniform, one_hot)
+    return -tf.reduce_sum(target * log_probs, axis=-1)
 
 
 def _mark_reason(batch: pa.Table, reason: str) -> pa.Table:
@@ -256,7 +292,8 @@ def compile_classifier(weights_from: str, labels: list[str], total_steps: int, c
         )
         model.compile(
             optimizer=optimizer,
-            loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            # Equals sparse categorical cross-entropy on labelled rows; background rows aim at uniform.
+            loss=flat_target_loss,
             metrics=["accuracy"],
         )
     return model

@@ -188,3 +188,18 @@ def test_corpus_without_any_label_is_a_clear_error(ray_local: None, tiny_base: P
 def test_spec_rejects_batch_smaller_than_workers(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="batch_size"):
         TrainSpec(data=IngestSpec(input=["x.jsonl"]), output=str(tmp_path), workers=4, batch_size=2)
+
+
+def test_background_rows_join_training_only_with_the_flat_target_id(
+    ray_local: None, tiny_base: Path, tmp_path: Path
+) -> None:
+    from bm_ray.background import BACKGROUND_LABEL_ID
+
+    data = write_synthetic(tmp_path / "d.jsonl", 60)
+    plain = prepare_data(spec_for(data, tmp_path / "out", tiny_base))
+    mixed = prepare_data(spec_for(data, tmp_path / "out", tiny_base, background_rows=25))
+    train_ids = [row["label_id"] for row in mixed.train.take_all()]
+    val_ids = [row["label_id"] for row in mixed.val.take_all()]
+    assert train_ids.count(BACKGROUND_LABEL_ID) == 25 and BACKGROUND_LABEL_ID not in val_ids
+    assert mixed.counts["train_rows"] == plain.counts["train_rows"] + 25
+    assert mixed.counts["val_rows"] == plain.counts["val_rows"] and mixed.counts["background_rows"] == 25

@@ -239,3 +239,29 @@ def test_bench_rows_skip_the_training_rows_and_their_descriptions(tmp_path: Path
     )
     texts, labels = bench_windows.read_ag_rows(csv_path, skip_rows=2, rows=2)
     assert texts == ["t3\nd3", "t4\nd4"] and labels == ["4", "1"]
+
+
+def test_flat_target_loss_is_cross_entropy_and_uniform_for_background() -> None:
+    import tensorflow as tf
+
+    from bm_ray.background import BACKGROUND_LABEL_ID
+    from bm_ray.train import flat_target_loss
+
+    logits = tf.constant([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0], [3.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    labels = tf.constant([0, 1, BACKGROUND_LABEL_ID, BACKGROUND_LABEL_ID])
+    loss = flat_target_loss(labels, logits).numpy()
+    sparse = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
+    assert np.allclose(loss[:2], sparse(labels[:2], logits[:2]).numpy(), atol=1e-6)
+    log_probs = tf.nn.log_softmax(logits[2:]).numpy()
+    assert np.allclose(loss[2:], -log_probs.mean(axis=1), atol=1e-6)
+    assert loss[3] == pytest.approx(np.log(3), abs=1e-6)  # a flat answer is the background optimum
+
+
+def test_training_background_shares_no_phrase_with_the_benchmark_pages() -> None:
+    from bm_ray.background import BACKGROUND_PHRASES, background_texts
+
+    bench_phrases = {phrase for kind in bench_windows.BOILERPLATE.values() for phrase in kind}
+    assert not bench_phrases & set(BACKGROUND_PHRASES)
+    texts = background_texts(50, seed=1)
+    assert texts == background_texts(50, seed=1) and len(set(texts)) > 40
+    assert all(line in BACKGROUND_PHRASES for text in texts for line in text.split("\n"))
