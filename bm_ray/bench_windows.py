@@ -241,7 +241,7 @@ def bench_windows(
     bbc_labels: str = DEFAULT_BBC_LABELS,
     batch_size: int = 32,
     throughput_rows: int = 2000,
-    rounds: int = 3,
+    rounds: int = 5,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Run the benchmark (module docstring) and return its figures."""

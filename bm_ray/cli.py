@@ -673,7 +673,7 @@ def bench_windows_cmd(
     throughput_rows: Annotated[
         int, typer.Option("--throughput-rows", help="Short texts per throughput round.")
     ] = 2000,
-    rounds: Annotated[int, typer.Option("--rounds", help="Interleaved throughput rounds per mode.")] = 3,
+    rounds: Annotated[int, typer.Option("--rounds", help="Interleaved throughput rounds per mode.")] = 5,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the figures as JSON.")] = None,
 ) -> None:
     """Articles vs boilerplate-laden pages, truncated vs windowed (every aggregation rule); short-text speed."""
