@@ -5,10 +5,11 @@ committed rows skipped) → one ``map_batches`` over an actor pool of :class:`Cl
 loads the :class:`~bm_ray.engine.Predictor` once per actor, predicts the ok rows of each batch in one
 engine call and commits every run through :class:`~bm_ray.commit.CommitProcessor`::
 
-    DIR/predictions/<run>.parquet   id, label, score, scores (map<string, float>), model, keep_fields
+    DIR/predictions/<run>.parquet   id, label, score, scores (map<string, float>), windows, model, keep_fields
     DIR/rejects/<run>.parquet       id, source, reason, raw
     DIR/_commits/<run>.json         counts (the commit point)
-    DIR/summary.json                rows_read = rows_classified + rows_rejected, labels, speed, model
+    DIR/summary.json                rows_read = rows_classified + rows_rejected, labels, speed, model,
+                                    windows and rows_windows_capped (long texts read as windows)
 
 A Ray retry of a batch (dead actor) rewrites the same deterministic file names; a killed job rerun
 into the same output skips what was committed; ``overwrite`` starts afresh.
@@ -33,11 +34,12 @@ from bm_ray.engine import Predictor
 from bm_ray.models import read_model_info, resolve_model
 from bm_ray.report import try_build_report
 from bm_ray.runtime import init_ray
-from bm_ray.specs import ClassifySpec, Precision
+from bm_ray.specs import ClassifySpec, LongTextOptions, Precision
 from bm_ray.storage import exists, join, read_json, redact_uri, resolve_uri
 
 PREDICTIONS_DIR = "predictions"
 PROBS_COLUMN = "_probs"
+WINDOWS_COLUMN = "_windows"
 SCORES_TYPE = pa.map_(pa.string(), pa.float32())
 
 EXIT_AFTER_BATCHES_ENV = "BM_RAY_TEST_EXIT_AFTER_BATCHES"
@@ -56,7 +58,8 @@ class ClassifyProcessor(commit.CommitProcessor):
     """Ray Data callable class: predict the ok rows of a batch with the engine, then commit its runs.
 
     Returns the per-run count rows of :data:`bm_ray.commit.PROGRESS_SCHEMA` plus ``real_tokens`` and
-    ``padded_tokens`` (of this batch's forward passes, on its first row) for the padding accounting.
+    ``padded_tokens`` (of this batch's forward passes) for the padding accounting, and ``windows`` and
+    ``rows_windows_capped`` (of this batch's texts), all on its first row.
     """
 
     def __init__(
@@ -68,6 +71,7 @@ class ClassifyProcessor(commit.CommitProcessor):
         precision: Precision = "auto",
         num_threads: int | None = None,
         keep_fields: Sequence[str] = (),
+        long_text: LongTextOptions | None = None,
         lease_token: str | None = None,
     ) -> None:
         super().__init__(
@@ -77,7 +81,7 @@ class ClassifyProcessor(commit.CommitProcessor):
             label_column="label",
             lease_token=lease_token,
         )
-        self.predictor = Predictor.load(model, batch_size, precision, num_threads)
+        self.predictor = Predictor.load(model, batch_size, precision, num_threads, long_text)
         info = self.predictor.info
         self.model_tag = f"{info.name}/{info.version}"
         self.keep_fields = [k for k in keep_fields if k not in ROW_COLUMNS]
@@ -90,17 +94,27 @@ class ClassifyProcessor(commit.CommitProcessor):
         labels = len(self.predictor.labels)
         ok = np.flatnonzero(batch.column("reason").is_null().to_numpy(zero_copy_only=False))
         probs = np.zeros((batch.num_rows, labels), dtype=np.float32)
+        windows = np.zeros(batch.num_rows, dtype=np.int32)
+        capped = 0
         stats = self.predictor.padding
         real, padded = stats.real_tokens, stats.padded_tokens
         if len(ok):
             texts = batch.column("text").take(pa.array(ok)).to_pylist()
-            probs[ok] = self.predictor.predict_proba(texts)
+            scored = self.predictor.score_texts(texts)
+            probs[ok], windows[ok], capped = scored.probs, scored.windows, int(scored.capped.sum())
         flat = pa.FixedSizeListArray.from_arrays(pa.array(probs.ravel()), labels)
-        progress = super().__call__(batch.append_column(PROBS_COLUMN, flat))
+        batch = batch.append_column(PROBS_COLUMN, flat).append_column(WINDOWS_COLUMN, pa.array(windows))
+        progress = super().__call__(batch)
         self._batches += 1
-        return progress.append_column(
-            "real_tokens", pa.array([stats.real_tokens - real], pa.int64())
-        ).append_column("padded_tokens", pa.array([stats.padded_tokens - padded], pa.int64()))
+        counts = {
+            "real_tokens": stats.real_tokens - real,
+            "padded_tokens": stats.padded_tokens - padded,
+            "windows": int(windows.sum()),
+            "rows_windows_capped": capped,
+        }
+        for name, value in counts.items():  # one count row per batch (one commit)
+            progress = progress.append_column(name, pa.array([value], pa.int64()))
+        return progress
 
     def prediction_table(self, rows: pa.Table) -> pa.Table:
         """The predictions table of the ok rows of one run (probabilities in :data:`PROBS_COLUMN`)."""
@@ -118,6 +132,7 @@ class ClassifyProcessor(commit.CommitProcessor):
             "label": pa.array([labels[k] for k in top], pa.string()),
             "score": pa.array(probs[np.arange(n), top], pa.float32()),
             "scores": scores.cast(SCORES_TYPE),
+            "windows": rows.column(WINDOWS_COLUMN),
             "model": pa.array([self.model_tag] * n, pa.string()),
         }
         columns.update({name: rows.column(name) for name in self.keep_fields})
@@ -156,7 +171,8 @@ def classify(spec: ClassifySpec) -> dict[str, Any]:
 
     Keys (beyond :func:`bm_ray.commit.summarize`): rows_classified, elapsed_s, rows_per_s (rows read by
     this run / its wall time), rows_this_run, padding_waste, model (name, version, path), precision,
-    actors, batch_size.
+    actors, batch_size, long_text (the options), windows (read by this run) and rows_windows_capped (rows
+    of this run whose text needed more than max_windows windows: their tail was not read).
     """
     started = time.monotonic()
     info = read_model_info(resolve_model(spec.model))  # fail fast, before touching the output
@@ -175,6 +191,7 @@ def classify(spec: ClassifySpec) -> dict[str, Any]:
                 "num_threads": math.ceil(spec.cpus_per_actor),
                 "keep_fields": spec.input.keep_fields,
                 "lease_token": lease_token,
+                "long_text": spec.long_text_options(),
             },
             compute=ray.data.ActorPoolStrategy(min_size=min_actors, max_size=max_actors),
             num_cpus=spec.cpus_per_actor,
@@ -201,6 +218,9 @@ def classify(spec: ClassifySpec) -> dict[str, Any]:
             if totals["real_tokens"]
             else 1.0,
             "real_tokens": totals["real_tokens"],
+            "long_text": spec.long_text_options().model_dump(),
+            "windows": totals["windows"],
+            "rows_windows_capped": totals["rows_windows_capped"],
             "model": {"name": info.name, "version": info.version, "path": redact_uri(spec.model)},
             "precision": spec.precision,
             "actors": {"min": min_actors, "max": max_actors, "cpus_per_actor": spec.cpus_per_actor},
@@ -277,6 +297,13 @@ def summary_table(summary: dict[str, Any]) -> Any:
         f"{summary['rows_per_s']:,.1f} rows/s, {summary['elapsed_s']:.1f} s, "
         f"padding ×{summary['padding_waste']:.2f}",
     )
+    if summary["long_text"]["long_text"] == "window":
+        capped = summary["rows_windows_capped"]
+        table.add_row(
+            "windows",
+            f"{summary['windows']:,} for {summary['rows_this_run']:,} rows read"
+            + (f" ({capped:,} rows longer than max_windows: tails unread)" if capped else ""),
+        )
     actors = summary["actors"]
     table.add_row("actors", f"{actors['min']}–{actors['max']} × {actors['cpus_per_actor']} CPU")
     return table

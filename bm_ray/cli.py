@@ -98,6 +98,45 @@ SpecOpt = Annotated[
     Path | None, typer.Option("--spec", help="YAML job spec (the same model as the flags; flags win).")
 ]
 
+# Long-text options shared by the commands that run the engine (fields of LongTextOptions).
+LongTextOpt = Annotated[
+    str | None,
+    typer.Option("--long-text", help="window (default): read whole texts as overlapping windows; truncate."),
+]
+WindowStrideOpt = Annotated[
+    int | None,
+    typer.Option("--window-stride", help="Tokens between window starts (default: half a window)."),
+]
+MaxWindowsOpt = Annotated[
+    int | None, typer.Option("--max-windows", help="Windows read per text at most (default 64; counted).")
+]
+WindowAggregationOpt = Annotated[
+    str | None,
+    typer.Option("--window-aggregation", help="confidence (default), mean or max: windows → one prediction."),
+]
+MaxBatchTokensOpt = Annotated[
+    int | None, typer.Option("--max-batch-tokens", help="Padded tokens per forward pass at most.")
+]
+
+
+def long_text_flags(
+    long_text: str | None,
+    window_stride: int | None,
+    max_windows: int | None,
+    window_aggregation: str | None,
+    max_batch_tokens: int | None,
+) -> dict[str, Any]:
+    """The LongTextOptions fields given on the command line (None = not given)."""
+    return drop_none(
+        {
+            "long_text": long_text,
+            "window_stride": window_stride,
+            "max_windows": max_windows,
+            "window_aggregation": window_aggregation,
+            "max_batch_tokens": max_batch_tokens,
+        }
+    )
+
 
 def ingest_options(
     input: str | None,
@@ -232,6 +271,12 @@ def train(
         bool | None, typer.Option("--refit/--no-refit", help="Retrain the selected run on train + val.")
     ] = None,
     mixed_precision: Annotated[bool | None, typer.Option("--mixed-precision/--no-mixed-precision")] = None,
+    background_rows: Annotated[
+        int | None,
+        typer.Option(
+            "--background-rows", help="Generic non-news texts trained towards a flat answer (default 0)."
+        ),
+    ] = None,
     resume: Annotated[
         bool | None, typer.Option("--resume/--no-resume", help="Continue the run under --output.")
     ] = None,
@@ -270,6 +315,7 @@ def train(
             "dropout": dropout,
             "refit": refit,
             "mixed_precision": mixed_precision,
+            "background_rows": background_rows,
             "resume": resume,
             "overwrite": overwrite,
             "address": address,
@@ -324,6 +370,11 @@ def evaluate(
             "--train-data", help="Training corpus (same options): report duplicates of it (leakage)."
         ),
     ] = None,
+    long_text: LongTextOpt = None,
+    window_stride: WindowStrideOpt = None,
+    max_windows: MaxWindowsOpt = None,
+    window_aggregation: WindowAggregationOpt = None,
+    max_batch_tokens: MaxBatchTokensOpt = None,
 ) -> None:
     """Accuracy, macro-F1, per-class P/R/F1 and a confusion matrix of a model on a labelled corpus."""
     from bm_ray.evaluate import evaluate as run_evaluate
@@ -338,6 +389,7 @@ def evaluate(
             "train_data": {**data_flags, "input": train_data} if train_data else None,
             "output": output,
             "batch_size": batch_size,
+            **long_text_flags(long_text, window_stride, max_windows, window_aggregation, max_batch_tokens),
         }
     )
     try:
@@ -355,6 +407,8 @@ def evaluate(
                 "rejected_by_reason",
                 "unknown_labels",
                 "leakage",
+                "windows",
+                "rows_windows_capped",
             )
             if k in report
         }
@@ -425,6 +479,11 @@ def classify(
     cpus_per_actor: Annotated[float | None, typer.Option("--cpus-per-actor")] = None,
     gpus_per_actor: Annotated[float | None, typer.Option("--gpus-per-actor")] = None,
     precision: Annotated[str | None, typer.Option("--precision", help="auto|fp32|bf16|fp16.")] = None,
+    long_text: LongTextOpt = None,
+    window_stride: WindowStrideOpt = None,
+    max_windows: MaxWindowsOpt = None,
+    window_aggregation: WindowAggregationOpt = None,
+    max_batch_tokens: MaxBatchTokensOpt = None,
     overwrite: Annotated[
         bool | None, typer.Option("--overwrite", help="Start afresh instead of resuming into --output.")
     ] = None,
@@ -460,6 +519,7 @@ def classify(
             "cpus_per_actor": cpus_per_actor,
             "gpus_per_actor": gpus_per_actor,
             "precision": precision,
+            **long_text_flags(long_text, window_stride, max_windows, window_aggregation, max_batch_tokens),
             "overwrite": overwrite,
             "address": address,
         }
@@ -547,6 +607,11 @@ def serve(
     api_key_file: Annotated[
         str | None, typer.Option("--api-key-file", help="File holding the Bearer API key (a mounted Secret).")
     ] = None,
+    long_text: LongTextOpt = None,
+    window_stride: WindowStrideOpt = None,
+    max_windows: MaxWindowsOpt = None,
+    window_aggregation: WindowAggregationOpt = None,
+    max_batch_tokens: MaxBatchTokensOpt = None,
     address: AddressOpt = None,
     config: Annotated[
         Path | None,
@@ -575,6 +640,7 @@ def serve(
             "max_queued_requests": max_queued_requests,
             "api_key_env": api_key_env,
             "api_key_file": api_key_file,
+            **long_text_flags(long_text, window_stride, max_windows, window_aggregation, max_batch_tokens),
         }
     )
     spec = load_serve_spec(config, flags)
@@ -768,6 +834,56 @@ def bench_classify_cmd(
         )
     finally:
         ray.shutdown()
+    print_json(result)
+
+
+@bench_app.command("windows")
+def bench_windows_cmd(
+    model: Annotated[
+        str, typer.Option("--model", help="Model directory or URI (trained on AG News labels).")
+    ],
+    data: Annotated[
+        str, typer.Option("--data", help="AG News CSV (header Class Index,Title,Description).")
+    ] = "../shared/data/ag_news_dev/val.csv",
+    skip_rows: Annotated[
+        int,
+        typer.Option("--skip-rows", help="Rows the model trained on: skipped, and their descriptions too."),
+    ] = 0,
+    rows: Annotated[int, typer.Option("--rows", help="Articles (and pages) scored.")] = 1000,
+    bbc: Annotated[
+        str | None,
+        typer.Option("--bbc", help="Also BBC full articles from this folder (../shared/data/bbc)."),
+    ] = None,
+    bbc_labels: Annotated[
+        str, typer.Option("--bbc-labels", help="BBC folder=model label pairs.")
+    ] = "business=3,sport=2,tech=4,politics=1",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Engine batch size.")] = 32,
+    throughput_rows: Annotated[
+        int, typer.Option("--throughput-rows", help="Short texts per throughput round.")
+    ] = 2000,
+    rounds: Annotated[int, typer.Option("--rounds", help="Interleaved throughput rounds per mode.")] = 5,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the figures as JSON.")] = None,
+) -> None:
+    """Articles vs boilerplate-laden pages, truncated vs windowed (every aggregation rule); short-text speed."""
+    from bm_ray.bench_windows import bench_windows, summary_table
+
+    try:
+        result = bench_windows(
+            model,
+            data,
+            skip_rows=skip_rows,
+            rows=rows,
+            bbc=bbc,
+            bbc_labels=bbc_labels,
+            batch_size=batch_size,
+            throughput_rows=throughput_rows,
+            rounds=rounds,
+        )
+    except (ValueError, FileNotFoundError) as err:
+        fail(str(err))
+    console.print(summary_table(result))
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=2), encoding="utf-8")
     print_json(result)
 
 

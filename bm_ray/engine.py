@@ -2,6 +2,13 @@
 
 It knows no Ray, so the same object runs inside a Ray Data actor (bulk classification), a Serve
 replica, `bm-ray evaluate`, the training loop's validation, tests and benchmarks.
+
+Long texts (``long_text="window"``, the default): each text is tokenised once, untruncated, and cut
+into overlapping windows of the model's ``max_length`` (:meth:`~bm_ray.preprocess.TextEncoder.encode_windows`);
+all windows of a call go through the same length-bucketed forward passes, each capped at
+``batch_size`` rows and ``max_batch_tokens`` padded tokens, and :func:`aggregate_windows` turns each
+text's window probabilities into one. A text that fits the window gives exactly the truncate-mode
+probabilities.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import numpy as np
 
 from bm_ray.models import ModelInfo, load_classifier, resolve_model
 from bm_ray.preprocess import PaddingStats, TextEncoder, length_batches, pad_batch, padded_length
-from bm_ray.specs import Precision
+from bm_ray.specs import LongTextOptions, Precision, WindowAggregation
 
 
 @dataclass(frozen=True)
@@ -25,6 +32,62 @@ class Prediction:
     label: str
     score: float
     scores: dict[str, float]
+    windows: int = 1
+    """Windows the text was read as (1 when it fits the model's window or in truncate mode)."""
+
+
+@dataclass(frozen=True)
+class TextScores:
+    """Per-text results of one engine call: aggregated probabilities [n, labels] and window accounting."""
+
+    probs: np.ndarray
+    windows: np.ndarray
+    """Windows read per text (int64)."""
+    capped: np.ndarray
+    """True where a text had more windows than ``max_windows`` and its tail was left unread."""
+
+
+def window_confidence(probs: np.ndarray) -> np.ndarray:
+    """1 - normalised entropy of each row of `probs`: 1 for a one-hot row, 0 for a uniform one."""
+    labels = probs.shape[1]
+    if labels < 2:
+        return np.ones(len(probs))
+    p = np.clip(probs.astype(np.float64), 1e-12, 1.0)
+    return 1.0 - (-(p * np.log(p)).sum(axis=1)) / np.log(labels)
+
+
+def aggregate_windows(probs: np.ndarray, counts: np.ndarray, rule: WindowAggregation) -> np.ndarray:
+    """One probability row per text from its window rows (`counts[i]` consecutive rows for text i).
+
+    - ``confidence``: the windows' mean weighted by :func:`window_confidence`, so flat, uncertain
+      windows (boilerplate the model cannot place) count little; all-flat texts fall back to the mean.
+    - ``mean``: the plain mean of the windows.
+    - ``max``: the probabilities of the single most confident window (highest top probability).
+
+    A text with one window keeps that window's probabilities under every rule.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    if int(counts.sum()) != len(probs):
+        raise ValueError(f"window counts sum to {int(counts.sum())} but {len(probs)} window rows were given")
+    if np.all(counts == 1):
+        return probs.astype(np.float32, copy=True)
+    owner = np.repeat(np.arange(len(counts)), counts)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    if rule == "max":
+        top = probs.max(axis=1)
+        best = np.array(
+            [start + int(np.argmax(top[start : start + n])) for start, n in zip(starts, counts, strict=True)]
+        )
+        return probs[best].astype(np.float32)
+    weights = np.ones(len(probs)) if rule == "mean" else window_confidence(probs)
+    totals = np.bincount(owner, weights=weights, minlength=len(counts))
+    flat = totals <= 1e-9
+    if flat.any():  # every window uniform: weigh them equally rather than divide by zero
+        weights = np.where(flat[owner], 1.0, weights)
+        totals = np.bincount(owner, weights=weights, minlength=len(counts))
+    summed = np.zeros((len(counts), probs.shape[1]))
+    np.add.at(summed, owner, probs * weights[:, None])
+    return (summed / totals[:, None]).astype(np.float32)
 
 
 def configure_threads(num_threads: int | None) -> None:
@@ -72,13 +135,22 @@ def keras_precision(precision: str) -> Iterator[None]:
 class Predictor:
     """Length-bucketed, dynamically padded, compiled inference over a TF BERT classifier."""
 
-    def __init__(self, model: Any, tokenizer: Any, info: ModelInfo, batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        info: ModelInfo,
+        batch_size: int = 64,
+        long_text: LongTextOptions | None = None,
+    ) -> None:
         import tensorflow as tf
 
         self.model = model
         self.info = info
         self.labels = list(info.labels)
         self.batch_size = int(batch_size)
+        # Any spec holding the options (ClassifySpec, EvaluateSpec, ServeSpec) may be passed as is.
+        self.long_text = long_text or LongTextOptions()
         self.encoder = TextEncoder(tokenizer, info.max_length)
         self.padding = PaddingStats()
 
@@ -97,12 +169,13 @@ class Predictor:
         batch_size: int = 64,
         precision: Precision = "auto",
         num_threads: int | None = None,
+        long_text: LongTextOptions | None = None,
     ) -> Predictor:
-        """Load a model directory / URI with the given precision and thread budget."""
+        """Load a model directory / URI with the given precision, thread budget and long-text options."""
         configure_threads(num_threads)
         with keras_precision(resolve_precision(precision)):
             model, tokenizer, info = load_classifier(resolve_model(model_ref))
-        return cls(model, tokenizer, info, batch_size)
+        return cls(model, tokenizer, info, batch_size, long_text)
 
     def warmup(self) -> None:
         """Trace the forward pass once so the first real request does not pay for it."""
@@ -114,28 +187,45 @@ class Predictor:
         if not sequences:
             return probs
         lengths = np.fromiter((len(seq) for seq in sequences), dtype=np.int64, count=len(sequences))
-        for batch in length_batches(lengths, self.batch_size):
+        for batch in length_batches(lengths, self.batch_size, max_tokens=self.long_text.max_batch_tokens):
             ids, mask = pad_batch([sequences[i] for i in batch], self.encoder.pad_id)
             self.padding.add(lengths[batch], padded_length(lengths[batch].max()))
             probs[batch] = self._forward(ids, mask).numpy()
         return probs
 
-    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        """Probabilities [n, labels] for raw texts (tokenised by the shared encoder)."""
-        return self.predict_tokens(self.encoder.encode(texts))
+    def score_texts(self, texts: Sequence[str]) -> TextScores:
+        """Probabilities and window counts for raw texts, by this predictor's long-text options."""
+        options = self.long_text
+        if options.long_text == "truncate":
+            ones = np.ones(len(texts), np.int64)
+            return TextScores(
+                self.predict_tokens(self.encoder.encode(texts)), ones, np.zeros(len(texts), bool)
+            )
+        windows = self.encoder.encode_windows(texts, options.window_stride, options.max_windows)
+        probs = aggregate_windows(
+            self.predict_tokens(windows.sequences), windows.counts, options.window_aggregation
+        )
+        return TextScores(probs, windows.counts, windows.capped)
 
-    def to_predictions(self, probs: np.ndarray) -> list[Prediction]:
-        """Turn a probability matrix into labelled predictions."""
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Probabilities [n, labels] for raw texts (one aggregated row per text in window mode)."""
+        return self.score_texts(texts).probs
+
+    def to_predictions(self, probs: np.ndarray, windows: Sequence[int] | None = None) -> list[Prediction]:
+        """Turn a probability matrix (and the texts' window counts) into labelled predictions."""
         top = probs.argmax(axis=1)
+        counts = [1] * len(probs) if windows is None else [int(n) for n in windows]
         return [
             Prediction(
                 label=self.labels[k],
                 score=float(row[k]),
                 scores={label: float(p) for label, p in zip(self.labels, row, strict=True)},
+                windows=n,
             )
-            for row, k in zip(probs, top, strict=True)
+            for row, k, n in zip(probs, top, counts, strict=True)
         ]
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
-        """Classify raw texts."""
-        return self.to_predictions(self.predict_proba(texts))
+        """Classify raw texts (each with the number of windows it was read as)."""
+        scored = self.score_texts(texts)
+        return self.to_predictions(scored.probs, scored.windows)

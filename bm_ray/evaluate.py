@@ -25,20 +25,27 @@ TEXT_SNIPPET_CHARS = 500
 
 
 class PredictionLog:
-    """Per-row predictions of an evaluation (id, true label, predicted label, top score, text snippet).
+    """Per-row predictions of an evaluation (id, true label, predicted label, top score, windows, text snippet).
 
     Written as predictions.parquet beside metrics.json: the report's risk–coverage curve, reliability
     diagram and example lists are computed from it alone.
     """
 
     def __init__(self) -> None:
-        self.columns: dict[str, list[Any]] = {k: [] for k in ("id", "label", "predicted", "score", "text")}
+        names = ("id", "label", "predicted", "score", "windows", "text")
+        self.columns: dict[str, list[Any]] = {k: [] for k in names}
 
     def add(
-        self, ids: list[str], labels: list[str], predicted: list[str], scores: Any, texts: list[str]
+        self,
+        ids: list[str],
+        labels: list[str],
+        predicted: list[str],
+        scores: Any,
+        windows: Any,
+        texts: list[str],
     ) -> None:
-        """Append one batch of evaluated rows."""
-        for name, values in zip(self.columns, (ids, labels, predicted, scores, texts), strict=True):
+        """Append one batch of evaluated rows (`windows`: windows each text was read as)."""
+        for name, values in zip(self.columns, (ids, labels, predicted, scores, windows, texts), strict=True):
             self.columns[name].extend(values)
 
     def write(self, path: str | Path) -> Path:
@@ -47,7 +54,8 @@ class PredictionLog:
         import pyarrow.parquet as pq
 
         columns = dict(self.columns, text=[t[:TEXT_SNIPPET_CHARS] for t in self.columns["text"]])
-        schema = pa.schema([(k, pa.float32() if k == "score" else pa.string()) for k in columns])
+        types = {"score": pa.float32(), "windows": pa.int32()}
+        schema = pa.schema([(k, types.get(k, pa.string())) for k in columns])
         pq.write_table(pa.table(columns, schema=schema), path)
         return Path(path)
 
@@ -56,12 +64,14 @@ def evaluate_batches(predictor: Predictor, batches: Any, log: PredictionLog | No
     """Evaluate `(texts, labels, ids)` batches; rows whose label the model does not know are counted, not fatal.
 
     Returns the metrics report plus `rows_evaluated`, `rows_rejected`, `rejected_by_reason`,
-    `unknown_labels` (label → count) and `log_loss`. Every evaluated row goes into `log` when given.
+    `unknown_labels` (label → count), `log_loss`, `windows` (read in all) and `rows_windows_capped`
+    (texts longer than `max_windows` windows). Every evaluated row goes into `log` when given.
     """
     matrix = ConfusionMatrix(predictor.labels)
     unknown: Counter[str] = Counter()
     rejected: Counter[str] = Counter()
     log_loss_sum = 0.0
+    windows_total = capped_total = 0
     for texts, labels, ids in batches:
         keep = [i for i, label in enumerate(labels) if label in matrix.index]
         for label in labels:
@@ -72,14 +82,18 @@ def evaluate_batches(predictor: Predictor, batches: Any, log: PredictionLog | No
                 unknown[label] += 1
         if not keep:
             continue
-        probs = predictor.predict_proba([texts[i] for i in keep])
+        scored = predictor.score_texts([texts[i] for i in keep])
+        probs = scored.probs
+        windows_total += int(scored.windows.sum())
+        capped_total += int(scored.capped.sum())
         true_ids = np.asarray([matrix.index[labels[i]] for i in keep])
         top = probs.argmax(axis=1)
         matrix.add_indices(true_ids, top)
         if log is not None:
             kept_texts = [texts[i] for i in keep]
             names = [predictor.labels[k] for k in top]
-            log.add([ids[i] for i in keep], [labels[i] for i in keep], names, probs.max(axis=1), kept_texts)
+            kept_ids, kept_labels = [ids[i] for i in keep], [labels[i] for i in keep]
+            log.add(kept_ids, kept_labels, names, probs.max(axis=1), scored.windows, kept_texts)
         log_loss_sum += float(-np.log(np.clip(probs[np.arange(len(keep)), true_ids], 1e-12, 1.0)).sum())
     report = matrix.report()
     report.update(
@@ -88,6 +102,8 @@ def evaluate_batches(predictor: Predictor, batches: Any, log: PredictionLog | No
         rejected_by_reason=dict(rejected),
         unknown_labels=dict(unknown),
         log_loss=log_loss_sum / matrix.total if matrix.total else float("nan"),
+        windows=windows_total,
+        rows_windows_capped=capped_total,
     )
     return report
 
@@ -126,7 +142,7 @@ def evaluate(spec: EvaluateSpec) -> dict[str, Any]:
 
     started = time.time()
     init_ray()
-    predictor = Predictor.load(spec.model, batch_size=spec.batch_size)
+    predictor = Predictor.load(spec.model, batch_size=spec.batch_size, long_text=spec.long_text_options())
     ds, info = read_corpus(spec.data)
     ingest_rejects: Counter[str] = Counter()
     log = PredictionLog()
@@ -145,6 +161,7 @@ def evaluate(spec: EvaluateSpec) -> dict[str, Any]:
             "path": redact_uri(spec.model),
         },
         data=redact(spec.data.input),
+        long_text=spec.long_text_options().model_dump(),
         elapsed_s=round(time.time() - started, 2),
     )
     if spec.train_data is not None:

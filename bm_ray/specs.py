@@ -15,6 +15,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 CorpusFormat = Literal["jsonl", "csv", "parquet", "folders"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+LongTextMode = Literal["window", "truncate"]
+WindowAggregation = Literal["confidence", "mean", "max"]
 
 DEFAULT_MODEL = "minilm-l6"
 
@@ -162,6 +164,12 @@ class TrainSpec(StrictModel):
     seed: int = 42
     mixed_precision: bool = Field(default=False, description="mixed_float16 on GPU, mixed_bfloat16 on CPU.")
     keep_checkpoints: int = Field(default=2, ge=1, description="Best checkpoints kept (by val macro-F1).")
+    background_rows: int = Field(
+        default=0,
+        ge=0,
+        description="Generic non-topical texts (site boilerplate written into bm-ray) added to the training rows "
+        "with a uniform target, so the model answers flat on text that is not news (see bm_ray.background).",
+    )
     max_failures: int = Field(default=3, ge=0, description="Worker/node failures survived (FailureConfig).")
     resume: bool = Field(
         default=False,
@@ -250,7 +258,42 @@ class ActorsSpec(StrictModel):
         return self
 
 
-class ClassifySpec(StrictModel):
+class LongTextOptions(StrictModel):
+    """How the engine reads texts longer than the model's window (shared by classify, evaluate, serve)."""
+
+    long_text: LongTextMode = Field(
+        default="window",
+        description="window: read the whole text as overlapping windows of the model's max_length tokens, "
+        "one aggregated prediction per text; truncate: read only the first max_length tokens.",
+    )
+    window_stride: int | None = Field(
+        default=None,
+        ge=1,
+        description="Content tokens between window starts; default half a window (max_length - 2) // 2.",
+    )
+    max_windows: int = Field(
+        default=64,
+        ge=1,
+        description="Windows read per text at most; a longer text's tail is unread and counted "
+        "(rows_windows_capped).",
+    )
+    window_aggregation: WindowAggregation = Field(
+        default="confidence",
+        description="How window probabilities become one: confidence (weighted by 1 - normalised entropy), "
+        "mean, or max (the most confident window).",
+    )
+    max_batch_tokens: int = Field(
+        default=4096,
+        ge=8,
+        description="Padded tokens per forward pass at most (rows × padded length), besides batch_size.",
+    )
+
+    def long_text_options(self) -> LongTextOptions:
+        """Only these options (of a ClassifySpec, EvaluateSpec or ServeSpec), e.g. to ship to a Ray actor."""
+        return LongTextOptions.model_validate(self.model_dump(include=set(LongTextOptions.model_fields)))
+
+
+class ClassifySpec(LongTextOptions):
     """`bm-ray classify`: bulk classification of a corpus with Ray Data."""
 
     kind: Literal["classify"] = "classify"
@@ -268,7 +311,7 @@ class ClassifySpec(StrictModel):
     address: str | None = None
 
 
-class EvaluateSpec(StrictModel):
+class EvaluateSpec(LongTextOptions):
     """`bm-ray evaluate`: metrics and plots of a model on a labelled corpus."""
 
     kind: Literal["evaluate"] = "evaluate"
@@ -285,7 +328,7 @@ class EvaluateSpec(StrictModel):
     batch_size: int = Field(default=32, ge=1)
 
 
-class ServeSpec(StrictModel):
+class ServeSpec(LongTextOptions):
     """Arguments of the Ray Serve application (`bm_ray.serve:build_app`) and `bm-ray serve`."""
 
     model: str

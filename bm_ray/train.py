@@ -174,8 +174,11 @@ def prepare_data(spec: TrainSpec) -> PreparedData:
         ).materialize()
         for rows in (train_rows, val_rows)
     ]
+    if spec.background_rows:
+        tokenised[0] = with_background(tokenised[0], spec, max_length)
     counts.update(
         labels=dict(label_counts),
+        background_rows=spec.background_rows,
         train_rows=tokenised[0].count(),
         val_rows=tokenised[1].count(),
         max_length=max_length,
@@ -221,6 +224,26 @@ def split_rows(ok: Any, spec: TrainSpec) -> tuple[Any, Any, dict[str, Any], dict
         )
     leakage = leakage_from_edges(found.edges, val_keys, len(val_keys), spec.duplicate_threshold)
     return train_rows, val_rows, found.counts(), leakage
+
+
+def with_background(train: Any, spec: TrainSpec, max_length: int) -> Any:
+    """Tokenised training rows plus `spec.background_rows` generic non-topical rows, shuffled together.
+
+    Background rows carry :data:`~bm_ray.background.BACKGROUND_LABEL_ID`: :func:`classifier_loss`
+    trains them towards a uniform distribution (they never enter validation).
+    """
+    import ray
+
+    from bm_ray.background import BACKGROUND_LABEL_ID, background_texts
+
+    ids = _encoder(spec.base_model, max_length).encode(background_texts(spec.background_rows, spec.seed))
+    table = pa.table(
+        {
+            "input_ids": pa.array([seq.tolist() for seq in ids], type=pa.list_(pa.int32())),
+            "label_id": pa.array([BACKGROUND_LABEL_ID] * len(ids), type=pa.int32()),
+        }
+    )
+    return train.union(ray.data.from_arrow(table)).random_shuffle(seed=spec.seed + 2).materialize()
 
 
 def _mark_reason(batch: pa.Table, reason: str) -> pa.Table:
@@ -279,16 +302,23 @@ def batch_signature() -> tuple[Any, Any]:
 
 
 def classifier_loss(num_labels: int, label_smoothing: float) -> Any:
-    """Cross-entropy on logits for integer labels, with optional label smoothing."""
-    if not label_smoothing:
-        return tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    """Per-row cross-entropy on logits for integer label ids, with optional label smoothing.
+
+    Background rows (label id :data:`~bm_ray.background.BACKGROUND_LABEL_ID`, ``--background-rows``)
+    are trained towards the uniform distribution: generic non-topical text should get a flat answer,
+    so windows of boilerplate carry little weight when a long article's windows are aggregated.
+    """
+    from bm_ray.background import BACKGROUND_LABEL_ID
 
     def loss(y_true: Any, logits: Any) -> Any:
         # Per-example losses: Keras reduces them (a Loss object called here would not distribute).
-        one_hot = tf.one_hot(tf.cast(tf.reshape(y_true, [-1]), tf.int32), num_labels)
-        return tf.keras.losses.categorical_crossentropy(
-            one_hot, logits, from_logits=True, label_smoothing=label_smoothing
-        )
+        label_ids = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
+        log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
+        one_hot = tf.one_hot(tf.maximum(label_ids, 0), num_labels)
+        smoothed = one_hot * (1.0 - label_smoothing) + label_smoothing / num_labels
+        uniform = tf.fill(tf.shape(log_probs), 1.0 / num_labels)
+        target = tf.where((label_ids == BACKGROUND_LABEL_ID)[:, None], uniform, smoothed)
+        return -tf.reduce_sum(target * log_probs, axis=-1)
 
     return loss
 

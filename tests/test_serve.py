@@ -394,6 +394,13 @@ def test_predictions_equal_engine(url: str, models: tuple[str, str]) -> None:
         [[p.scores[label] for label in LABELS] for p in expected],
         atol=1e-5,
     )
+    assert [p["windows"] for p in got] == [p.windows for p in expected]
+    # A text longer than the model's window is read whole, as overlapping windows, like classify does.
+    article = " ".join(["markets rally as the central bank signals a pause in rate rises"] * 40)
+    engine = Predictor.load(models[0]).predict([article])[0]
+    answer = post(url, {"texts": [article]}).json()["predictions"][0]
+    assert answer["windows"] == engine.windows > 1 and answer["label"] == engine.label
+    assert answer["score"] == pytest.approx(engine.score, abs=1e-5)
 
     instances = post(
         url, {"instances": [{"id": "a-1", "text": TEXTS[0]}, {"text": TEXTS[1]}, {"id": 7, "text": "x"}]}

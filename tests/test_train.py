@@ -300,3 +300,18 @@ def test_refit_trains_on_all_rows_and_keeps_selection_metrics(
     assert metrics["refit"] == refit and metrics["accuracy"] == report["accuracy"]  # selection metrics kept
     assert Predictor.load(str(output)).predict_proba(["football goal"]).shape == (1, len(LABELS))
     assert not (output / "train_state.json").exists()
+
+
+def test_background_rows_join_training_only_with_the_flat_target_id(
+    ray_local: None, tiny_base: Path, tmp_path: Path
+) -> None:
+    from bm_ray.background import BACKGROUND_LABEL_ID
+
+    data = write_synthetic(tmp_path / "d.jsonl", 60)
+    plain = prepare_data(spec_for(data, tmp_path / "out", tiny_base))
+    mixed = prepare_data(spec_for(data, tmp_path / "out", tiny_base, background_rows=25))
+    train_ids = [row["label_id"] for row in mixed.train.take_all()]
+    val_ids = [row["label_id"] for row in mixed.val.take_all()]
+    assert train_ids.count(BACKGROUND_LABEL_ID) == 25 and BACKGROUND_LABEL_ID not in val_ids
+    assert mixed.counts["train_rows"] == plain.counts["train_rows"] + 25
+    assert mixed.counts["val_rows"] == plain.counts["val_rows"] and mixed.counts["background_rows"] == 25

@@ -49,7 +49,10 @@ def prediction_json(info: ModelInfo, predictions: Sequence[Prediction]) -> dict[
     """The answer of one call as plain data: the ingress never needs the engine's types."""
     return {
         "model": {"name": info.name, "version": info.version},
-        "predictions": [{"label": p.label, "score": p.score, "scores": p.scores} for p in predictions],
+        "predictions": [
+            {"label": p.label, "score": p.score, "scores": p.scores, "windows": p.windows}
+            for p in predictions
+        ],
     }
 
 
@@ -114,6 +117,7 @@ class Classifier:
             batch_size=self.spec.forward_batch_size,
             precision=self.spec.precision,
             num_threads=math.ceil(self.spec.cpus_per_replica),
+            long_text=self.spec.long_text_options(),
         )
         predictor.warmup()
         return predictor
@@ -128,7 +132,7 @@ class Classifier:
         return self._predictor
 
     async def classify(self, texts: list[str]) -> dict[str, Any]:
-        """``{"model": {"name", "version"}, "predictions": [{"label", "score", "scores"}]}`` for `texts`."""
+        """``{"model": {"name", "version"}, "predictions": [{"label", "score", "scores", "windows"}]}`` for `texts`."""
         self._require_predictor()
         answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._calls.append((texts, answer))

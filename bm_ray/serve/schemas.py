@@ -44,6 +44,9 @@ class PredictionOut(BaseModel):
     label: str
     score: float
     scores: dict[str, float]
+    windows: int = Field(
+        description="Token windows the text was read as (1 when it fits the model's window)."
+    )
 
 
 class ClassifyResponse(BaseModel):
