@@ -752,7 +752,7 @@ def bench_classify_cmd(
     """Bulk classification rows/s: naive Keras predict vs the engine vs the Ray Data job, plus GFLOP/s."""
     import ray
 
-    from bm_ray.bench import bench_classify
+    from bm_ray.bench_classify import bench_classify
     from bm_ray.runtime import init_ray
 
     flags = ingest_options(input, format, text_fields, label_field, None, None, None, csv_header, csv_columns)

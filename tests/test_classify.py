@@ -19,13 +19,14 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from fault_corpus import write_fault_corpus
+from tiny_model import make_tiny_model
 
 from bm_ray.classify import EXIT_AFTER_BATCHES_ENV, EXIT_MARKER_ENV, classify, precision_agreement
 from bm_ray.corpus import ok_rows, read_corpus
 from bm_ray.engine import Predictor
 from bm_ray.evaluate import corpus_batches, evaluate_batches
 from bm_ray.metrics import ConfusionMatrix
-from bm_ray.models import make_tiny_model, read_model_info
+from bm_ray.models import read_model_info
 from bm_ray.specs import ClassifySpec, IngestSpec
 
 LABELS = ["x", "y", "z"]
