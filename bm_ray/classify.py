@@ -18,7 +18,6 @@ into the same output skips what was committed; ``overwrite`` starts afresh.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -42,9 +41,6 @@ PROBS_COLUMN = "_probs"
 WINDOWS_COLUMN = "_windows"
 SCORES_TYPE = pa.map_(pa.string(), pa.float32())
 
-EXIT_AFTER_BATCHES_ENV = "BM_RAY_TEST_EXIT_AFTER_BATCHES"
-EXIT_MARKER_ENV = "BM_RAY_TEST_EXIT_MARKER"
-"""Test-only fault injection: the first actor to claim the marker file exits after that many batches."""
 
 CLASSIFY_BLOCK_BYTES = 256 * 1024
 """Target block size of the classify pipeline (≈ a thousand news rows)."""
@@ -85,12 +81,9 @@ class ClassifyProcessor(commit.CommitProcessor):
         info = self.predictor.info
         self.model_tag = f"{info.name}/{info.version}"
         self.keep_fields = [k for k in keep_fields if k not in ROW_COLUMNS]
-        self._batches = 0
-        self._exit_after = int(os.environ.get(EXIT_AFTER_BATCHES_ENV, "0") or 0)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         """Predict every ok row of `batch` in one engine call, commit its runs, return their counts."""
-        self._maybe_die()
         labels = len(self.predictor.labels)
         ok = np.flatnonzero(batch.column("reason").is_null().to_numpy(zero_copy_only=False))
         probs = np.zeros((batch.num_rows, labels), dtype=np.float32)
@@ -105,7 +98,6 @@ class ClassifyProcessor(commit.CommitProcessor):
         flat = pa.FixedSizeListArray.from_arrays(pa.array(probs.ravel()), labels)
         batch = batch.append_column(PROBS_COLUMN, flat).append_column(WINDOWS_COLUMN, pa.array(windows))
         progress = super().__call__(batch)
-        self._batches += 1
         counts = {
             "real_tokens": stats.real_tokens - real,
             "padded_tokens": stats.padded_tokens - padded,
@@ -137,17 +129,6 @@ class ClassifyProcessor(commit.CommitProcessor):
         }
         columns.update({name: rows.column(name) for name in self.keep_fields})
         return pa.table(columns)
-
-    def _maybe_die(self) -> None:
-        """Test hook: simulate an actor process dying mid-run, once per marker file."""
-        if not self._exit_after or self._batches < self._exit_after:
-            return
-        try:
-            os.close(os.open(os.environ[EXIT_MARKER_ENV], os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        except (KeyError, FileExistsError):
-            self._exit_after = 0
-            return
-        os._exit(1)
 
 
 def actor_pool(spec: ClassifySpec) -> tuple[int, int]:

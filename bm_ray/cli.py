@@ -51,8 +51,18 @@ def print_json(data: Any) -> None:
 
 
 @app.callback()
-def main() -> None:
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log DEBUG lines too.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Log warnings and errors only.")] = False,
+) -> None:
     """bm-ray: ingest, train, evaluate, classify and serve text classifiers on Ray."""
+    from bm_ray.runtime import LOG_LEVEL_ENV, configure_logging
+
+    if verbose and quiet:
+        fail("--verbose and --quiet: choose one")
+    level = "DEBUG" if verbose else "WARNING" if quiet else os.environ.get(LOG_LEVEL_ENV, "INFO")
+    os.environ[LOG_LEVEL_ENV] = level  # Ray workers started from here inherit it (see runtime_env)
+    configure_logging(level)
 
 
 # Ingestion options shared by every command that reads a corpus (fields of IngestSpec).
@@ -818,7 +828,7 @@ def bench_classify_cmd(
     """Bulk classification rows/s: naive Keras predict vs the engine vs the Ray Data job, plus GFLOP/s."""
     import ray
 
-    from bm_ray.bench import bench_classify
+    from bm_ray.bench_classify import bench_classify
     from bm_ray.runtime import init_ray
 
     flags = ingest_options(input, format, text_fields, label_field, None, None, None, csv_header, csv_columns)

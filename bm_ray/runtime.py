@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import socket
@@ -78,9 +79,35 @@ def ray_auth_headers(env: Mapping[str, str] | None = None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+LOG_LEVEL_ENV = "BM_RAY_LOG_LEVEL"
+"""Level of bm-ray's own log lines (DEBUG, INFO, WARNING, ...): set by the CLI's --verbose/--quiet and
+passed to every Ray worker through the runtime_env, so progress logged in a worker obeys it too."""
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: str | None = None) -> None:
+    """Give the ``bm_ray`` loggers one handler and format, at `level` (else $BM_RAY_LOG_LEVEL, else INFO).
+
+    Called once by the CLI and at the start of worker-side code that logs (the train loop); only the
+    ``bm_ray`` logger is touched, never the root logger of an application embedding bm-ray.
+    """
+    chosen = (level or os.environ.get(LOG_LEVEL_ENV) or "INFO").upper()
+    logger = logging.getLogger("bm_ray")
+    logger.setLevel(chosen)
+    if not any(getattr(h, "bm_ray_handler", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT, "%H:%M:%S"))
+        handler.bm_ray_handler = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.propagate = False  # Ray's own handlers on the root logger would print every line twice
+
+
 def runtime_env(extra_env: dict[str, str] | None = None) -> dict[str, Any]:
-    """The runtime_env every bm-ray driver and job uses (env vars for TF/Keras in all workers)."""
+    """The runtime_env every bm-ray driver and job uses (env vars for TF/Keras and bm-ray's log level in
+    all workers)."""
     env = dict(WORKER_ENV_VARS)
+    if os.environ.get(LOG_LEVEL_ENV):
+        env[LOG_LEVEL_ENV] = os.environ[LOG_LEVEL_ENV]
     if extra_env:
         env.update(extra_env)
     return {"env_vars": env}

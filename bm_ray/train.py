@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import math
 import re
 import shutil
@@ -33,6 +34,8 @@ from bm_ray.neardup import leakage_report
 from bm_ray.specs import IngestSpec, TrainSpec
 from bm_ray.storage import is_remote, join_uri, redact, redact_uri, resolve_uri, upload_dir
 from bm_ray.train_resume import OPTIMIZER_STATE_FILE, RUN_DIR
+
+logger = logging.getLogger(__name__)
 
 TRAIN_STATE_FILE = "train_state.json"
 
@@ -389,8 +392,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     from bm_ray.engine import Predictor, configure_threads
     from bm_ray.models import save_model_dir
+    from bm_ray.runtime import configure_logging
     from bm_ray.train_resume import restore_optimizer_state, save_optimizer_state
 
+    configure_logging()  # a Ray worker process: the level comes with the runtime_env
     configure_threads(config["threads"])
     tf.keras.utils.set_random_seed(config["seed"])
     ray.data.DataContext.get_current().enable_progress_bars = False  # the epoch progress lines say it better
@@ -413,7 +418,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         start_epoch, history = state["epoch"], state["history"]
         recoveries = [*state.get("recoveries", []), start_epoch]
         weights_from = restored_dir
-        print(f"[bm-ray] rank {rank}: resuming after epoch {start_epoch} from checkpoint", flush=True)
+        logger.info("rank %d: resuming after epoch %d from checkpoint", rank, start_epoch)
 
     options = tf.data.Options()
     # Each worker already holds only its own Ray Data shard: TF must not shard it again.
@@ -441,7 +446,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 model, epoch_dataset(config["seed"] * 1000 + 999, head_steps), head_steps, labels, config
             )
             if rank == 0:
-                print(f"[bm-ray] head warm-up: {head_steps} steps, loss {head_loss:.4f}", flush=True)
+                logger.info("head warm-up: %d steps, loss %.4f", head_steps, head_loss)
         model.optimizer.iterations.assign(start_epoch * steps)  # the LR schedule continues after a restore
         if restored_dir:
             restore_optimizer_state(model.optimizer, model, restored_dir)
@@ -478,12 +483,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             else:  # a refit trains on the validation rows too: its "validation" would be no measure
                 metrics.update(val_loss=float("nan"), val_accuracy=float("nan"), val_macro_f1=float(epoch))
             history.append(metrics)
-            print(
-                f"[bm-ray] epoch {epoch + 1}/{config['epochs']}: train loss {metrics['train_loss']:.4f} "
-                f"acc {metrics['train_accuracy']:.4f} | val loss {metrics['val_loss']:.4f} "
-                f"acc {metrics['val_accuracy']:.4f} macro-F1 {metrics['val_macro_f1']:.4f} | "
-                f"{metrics['train_rows_per_s']:.1f} rows/s",
-                flush=True,
+            logger.info(
+                "epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f macro-F1 %.4f | %.1f rows/s",
+                epoch + 1,
+                config["epochs"],
+                metrics["train_loss"],
+                metrics["train_accuracy"],
+                metrics["val_loss"],
+                metrics["val_accuracy"],
+                metrics["val_macro_f1"],
+                metrics["train_rows_per_s"],
             )
             with tensorboard.as_default(step=epoch + 1):
                 for key, value in metrics.items():
@@ -549,10 +558,14 @@ class EpochProgress(tf.keras.callbacks.Callback):
             return
         elapsed = time.time() - self.started
         eta = (self.steps - done) * elapsed / done
-        print(
-            f"[bm-ray] epoch {self.epoch + 1}/{self.epochs} step {done}/{self.steps} "
-            f"{done * self.global_batch / elapsed:.1f} rows/s ETA {eta:.0f}s",
-            flush=True,
+        logger.info(
+            "epoch %d/%d step %d/%d %.1f rows/s ETA %.0fs",
+            self.epoch + 1,
+            self.epochs,
+            done,
+            self.steps,
+            done * self.global_batch / elapsed,
+            eta,
         )
 
 
@@ -652,15 +665,18 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     data = prepare_data(spec)
     record_labels(spec, data.labels)
     rejects = data.counts.pop("rejects")
-    print(
-        f"[bm-ray] training on {data.counts['train_rows']} rows, validating on {data.counts['val_rows']}, "
-        f"{len(data.labels)} labels, max_length {data.max_length}, {spec.workers} workers, "
-        f"split {spec.split if spec.val_data is None else 'val_data'}",
-        flush=True,
+    logger.info(
+        "training on %d rows, validating on %d, %d labels, max_length %d, %d workers, split %s",
+        data.counts["train_rows"],
+        data.counts["val_rows"],
+        len(data.labels),
+        data.max_length,
+        spec.workers,
+        spec.split if spec.val_data is None else "val_data",
     )
     warning = leakage_warning(data.counts["leakage"])
     if warning:
-        print(f"[bm-ray] {warning}", flush=True)
+        logger.warning("%s", warning)
     tensorboard_dir = (
         join_uri(spec.output, "tensorboard") if remote_output else str(local_output / "tensorboard")
     )

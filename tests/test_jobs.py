@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from cluster_fixtures import local_cluster  # noqa: F401  (pytest fixture)
+from tiny_model import make_tiny_model
 from typer.testing import CliRunner
 
 from bm_ray.cli import app
@@ -31,7 +32,6 @@ from bm_ray.jobs import (
     validate_job_file,
     wait_job,
 )
-from bm_ray.models import make_tiny_model
 from bm_ray.runtime import free_port
 from bm_ray.specs import ClassifySpec, ServeSpec, SpecError, TrainSpec, parse_set_option
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from tiny_model import make_tiny_model
 
 from bm_ray.models import (
     LABELS_FILE,
@@ -21,7 +22,6 @@ from bm_ray.models import (
     ModelRefError,
     OfflineError,
     fill_cache_entry,
-    make_tiny_model,
     read_model_info,
     resolve_model,
     sha256_file,

@@ -10,11 +10,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import ray
+from tiny_model import make_tiny_model
 from typer.testing import CliRunner
 
 from bm_ray import neardup
 from bm_ray.cli import app
-from bm_ray.models import make_tiny_model
 
 LABELS = ["a", "b", "c"]
 

@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import pytest
 from browser import browser_page
+from tiny_model import make_tiny_model
 
 from bm_ray.classify import classify
 from bm_ray.evaluate import evaluate
 from bm_ray.ingest import ingest
 from bm_ray.metrics import reliability_bins, risk_coverage
-from bm_ray.models import make_tiny_model
 from bm_ray.report import REPORT_FILE, OutputDir, build_report, detect_kind
 from bm_ray.specs import ClassifySpec, EvaluateSpec, IngestSpec, TrainSpec
 from bm_ray.train import train

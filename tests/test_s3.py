@@ -24,10 +24,11 @@ import boto3
 import httpx
 import pyarrow.parquet as pq
 import pytest
+from tiny_model import make_tiny_model
 
 from bm_ray.evaluate import evaluate
 from bm_ray.ingest import ingest
-from bm_ray.models import make_tiny_model, resolve_model
+from bm_ray.models import resolve_model
 from bm_ray.runtime import free_port
 from bm_ray.specs import EvaluateSpec, IngestSpec, ServeSpec, TrainSpec
 from bm_ray.train import train

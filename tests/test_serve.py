@@ -21,6 +21,7 @@ from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError
 from ray.serve.exceptions import BackPressureError
 from serve_faults import HANG, PACE, POISON, SLOW, FaultyClassifier
+from tiny_model import make_tiny_model
 from typer.testing import CliRunner
 
 from bm_ray.bench_serve import (
@@ -39,7 +40,7 @@ from bm_ray.bench_serve import (
 )
 from bm_ray.cli import app as cli_app
 from bm_ray.engine import Predictor
-from bm_ray.models import LABELS_FILE, fetch_preset, make_tiny_model, read_model_info
+from bm_ray.models import LABELS_FILE, fetch_preset, read_model_info
 from bm_ray.runtime import free_port
 from bm_ray.serve import (
     INGRESS_DEPLOYMENT,

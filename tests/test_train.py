@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from tiny_model import make_tiny_model
 
 from bm_ray.engine import Predictor
-from bm_ray.models import load_classifier, make_tiny_model, save_model_dir, sha256_file
+from bm_ray.models import load_classifier, save_model_dir, sha256_file
 from bm_ray.specs import IngestSpec, TrainSpec
 from bm_ray.train import TrainError, prepare_data, run_name, train
 from bm_ray.train_resume import OPTIMIZER_STATE_FILE, ResumeError, prepare_train_output, record_labels

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import yaml
 from test_train import LABELS, write_synthetic
+from tiny_model import make_tiny_model
 from typer.testing import CliRunner
 
 from bm_ray.cli import app
-from bm_ray.models import make_tiny_model
 from bm_ray.specs import TrainSpec, load_spec_file
 
 

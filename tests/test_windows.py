@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from tiny_model import make_tiny_model
 
 from bm_ray import bench_windows
 from bm_ray.classify import classify
 from bm_ray.engine import Predictor, aggregate_windows, window_confidence
 from bm_ray.evaluate import PredictionLog, evaluate_batches
-from bm_ray.models import make_tiny_model
 from bm_ray.preprocess import TextEncoder, length_batches, padded_length, window_starts
 from bm_ray.specs import ClassifySpec, IngestSpec, LongTextOptions
 

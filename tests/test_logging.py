@@ -1,0 +1,30 @@
+"""Logging is configured once: the CLI's --quiet/--verbose set bm-ray's level here and in every Ray worker."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from typer.testing import CliRunner
+
+from bm_ray.cli import app
+from bm_ray.runtime import LOG_LEVEL_ENV, runtime_env
+
+
+@pytest.mark.parametrize(("flag", "level"), [("--quiet", "WARNING"), ("--verbose", "DEBUG"), (None, "INFO")])
+def test_log_level_flag_reaches_the_logger_and_the_workers_env(
+    monkeypatch: pytest.MonkeyPatch, flag: str | None, level: str
+) -> None:
+    monkeypatch.setenv(LOG_LEVEL_ENV, "INFO")  # restored after the test: the CLI writes it
+    result = CliRunner().invoke(app, [*([flag] if flag else []), "model", "list"])
+    assert result.exit_code == 0, result.output
+    logger = logging.getLogger("bm_ray")
+    assert logger.level == getattr(logging, level)
+    assert runtime_env()["env_vars"][LOG_LEVEL_ENV] == level
+    assert sum(getattr(h, "bm_ray_handler", False) for h in logger.handlers) == 1  # configured once
+
+
+def test_quiet_and_verbose_together_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(LOG_LEVEL_ENV, "INFO")
+    result = CliRunner().invoke(app, ["--quiet", "--verbose", "model", "list"])
+    assert result.exit_code == 2 and "choose one" in result.output
