@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from bm_ray.specs import (
     EvaluateSpec,
@@ -35,8 +36,12 @@ console = Console(stderr=True)
 
 
 def fail(message: str, code: int = 2) -> None:
-    """Print a one-line error and exit (no traceback for user errors)."""
-    console.print(f"[bold red]error:[/] {message}")
+    """Print a one-line error and exit (no traceback for user errors).
+
+    The message is printed as given: not wrapped (paths in it stay whole, to be copied) and not read as
+    rich markup (a `[...]` in a file name or label is text).
+    """
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -185,7 +185,7 @@ def test_killed_actor_commits_every_id_exactly_once(tmp_path: Path, tiny_model: 
     assert sorted(predictions.column("id").to_pylist()) == sorted(ids)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rows_read"] == summary["rows_classified"] == len(ids)
-    assert (tmp_path / "driver.log").read_text(errors="replace").strip().endswith("summary.json")
+    assert f"{out}/summary.json" in (tmp_path / "driver.log").read_text(errors="replace")  # the path printed
 
 
 def test_sigkilled_classify_resumes_exactly_once(ray_local, tmp_path: Path, tiny_model: str) -> None:
