@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -71,41 +74,134 @@ def main(
 
 
 # Ingestion options shared by every command that reads a corpus (fields of IngestSpec).
+CORPUS_PANEL = "Reading the corpus"
 FormatOpt = Annotated[
-    str | None, typer.Option("--format", help="jsonl|csv|parquet|folders (default: from extension).")
+    str | None,
+    typer.Option(
+        "--format", rich_help_panel=CORPUS_PANEL, help="jsonl|csv|parquet|folders (default: from extension)."
+    ),
 ]
 TextFieldsOpt = Annotated[
-    str | None, typer.Option("--text-fields", help="Fields joined into the text, e.g. Title,Description.")
+    str | None,
+    typer.Option(
+        "--text-fields",
+        rich_help_panel=CORPUS_PANEL,
+        help="Fields joined into the text, e.g. Title,Description.",
+    ),
 ]
 LabelFieldOpt = Annotated[
-    str | None, typer.Option("--label-field", help="Label field (default: `label` if present).")
+    str | None,
+    typer.Option(
+        "--label-field", rich_help_panel=CORPUS_PANEL, help="Label field (default: `label` if present)."
+    ),
 ]
 IdFieldOpt = Annotated[
-    str | None, typer.Option("--id-field", help="Id field (default: `id` if present, else path:line).")
+    str | None,
+    typer.Option(
+        "--id-field",
+        rich_help_panel=CORPUS_PANEL,
+        help="Id field (default: `id` if present, else path:line).",
+    ),
 ]
 KeepFieldsOpt = Annotated[
-    str | None, typer.Option("--keep-fields", help="Fields passed through to the outputs.")
+    str | None,
+    typer.Option("--keep-fields", rich_help_panel=CORPUS_PANEL, help="Fields passed through to the outputs."),
 ]
 CleanOpt = Annotated[
-    bool | None, typer.Option("--clean-text/--no-clean-text", help="Repair scraped-news artefacts.")
+    bool | None,
+    typer.Option(
+        "--clean-text/--no-clean-text", rich_help_panel=CORPUS_PANEL, help="Repair scraped-news artefacts."
+    ),
 ]
 CsvHeaderOpt = Annotated[
-    bool | None, typer.Option("--csv-header/--no-csv-header", help="CSV files have a header line.")
+    bool | None,
+    typer.Option(
+        "--csv-header/--no-csv-header", rich_help_panel=CORPUS_PANEL, help="CSV files have a header line."
+    ),
 ]
-CsvColumnsOpt = Annotated[str | None, typer.Option("--csv-columns", help="Column names of headerless CSV.")]
+CsvColumnsOpt = Annotated[
+    str | None,
+    typer.Option("--csv-columns", rich_help_panel=CORPUS_PANEL, help="Column names of headerless CSV."),
+]
 DedupeOpt = Annotated[
     str | None,
-    typer.Option("--dedupe", help="ids: later rows with an id already seen are duplicate_id; none."),
+    typer.Option(
+        "--dedupe",
+        rich_help_panel=CORPUS_PANEL,
+        help="ids: later rows with an id already seen are duplicate_id; none.",
+    ),
 ]
 MaxLineBytesOpt = Annotated[
-    int | None, typer.Option("--max-line-bytes", help="Longer lines are too_long rejects (default 16 MB).")
+    int | None,
+    typer.Option(
+        "--max-line-bytes",
+        rich_help_panel=CORPUS_PANEL,
+        help="Longer lines are too_long rejects (default 16 MB).",
+    ),
 ]
 MaxRejectFractionOpt = Annotated[
     float | None,
     typer.Option(
-        "--max-reject-fraction", help="Stop when more of the rows read are rejected (default 0.99)."
+        "--max-reject-fraction",
+        rich_help_panel=CORPUS_PANEL,
+        help="Stop when more of the rows read are rejected (default 0.99).",
     ),
 ]
+CORPUS_OPTIONS: dict[str, Any] = {
+    "format": FormatOpt,
+    "text_fields": TextFieldsOpt,
+    "label_field": LabelFieldOpt,
+    "id_field": IdFieldOpt,
+    "keep_fields": KeepFieldsOpt,
+    "clean_text": CleanOpt,
+    "csv_header": CsvHeaderOpt,
+    "csv_columns": CsvColumnsOpt,
+    "dedupe": DedupeOpt,
+    "max_line_bytes": MaxLineBytesOpt,
+    "max_reject_fraction": MaxRejectFractionOpt,
+}
+"""IngestSpec fields (all but `input`) as CLI options, in the order `--help` lists them."""
+
+
+def option_group(
+    options: dict[str, Any], into: str, leave_out: tuple[str, ...] = ()
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command a group of shared options, each defined once in `options` (name → Annotated type).
+
+    The command declares a parameter named `into` (a dict) instead of the options; it receives the ones
+    given on the command line (None = not given, dropped, so they never override a spec file or a
+    default). Typer reads a command's parameters from its signature, so the wrapper's `__signature__`
+    lists the command's own options followed by the group's.
+    """
+    names = [n for n in options if n not in leave_out]
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        signature = inspect.signature(command, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.name != into]
+        added = [
+            inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=options[n])
+            for n in names
+        ]
+
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> None:
+            group = drop_none({n: kwargs.pop(n) for n in names})
+            command(**kwargs, **{into: group})
+
+        wrapper.__signature__ = signature.replace(parameters=own + added)  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate
+
+
+def corpus_options(*, keep_fields: bool = False) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """The shared corpus-reading options (:data:`CORPUS_OPTIONS`), passed as `corpus_flags`.
+
+    `keep_fields=False` leaves `--keep-fields` out, for commands that write no per-row output.
+    """
+    return option_group(CORPUS_OPTIONS, "corpus_flags", () if keep_fields else ("keep_fields",))
+
+
 AddressOpt = Annotated[
     str | None, typer.Option("--address", help="Ray cluster address (default: an embedded local Ray).")
 ]
@@ -114,77 +210,58 @@ SpecOpt = Annotated[
 ]
 
 # Long-text options shared by the commands that run the engine (fields of LongTextOptions).
+LONG_TEXT_PANEL = "Long texts"
 LongTextOpt = Annotated[
     str | None,
-    typer.Option("--long-text", help="window (default): read whole texts as overlapping windows; truncate."),
+    typer.Option(
+        "--long-text",
+        rich_help_panel=LONG_TEXT_PANEL,
+        help="window (default): read whole texts as overlapping windows; truncate.",
+    ),
 ]
 WindowStrideOpt = Annotated[
     int | None,
-    typer.Option("--window-stride", help="Tokens between window starts (default: half a window)."),
+    typer.Option(
+        "--window-stride",
+        rich_help_panel=LONG_TEXT_PANEL,
+        help="Tokens between window starts (default: half a window).",
+    ),
 ]
 MaxWindowsOpt = Annotated[
-    int | None, typer.Option("--max-windows", help="Windows read per text at most (default 64; counted).")
+    int | None,
+    typer.Option(
+        "--max-windows",
+        rich_help_panel=LONG_TEXT_PANEL,
+        help="Windows read per text at most (default 64; counted).",
+    ),
 ]
 WindowAggregationOpt = Annotated[
     str | None,
-    typer.Option("--window-aggregation", help="confidence (default), mean or max: windows → one prediction."),
+    typer.Option(
+        "--window-aggregation",
+        rich_help_panel=LONG_TEXT_PANEL,
+        help="confidence (default), mean or max: windows → one prediction.",
+    ),
 ]
 MaxBatchTokensOpt = Annotated[
-    int | None, typer.Option("--max-batch-tokens", help="Padded tokens per forward pass at most.")
+    int | None,
+    typer.Option(
+        "--max-batch-tokens", rich_help_panel=LONG_TEXT_PANEL, help="Padded tokens per forward pass at most."
+    ),
 ]
+LONG_TEXT_OPTIONS: dict[str, Any] = {
+    "long_text": LongTextOpt,
+    "window_stride": WindowStrideOpt,
+    "max_windows": MaxWindowsOpt,
+    "window_aggregation": WindowAggregationOpt,
+    "max_batch_tokens": MaxBatchTokensOpt,
+}
+"""LongTextOptions fields as CLI options (a command takes them with :func:`long_text_options`)."""
 
 
-def long_text_flags(
-    long_text: str | None,
-    window_stride: int | None,
-    max_windows: int | None,
-    window_aggregation: str | None,
-    max_batch_tokens: int | None,
-) -> dict[str, Any]:
-    """The LongTextOptions fields given on the command line (None = not given)."""
-    return drop_none(
-        {
-            "long_text": long_text,
-            "window_stride": window_stride,
-            "max_windows": max_windows,
-            "window_aggregation": window_aggregation,
-            "max_batch_tokens": max_batch_tokens,
-        }
-    )
-
-
-def ingest_options(
-    input: str | None,
-    format: str | None,
-    text_fields: str | None,
-    label_field: str | None,
-    id_field: str | None,
-    keep_fields: str | None = None,
-    clean_text: bool | None = None,
-    csv_header: bool | None = None,
-    csv_columns: str | None = None,
-    *,
-    dedupe: str | None = None,
-    max_line_bytes: int | None = None,
-    max_reject_fraction: float | None = None,
-) -> dict[str, Any]:
-    """The IngestSpec fields given on the command line (None = not given)."""
-    return drop_none(
-        {
-            "input": input,
-            "format": format,
-            "text_fields": text_fields,
-            "label_field": label_field,
-            "id_field": id_field,
-            "keep_fields": keep_fields,
-            "clean_text": clean_text,
-            "csv_header": csv_header,
-            "csv_columns": csv_columns,
-            "dedupe": dedupe,
-            "max_line_bytes": max_line_bytes,
-            "max_reject_fraction": max_reject_fraction,
-        }
-    )
+def long_text_options() -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """The shared long-text options (:data:`LONG_TEXT_OPTIONS`), passed as `window_flags`."""
+    return option_group(LONG_TEXT_OPTIONS, "window_flags")
 
 
 def build_spec(model: type[Any], spec_file: Path | None, flags: dict[str, Any]) -> Any:
@@ -195,20 +272,10 @@ def build_spec(model: type[Any], spec_file: Path | None, flags: dict[str, Any]) 
 
 
 @app.command()
+@corpus_options(keep_fields=True)
 def ingest(
     input: Annotated[str, typer.Option("--input", help="Files, dirs, globs or URIs (comma-separated).")],
     output: Annotated[str, typer.Option("--output", help="Output directory (ok/, rejects/, summary.json).")],
-    format: FormatOpt = None,
-    text_fields: TextFieldsOpt = None,
-    label_field: LabelFieldOpt = None,
-    id_field: IdFieldOpt = None,
-    keep_fields: KeepFieldsOpt = None,
-    clean_text: CleanOpt = None,
-    csv_header: CsvHeaderOpt = None,
-    csv_columns: CsvColumnsOpt = None,
-    dedupe: DedupeOpt = None,
-    max_line_bytes: MaxLineBytesOpt = None,
-    max_reject_fraction: MaxRejectFractionOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start afresh instead of resuming.")] = False,
     near_duplicates: Annotated[
         bool,
@@ -216,25 +283,12 @@ def ingest(
             "--near-duplicates", help="Also write near_duplicates/ (cluster id per ok row) and count them."
         ),
     ] = False,
+    corpus_flags: dict[str, Any] | None = None,
 ) -> None:
     """Validate a corpus: every row ends in ok/ or rejects/ (with a reason); summary.json accounts for all."""
     from bm_ray.ingest import ingest as run_ingest
 
-    flags = ingest_options(
-        input,
-        format,
-        text_fields,
-        label_field,
-        id_field,
-        keep_fields,
-        clean_text,
-        csv_header,
-        csv_columns,
-        dedupe=dedupe,
-        max_line_bytes=max_line_bytes,
-        max_reject_fraction=max_reject_fraction,
-    )
-    spec = validate_spec(IngestSpec, flags, "command line")
+    spec = validate_spec(IngestSpec, {**(corpus_flags or {}), "input": input}, "command line")
     try:
         summary = run_ingest(spec, output, overwrite=overwrite, near_duplicates=near_duplicates)
     except (ValueError, FileNotFoundError) as err:
@@ -243,18 +297,12 @@ def ingest(
 
 
 @app.command()
+@corpus_options()
 def train(
     data: Annotated[
         str | None, typer.Option("--data", help="Training corpus (files, dirs, globs, URIs).")
     ] = None,
     output: Annotated[str | None, typer.Option("--output", help="Model directory to write.")] = None,
-    format: FormatOpt = None,
-    text_fields: TextFieldsOpt = None,
-    label_field: LabelFieldOpt = None,
-    id_field: IdFieldOpt = None,
-    clean_text: CleanOpt = None,
-    csv_header: CsvHeaderOpt = None,
-    csv_columns: CsvColumnsOpt = None,
     val_data: Annotated[
         str | None, typer.Option("--val-data", help="Validation corpus (same ingestion options).")
     ] = None,
@@ -300,6 +348,7 @@ def train(
     ] = None,
     address: AddressOpt = None,
     spec: SpecOpt = None,
+    corpus_flags: dict[str, Any] | None = None,
 ) -> None:
     """Fine-tune BERT (TFBertForSequenceClassification) data-parallel with Ray Train."""
     from bm_ray.models import ModelRefError
@@ -307,9 +356,7 @@ def train(
     from bm_ray.train import train as run_train
     from bm_ray.train_resume import ResumeError
 
-    ingest_flags = ingest_options(
-        data, format, text_fields, label_field, id_field, None, clean_text, csv_header, csv_columns
-    )
+    ingest_flags = drop_none({**(corpus_flags or {}), "input": data})
     flags = drop_none(
         {
             "data": ingest_flags or None,
@@ -365,19 +412,14 @@ def tune(
 
 
 @app.command()
+@corpus_options()
+@long_text_options()
 def evaluate(
     model: Annotated[str, typer.Option("--model", help="Model directory or URI.")],
     data: Annotated[str, typer.Option("--data", help="Labelled corpus.")],
     output: Annotated[
         str | None, typer.Option("--output", help="Where metrics.json and the plot go.")
     ] = None,
-    format: FormatOpt = None,
-    text_fields: TextFieldsOpt = None,
-    label_field: LabelFieldOpt = None,
-    id_field: IdFieldOpt = None,
-    clean_text: CleanOpt = None,
-    csv_header: CsvHeaderOpt = None,
-    csv_columns: CsvColumnsOpt = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
     train_data: Annotated[
         str | None,
@@ -385,18 +427,13 @@ def evaluate(
             "--train-data", help="Training corpus (same options): report duplicates of it (leakage)."
         ),
     ] = None,
-    long_text: LongTextOpt = None,
-    window_stride: WindowStrideOpt = None,
-    max_windows: MaxWindowsOpt = None,
-    window_aggregation: WindowAggregationOpt = None,
-    max_batch_tokens: MaxBatchTokensOpt = None,
+    corpus_flags: dict[str, Any] | None = None,
+    window_flags: dict[str, Any] | None = None,
 ) -> None:
     """Accuracy, macro-F1, per-class P/R/F1 and a confusion matrix of a model on a labelled corpus."""
     from bm_ray.evaluate import evaluate as run_evaluate
 
-    data_flags = ingest_options(
-        data, format, text_fields, label_field, id_field, None, clean_text, csv_header, csv_columns
-    )
+    data_flags = {**(corpus_flags or {}), "input": data}
     flags = drop_none(
         {
             "model": model,
@@ -404,7 +441,7 @@ def evaluate(
             "train_data": {**data_flags, "input": train_data} if train_data else None,
             "output": output,
             "batch_size": batch_size,
-            **long_text_flags(long_text, window_stride, max_windows, window_aggregation, max_batch_tokens),
+            **(window_flags or {}),
         }
     )
     try:
@@ -431,17 +468,11 @@ def evaluate(
 
 
 @app.command()
+@corpus_options()
 def demo(
     data: Annotated[
         str | None, typer.Option("--data", help="Corpus to use instead of the bundled sample.")
     ] = None,
-    format: FormatOpt = None,
-    text_fields: TextFieldsOpt = None,
-    label_field: LabelFieldOpt = None,
-    id_field: IdFieldOpt = None,
-    clean_text: CleanOpt = None,
-    csv_header: CsvHeaderOpt = None,
-    csv_columns: CsvColumnsOpt = None,
     workdir: Annotated[Path, typer.Option("--workdir", help="Where every stage writes.")] = Path(
         "bm-ray-demo"
     ),
@@ -449,22 +480,22 @@ def demo(
     epochs: Annotated[int, typer.Option("--epochs")] = 3,
     port: Annotated[int, typer.Option("--port", help="Loopback port of the demo endpoint.")] = 8000,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the stage summary as JSON.")] = None,
+    corpus_flags: dict[str, Any] | None = None,
 ) -> None:
     """Fetch weights, ingest, train (2 workers), evaluate, bulk-classify and serve on an embedded local Ray."""
     from bm_ray.demo import run_demo, summary_rows
 
     spec = None
     if data is not None:
-        flags = ingest_options(
-            data, format, text_fields, label_field, id_field, None, clean_text, csv_header, csv_columns
-        )
-        spec = validate_spec(IngestSpec, flags, "command line")
+        spec = validate_spec(IngestSpec, {**(corpus_flags or {}), "input": data}, "command line")
     results = run_demo(workdir, spec, base_model=base_model, epochs=epochs, port=port)
     if json_path:
         json_path.write_text(json.dumps(summary_rows(results), indent=2), encoding="utf-8")
 
 
 @app.command()
+@corpus_options(keep_fields=True)
+@long_text_options()
 def classify(
     model: Annotated[str | None, typer.Option("--model", help="Model directory or URI.")] = None,
     input: Annotated[
@@ -473,17 +504,6 @@ def classify(
     output: Annotated[
         str | None, typer.Option("--output", help="Output dir (predictions/, rejects/, summary.json).")
     ] = None,
-    format: FormatOpt = None,
-    text_fields: TextFieldsOpt = None,
-    label_field: LabelFieldOpt = None,
-    id_field: IdFieldOpt = None,
-    keep_fields: KeepFieldsOpt = None,
-    clean_text: CleanOpt = None,
-    csv_header: CsvHeaderOpt = None,
-    csv_columns: CsvColumnsOpt = None,
-    dedupe: DedupeOpt = None,
-    max_line_bytes: MaxLineBytesOpt = None,
-    max_reject_fraction: MaxRejectFractionOpt = None,
     batch_size: Annotated[
         int | None, typer.Option("--batch-size", help="Rows per forward pass (length-bucketed).")
     ] = None,
@@ -494,36 +514,20 @@ def classify(
     cpus_per_actor: Annotated[float | None, typer.Option("--cpus-per-actor")] = None,
     gpus_per_actor: Annotated[float | None, typer.Option("--gpus-per-actor")] = None,
     precision: Annotated[str | None, typer.Option("--precision", help="auto|fp32|bf16|fp16.")] = None,
-    long_text: LongTextOpt = None,
-    window_stride: WindowStrideOpt = None,
-    max_windows: MaxWindowsOpt = None,
-    window_aggregation: WindowAggregationOpt = None,
-    max_batch_tokens: MaxBatchTokensOpt = None,
     overwrite: Annotated[
         bool | None, typer.Option("--overwrite", help="Start afresh instead of resuming into --output.")
     ] = None,
     address: AddressOpt = None,
     spec: SpecOpt = None,
+    corpus_flags: dict[str, Any] | None = None,
+    window_flags: dict[str, Any] | None = None,
 ) -> None:
     """Classify a corpus with Ray Data: every row ends once in predictions/ or rejects/; resumable."""
     from bm_ray.classify import classify as run_classify
     from bm_ray.classify import summary_table
     from bm_ray.specs import ClassifySpec
 
-    ingest_flags = ingest_options(
-        input,
-        format,
-        text_fields,
-        label_field,
-        id_field,
-        keep_fields,
-        clean_text,
-        csv_header,
-        csv_columns,
-        dedupe=dedupe,
-        max_line_bytes=max_line_bytes,
-        max_reject_fraction=max_reject_fraction,
-    )
+    ingest_flags = drop_none({**(corpus_flags or {}), "input": input})
     flags = drop_none(
         {
             "model": model,
@@ -534,7 +538,7 @@ def classify(
             "cpus_per_actor": cpus_per_actor,
             "gpus_per_actor": gpus_per_actor,
             "precision": precision,
-            **long_text_flags(long_text, window_stride, max_windows, window_aggregation, max_batch_tokens),
+            **(window_flags or {}),
             "overwrite": overwrite,
             "address": address,
         }
@@ -588,6 +592,7 @@ def model_list() -> None:
 
 
 @app.command()
+@long_text_options()
 def serve(
     model: Annotated[
         str | None, typer.Option("--model", help="Model directory or URI (a `bm-ray train` output).")
@@ -622,16 +627,12 @@ def serve(
     api_key_file: Annotated[
         str | None, typer.Option("--api-key-file", help="File holding the Bearer API key (a mounted Secret).")
     ] = None,
-    long_text: LongTextOpt = None,
-    window_stride: WindowStrideOpt = None,
-    max_windows: MaxWindowsOpt = None,
-    window_aggregation: WindowAggregationOpt = None,
-    max_batch_tokens: MaxBatchTokensOpt = None,
     address: AddressOpt = None,
     config: Annotated[
         Path | None,
         typer.Option("--config", help="ServeSpec YAML or Serve config (jobs/serve.yaml); flags win."),
     ] = None,
+    window_flags: dict[str, Any] | None = None,
 ) -> None:
     """Serve the model over HTTP with Ray Serve until Ctrl-C; on a running app, a new --model is a zero-downtime swap."""
     import time
@@ -655,7 +656,7 @@ def serve(
             "max_queued_requests": max_queued_requests,
             "api_key_env": api_key_env,
             "api_key_file": api_key_file,
-            **long_text_flags(long_text, window_stride, max_windows, window_aggregation, max_batch_tokens),
+            **(window_flags or {}),
         }
     )
     spec = load_serve_spec(config, flags)
@@ -723,15 +724,11 @@ def bench_serve_cmd(
 
 
 @bench_app.command("train")
+@corpus_options()
 def bench_train_cmd(
     data: Annotated[
         str, typer.Option("--data", help="Labelled corpus (the first --rows valid rows are used).")
     ],
-    format: FormatOpt = None,
-    text_fields: TextFieldsOpt = None,
-    label_field: LabelFieldOpt = None,
-    csv_header: CsvHeaderOpt = None,
-    csv_columns: CsvColumnsOpt = None,
     base_model: Annotated[str, typer.Option("--base-model")] = "minilm-l6",
     rows: Annotated[int, typer.Option("--rows")] = 1024,
     workers: Annotated[int, typer.Option("--workers")] = 2,
@@ -750,11 +747,12 @@ def bench_train_cmd(
         str | None,
         typer.Option("--output", help="--quality: where bm-ray's model goes (default: a temp dir)."),
     ] = None,
+    corpus_flags: dict[str, Any] | None = None,
 ) -> None:
     """Training rows/s: Ray Train (N workers x 1 CPU) vs plain Keras fit on N cores, plus padding waste."""
     from bm_ray.bench_train import bench_quality, bench_train
 
-    flags = ingest_options(data, format, text_fields, label_field, None, None, None, csv_header, csv_columns)
+    flags = {**(corpus_flags or {}), "input": data}
     if quality:
         import tempfile
 
@@ -813,14 +811,10 @@ def bench_ingest_cmd(
 
 
 @bench_app.command("classify")
+@corpus_options()
 def bench_classify_cmd(
     model: Annotated[str, typer.Option("--model", help="Model directory or URI.")],
     input: Annotated[str, typer.Option("--input", help="Corpus with the texts (the first --rows ok rows).")],
-    format: FormatOpt = None,
-    text_fields: TextFieldsOpt = None,
-    label_field: LabelFieldOpt = None,
-    csv_header: CsvHeaderOpt = None,
-    csv_columns: CsvColumnsOpt = None,
     rows: Annotated[
         int, typer.Option("--rows", help="Rows per path (cycled if the corpus is smaller).")
     ] = 2000,
@@ -829,6 +823,7 @@ def bench_classify_cmd(
         bool, typer.Option("--memory", help="Also peak RSS of the Ray job at --rows and 10x --rows.")
     ] = False,
     json_path: Annotated[str | None, typer.Option("--json", help="Write the figures as JSON.")] = None,
+    corpus_flags: dict[str, Any] | None = None,
 ) -> None:
     """Bulk classification rows/s: naive Keras predict vs the engine vs the Ray Data job, plus GFLOP/s."""
     import ray
@@ -836,7 +831,7 @@ def bench_classify_cmd(
     from bm_ray.bench_classify import bench_classify
     from bm_ray.runtime import init_ray
 
-    flags = ingest_options(input, format, text_fields, label_field, None, None, None, csv_header, csv_columns)
+    flags = {**(corpus_flags or {}), "input": input}
     init_ray("local")  # a fresh embedded Ray sized to this machine, never someone else's cluster
     try:
         result = bench_classify(
