@@ -34,7 +34,7 @@ from bm_ray.models import read_model_info, resolve_model
 from bm_ray.report import try_build_report
 from bm_ray.runtime import init_ray
 from bm_ray.specs import ClassifySpec, LongTextOptions, Precision
-from bm_ray.storage import exists, join, read_json, redact_uri, resolve_uri
+from bm_ray.storage import redact_uri
 
 PREDICTIONS_DIR = "predictions"
 PROBS_COLUMN = "_probs"
@@ -159,8 +159,6 @@ def classify(spec: ClassifySpec) -> dict[str, Any]:
     info = read_model_info(resolve_model(spec.model))  # fail fast, before touching the output
     init_ray(spec.address)
     min_actors, max_actors = actor_pool(spec)
-    if not spec.overwrite:
-        check_model_version(spec.output, info.version)
 
     def predict_and_commit(ds: ray.data.Dataset, lease_token: str) -> ray.data.Dataset:
         return ds.map_batches(
@@ -226,25 +224,6 @@ def classify(spec: ClassifySpec) -> dict[str, Any]:
         context.target_max_block_size = previous_block_size
     try_build_report(spec.output)
     return summary
-
-
-def check_model_version(output: str, version: str) -> None:
-    """Refuse to resume into `output` when its recorded job ran another version of the model.
-
-    The version is part of the job identity in `_job.json` as well; this check runs first so the
-    error names both versions (the model directory was retrained or replaced at the same path).
-    """
-    fs, root = resolve_uri(output)
-    job_path = join(root, commit.JOB_FILE)
-    if not exists(fs, job_path):
-        return
-    previous = read_json(fs, job_path).get("model_version")
-    if previous is not None and previous != version:
-        raise ValueError(
-            f"{redact_uri(output)} holds predictions of model version {previous}, but the model is now "
-            f"version {version}; pass overwrite (--overwrite) to classify afresh with the new model, "
-            "or choose another output"
-        )
 
 
 def precision_agreement(

@@ -180,8 +180,9 @@ def check_job_identity(output: str, previous: dict[str, Any], current: dict[str,
         k for k in set(previous) | set(current) if k != MANIFEST_KEY and previous.get(k) != current.get(k)
     )
     if keys:
+        differences = ", ".join(_difference(k, previous.get(k), current.get(k)) for k in keys)
         raise ValueError(
-            f"{redact_uri(output)} holds the output of a different job (differs in: {', '.join(keys)}); "
+            f"{redact_uri(output)} holds the output of a different job (differs in: {differences}); "
             "pass overwrite (--overwrite) to start afresh or choose another output"
         )
     changes = _manifest_changes(previous.get(MANIFEST_KEY) or [], current.get(MANIFEST_KEY) or [])
@@ -191,6 +192,18 @@ def check_job_identity(output: str, previous: dict[str, Any], current: dict[str,
             f"the inputs changed since the job into {redact_uri(output)} started: {shown}. Resuming would skip or "
             "repeat the wrong rows; pass overwrite (--overwrite) to start afresh or choose another output"
         )
+
+
+SHOWN_VALUE_CHARS = 80
+"""Identity values up to this long are shown in a resume refusal (e.g. both model versions); longer ones are named only."""
+
+
+def _difference(key: str, previous: Any, current: Any) -> str:
+    """`key` (was X, now Y) for short scalar values, else just `key` (spec sections, lists)."""
+    scalars = all(v is None or isinstance(v, str | int | float | bool) for v in (previous, current))
+    if scalars and max(len(repr(previous)), len(repr(current))) <= SHOWN_VALUE_CHARS:
+        return f"{key} (was {previous}, now {current})"
+    return key
 
 
 def _stored_identity(output: str) -> dict[str, Any] | None:

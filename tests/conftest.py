@@ -36,3 +36,18 @@ def tokenizer_dir() -> str:
     from bm_ray.models import fetch_preset
 
     return str(fetch_preset("minilm-l6"))
+
+
+SLOW_ENV = "BM_RAY_SLOW"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `slow` (real-model training) run only with BM_RAY_SLOW=1 (`make test-slow`)."""
+    import os
+
+    if os.environ.get(SLOW_ENV) == "1":
+        return
+    skip = pytest.mark.skip(reason=f"slow: real-model run, opt in with {SLOW_ENV}=1 (make test-slow)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -274,14 +274,16 @@ def test_resume_refuses_another_model_version_at_the_same_path(
     make_tiny_model(model_dir, LABELS, tokenizer_dir, seed=1)  # retrained at the same path
     new = read_model_info(model_dir).version
     assert new != old
-    with pytest.raises(ValueError, match=rf"model version {old}, but the model is now version {new}"):
+    with pytest.raises(
+        ValueError, match=rf"different job \(differs in: model_version \(was {old}, now {new}\)\).*overwrite"
+    ):
         classify(spec)
     fresh = classify(spec.model_copy(update={"overwrite": True}))
     assert fresh["model"]["version"] == new and fresh["rows_read"] == len(ids)
 
 
-def test_precision_agreement_bf16_runs(tiny_model: str) -> None:
+def test_precision_agreement_of_fp32_with_itself_is_exact(tiny_model: str) -> None:
+    """The bf16 contract (>= 0.995 on real text) needs a trained model: tests/model/test_behaviour.py."""
     texts = [" ".join(WORDS[i % len(WORDS) :]) for i in range(20)]
-    agreement = precision_agreement(tiny_model, texts, "bf16")
-    assert 0.0 <= agreement <= 1.0
     assert precision_agreement(tiny_model, texts, "fp32") == 1.0
+    assert precision_agreement(tiny_model, [], "bf16") == 1.0
