@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ray.data.expressions import col
 
 from bm_ray.specs import IngestSpec, TrainSpec
 from bm_ray.tf_runtime import import_tensorflow
@@ -26,7 +27,7 @@ def _sample_corpus(ingest: IngestSpec, rows: int, path: Path) -> Path:
 
     ds, _ = read_corpus(ingest, dedupe=False)
     with path.open("w", encoding="utf-8") as handle:
-        for row in ok_rows(ds, ["id", "text", "label"]).filter(lambda r: r["label"] is not None).take(rows):
+        for row in ok_rows(ds, ["id", "text", "label"]).filter(expr=col("label").is_not_null()).take(rows):
             handle.write(json.dumps(row) + "\n")
     return path
 

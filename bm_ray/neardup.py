@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from ray.data.expressions import col
 
 SHINGLE_WORDS = 5
 """Words per shingle."""
@@ -364,8 +365,8 @@ def split_by_cluster(ds: Any, fraction: float, seed: int) -> tuple[Any, Any]:
     val_clusters = {c for t in _iter_tables(chosen) for c in t.column("cluster").to_pylist()}
     marked = ds.map_batches(_mark_val, fn_kwargs={"val_clusters": val_clusters}, batch_format="pyarrow")
     marked = marked.drop_columns(["cluster"]).materialize()
-    train = marked.filter(lambda row: not row["_val"]).drop_columns(["_val"])
-    val = marked.filter(lambda row: row["_val"]).drop_columns(["_val"])
+    train = marked.filter(expr=~col("_val")).drop_columns(["_val"])
+    val = marked.filter(expr=col("_val")).drop_columns(["_val"])
     return train, val
 
 

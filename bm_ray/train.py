@@ -19,6 +19,7 @@ import re
 import shutil
 import tempfile
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from ray.data.expressions import col
 
 from bm_ray.evaluate import MISSING_LABEL, UNKNOWN_LABEL
 from bm_ray.models import ModelInfo, resolve_model
@@ -93,7 +95,7 @@ def _read_rows(ingest: IngestSpec, name: str) -> tuple[Any, Any, Counter[str], C
     from bm_ray.corpus import read_corpus
 
     ds, info = read_corpus(ingest)
-    ds = ds.filter(lambda row: row["reason"] != "blank_line").materialize()
+    ds = ds.filter(expr=col("reason").is_null() | (col("reason") != "blank_line")).materialize()
     if info.dedupe is not None:
         info.dedupe.close()
     reasons: Counter[str] = Counter()
@@ -114,8 +116,8 @@ def _read_rows(ingest: IngestSpec, name: str) -> tuple[Any, Any, Counter[str], C
                 label_counts[label] += 1
     if rows_read == 0:
         raise TrainError(f"{name}: no rows read from {', '.join(ingest.input)}")
-    ok = ds.filter(lambda row: row["reason"] is None and row["label"] is not None)
-    rejects = ds.filter(lambda row: row["reason"] is not None or row["label"] is None)
+    ok = ds.filter(expr=col("reason").is_null() & col("label").is_not_null())
+    rejects = ds.filter(expr=col("reason").is_not_null() | col("label").is_null())
     return ok, rejects, reasons, label_counts, rows_read
 
 
@@ -141,13 +143,13 @@ def prepare_data(spec: TrainSpec) -> PreparedData:
         val_ok, val_rejects, val_reasons, val_labels, val_read = _read_rows(spec.val_data, "val_data")
         known = set(labels)
         unknown = sum(n for label, n in val_labels.items() if label not in known)
-        val_rows = val_ok.filter(lambda row: row["label"] in known)
+        val_rows = val_ok.filter(expr=col("label").is_in(sorted(known)))
         rejects = rejects.union(val_rejects)
         if unknown:
             val_reasons[UNKNOWN_LABEL] = unknown
             # Unknown validation labels cannot be scored; they are rejected rows, not a crash.
             rejects = rejects.union(
-                val_ok.filter(lambda row: row["label"] not in known).map_batches(
+                val_ok.filter(expr=col("label").not_in(sorted(known))).map_batches(
                     _mark_reason, fn_kwargs={"reason": UNKNOWN_LABEL}, batch_format="pyarrow"
                 )
             )
@@ -210,10 +212,13 @@ def split_rows(ok: Any, spec: TrainSpec) -> tuple[Any, Any, dict[str, Any], dict
         )
         train_rows, val_rows = split_by_cluster(ok, spec.val_fraction, spec.seed)
     else:
-        # Seeded shuffle first: Ray's stratified split itself takes rows in order.
-        train_rows, val_rows = ok.random_shuffle(seed=spec.seed).train_test_split(
-            test_size=spec.val_fraction, stratify="label"
-        )
+        # Seeded shuffle first: Ray's stratified split itself takes rows in order. It filters with a
+        # Python function inside Ray; Ray's "use expr" advice is for Ray's code, not for the user.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Use 'expr' instead of 'fn'", category=UserWarning)
+            train_rows, val_rows = ok.random_shuffle(seed=spec.seed).train_test_split(
+                test_size=spec.val_fraction, stratify="label"
+            )
     val_keys = {
         k
         for batch in val_rows.select_columns(["id"]).iter_batches(batch_format="pyarrow")
