@@ -72,14 +72,14 @@ def test_planted_clusters_are_found(ray_local: None) -> None:
     assert found.counts()["exact_pairs"] == 12 + 10
 
 
-def _split_ids(rows: list[dict], seed: int) -> tuple[list[str], list[str]]:
-    train, val, _ = neardup.grouped_split(ray.data.from_items(rows), 0.2, seed, key_column="id")
-    return sorted(r["id"] for r in train.take_all()), sorted(r["id"] for r in val.take_all())
+def _ids(ds: ray.data.Dataset) -> list[str]:
+    return sorted(r["id"] for r in ds.select_columns(["id"]).take_all())
 
 
-def test_grouped_split_keeps_clusters_whole_stratified_and_seeded(ray_local: None) -> None:
+def test_grouped_split_keeps_clusters_whole_and_stratified(ray_local: None) -> None:
     rows, planted = planted_corpus()
-    train, val = _split_ids(rows, seed=7)
+    train_ds, val_ds, _ = neardup.grouped_split(ray.data.from_items(rows), 0.2, 7, key_column="id")
+    train, val = _ids(train_ds), _ids(val_ds)
     assert sorted(train + val) == sorted(r["id"] for r in rows)  # every row on exactly one side
     val_set = set(val)
     for cluster in planted:
@@ -89,8 +89,23 @@ def test_grouped_split_keeps_clusters_whole_stratified_and_seeded(ray_local: Non
     totals, in_val = Counter(label_of.values()), Counter(label_of[i] for i in val)
     for label in LABELS:  # stratified: each label's share within one (≤ 3-row) cluster of 20%
         assert abs(in_val[label] - 0.2 * totals[label]) <= 3, (label, in_val, totals)
-    assert _split_ids(rows, seed=7) == (train, val)  # deterministic
-    assert _split_ids(rows, seed=8) != (train, val)  # and seeded
+
+
+def test_cluster_split_is_deterministic_and_seeded(ray_local: None) -> None:
+    """The split of given clusters (the step after finding them) depends on the seed and nothing else."""
+    rows, planted = planted_corpus()
+    cluster_of = {key: min(cluster) for cluster in planted for key in cluster}
+    clustered = ray.data.from_items(
+        [{**r, "cluster": cluster_of.get(r["id"], r["id"])} for r in rows]
+    ).materialize()
+
+    def split(seed: int) -> tuple[list[str], list[str]]:
+        train, val = neardup.split_by_cluster(clustered, 0.2, seed)
+        return _ids(train), _ids(val)
+
+    first = split(7)
+    assert split(7) == first
+    assert split(8) != first
 
 
 def test_a_grouped_split_with_no_room_for_validation_refuses(ray_local: None) -> None:
