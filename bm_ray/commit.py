@@ -146,7 +146,11 @@ def refuse_foreign_overwrite(output: str) -> None:
     fs, root = resolve_uri(output)
     if fs.get_file_info(root).type == pafs.FileType.File:
         raise ValueError(f"--output {redact_uri(output)} is a file, not a directory")
-    entries = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    entries = [
+        info
+        for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+        if info.base_name != LEASE_FILE  # the job's own lease, taken before its output is prepared
+    ]
     if entries and not is_bm_ray_output(output):
         raise ValueError(
             f"refusing to overwrite {redact_uri(output)}: it is not empty and holds no bm-ray output "

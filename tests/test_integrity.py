@@ -138,6 +138,17 @@ def test_overwrite_refuses_a_directory_that_is_not_a_bm_ray_output(ray_local, tm
     assert listing(precious) == {"thesis.tex": b"years of work"}
 
 
+def test_overwrite_into_a_new_or_empty_directory_runs(ray_local, tmp_path: Path) -> None:
+    """The job's own lease (taken before the output is prepared) is not a foreign file."""
+    inputs = write_days(tmp_path / "in")
+    spec = IngestSpec(input=inputs, text_fields=["title", "body"])
+    (tmp_path / "empty").mkdir()
+    for out in (tmp_path / "new", tmp_path / "empty"):
+        summary = ingest(spec, str(out), overwrite=True)
+        assert summary["rows_read"] == summary["rows_ok"] + summary["rows_rejected"] > 0
+        assert not (out / commit.LEASE_FILE).exists()
+
+
 def test_a_huge_line_is_too_long_without_being_held(tmp_path: Path) -> None:
     big = 64 * 1024 * 1024
 
