@@ -6,6 +6,7 @@ import logging
 import os
 import random
 import socket
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -166,4 +167,21 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: 
             init_kwargs["num_cpus"] = num_cpus
     init_kwargs.update(kwargs)
     ray.init(**init_kwargs)
-    ray.data.DataContext.get_current().enable_progress_bars = True
+    quiet_ray_data_console()
+
+
+def quiet_ray_data_console() -> None:
+    """Ray Data in a bm-ray driver: progress bars on a terminal only, its INFO lines in ray-data.log only.
+
+    Off a terminal Ray Data logs a multi-line progress block every few seconds, and it prints each
+    dataset's start and execution plan at INFO; bm-ray's own log says what each stage does. Warnings
+    and errors still reach the console, and ``--verbose`` (DEBUG) keeps everything. Ray Data has no
+    setting for its console level, so the level of its console handler (the "ray.data" logger's
+    stream handler) is set; its session-file handler, read for debugging, is left as it is.
+    """
+    ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
+    if logging.getLogger("bm_ray").getEffectiveLevel() <= logging.DEBUG:
+        return
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler) and type(handler).__module__.startswith("ray."):
+            handler.setLevel(logging.WARNING)

@@ -28,3 +28,23 @@ def test_quiet_and_verbose_together_are_refused(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv(LOG_LEVEL_ENV, "INFO")
     result = CliRunner().invoke(app, ["--quiet", "--verbose", "model", "list"])
     assert result.exit_code == 2 and "choose one" in result.output
+
+
+def test_ray_data_prints_no_progress_or_info_lines_off_a_terminal(ray_local, capfd) -> None:
+    """Off a terminal (as here), Ray Data's progress blocks and INFO lines stay out of the console;
+    its warnings still reach it."""
+    import logging
+
+    import ray
+
+    from bm_ray.runtime import quiet_ray_data_console
+
+    quiet_ray_data_console()  # what init_ray does in every bm-ray driver
+    ray.data.range(2000, override_num_blocks=4).map_batches(lambda b: b).materialize()
+    seen = "".join(capfd.readouterr())
+    assert "logging_progress" not in seen and "Running Dataset" not in seen
+    assert "Starting execution" not in seen and "Execution plan" not in seen
+    ray_data = logging.getLogger("ray.data")
+    console = [h for h in ray_data.handlers if type(h).__module__.startswith("ray.") and hasattr(h, "stream")]
+    assert console and all(h.level == logging.WARNING for h in console)  # warnings and errors still shown
+    assert ray_data.isEnabledFor(logging.INFO)  # and everything still goes to ray-data.log
