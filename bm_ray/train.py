@@ -609,6 +609,7 @@ def fit_trainer(
 
     `callbacks` are Ray Train run callbacks (e.g. Tune's report callback when run as a Tune trial).
     """
+    import ray.data
     import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
@@ -617,6 +618,9 @@ def fit_trainer(
 
     # An explicit filesystem: URI options (endpoint_override, credentials) survive path joins.
     storage_fs, storage_path = resolve_uri(storage)
+    # The trainer hands this DataContext to its dataset split coordinator and workers: their progress
+    # bars, relayed from remote processes, would interleave with the epoch lines that say it better.
+    ray.data.DataContext.get_current().enable_progress_bars = False
     trainer = TensorflowTrainer(
         train_loop_per_worker=train_loop_per_worker,
         train_loop_config=config,
