@@ -6,11 +6,18 @@ page's navigation, consent and paywall windows would out-vote its article. `bm-r
 uniform target over the labels (label id :data:`BACKGROUND_LABEL_ID`): the model learns to answer
 flat on such text, and the engine's confidence-weighted window aggregation then counts those windows
 little. The phrases were written for this purpose; none comes from a data set.
+
+`--boilerplate-rows N` teaches the other half: N training rows are also trained on as they sit in a
+scraped page (:func:`behind_boilerplate`: after a few of these phrases, sometimes before more), with
+their own label, so a window holding page furniture *and* the article is read by the article.
 """
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
+import pyarrow as pa
 
 BACKGROUND_LABEL_ID = -1
 """Label id of a background row in the tokenised training data: its target is uniform over the labels."""
@@ -79,3 +86,23 @@ def background_texts(n: int, seed: int = 0, max_phrases: int = 8) -> list[str]:
         picked = rng.choice(len(BACKGROUND_PHRASES), size=min(k, len(BACKGROUND_PHRASES)), replace=False)
         texts.append("\n".join(BACKGROUND_PHRASES[i] for i in picked))
     return texts
+
+
+def behind_boilerplate(batch: pa.Table, seed: int = 0) -> pa.Table:
+    """Ray Data task: each row's `text` as it would sit in a scraped page, every other column kept.
+
+    The text follows 3 to 8 background phrases and, for half the rows, comes before 1 to 3 more.
+    Seeded by `seed` and the batch's texts, so a rerun over the same rows builds the same pages.
+    """
+    texts = batch.column("text").to_pylist()
+    rng = np.random.default_rng([seed, zlib.crc32("\x00".join(texts).encode("utf-8"))])
+
+    def phrases(low: int, high: int) -> str:
+        picked = rng.choice(len(BACKGROUND_PHRASES), size=int(rng.integers(low, high + 1)), replace=False)
+        return "\n".join(BACKGROUND_PHRASES[i] for i in picked)
+
+    paged = []
+    for text in texts:
+        page = f"{phrases(3, 8)}\n{text}"
+        paged.append(f"{page}\n{phrases(1, 3)}" if rng.random() < 0.5 else page)
+    return batch.set_column(batch.schema.get_field_index("text"), "text", pa.array(paged, pa.string()))

@@ -340,6 +340,13 @@ def train(
             "--background-rows", help="Generic non-news texts trained towards a flat answer (default 0)."
         ),
     ] = None,
+    boilerplate_rows: Annotated[
+        int | None,
+        typer.Option(
+            "--boilerplate-rows",
+            help="Training rows also trained on behind generic page boilerplate, label kept (default 0).",
+        ),
+    ] = None,
     resume: Annotated[
         bool | None, typer.Option("--resume/--no-resume", help="Continue the run under --output.")
     ] = None,
@@ -378,6 +385,7 @@ def train(
             "refit": refit,
             "mixed_precision": mixed_precision,
             "background_rows": background_rows,
+            "boilerplate_rows": boilerplate_rows,
             "resume": resume,
             "overwrite": overwrite,
             "address": address,

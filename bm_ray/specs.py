@@ -170,6 +170,13 @@ class TrainSpec(StrictModel):
         description="Generic non-topical texts (site boilerplate written into bm-ray) added to the training rows "
         "with a uniform target, so the model answers flat on text that is not news (see bm_ray.background).",
     )
+    boilerplate_rows: int = Field(
+        default=0,
+        ge=0,
+        description="Training rows (at most all of them) also trained on behind generic page boilerplate, with "
+        "their own label, so a window holding page furniture and the article is read by the article "
+        "(see bm_ray.background.behind_boilerplate). Validation rows are never changed.",
+    )
     max_failures: int = Field(default=3, ge=0, description="Worker/node failures survived (FailureConfig).")
     resume: bool = Field(
         default=False,

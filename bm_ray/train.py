@@ -174,6 +174,9 @@ def prepare_data(spec: TrainSpec) -> PreparedData:
     else:
         encoder = TextEncoder.from_dir(resolve_model(spec.base_model), 512)
         max_length = choose_max_length(encoder.token_lengths(sample))
+    boilerplate_rows = 0
+    if spec.boilerplate_rows:
+        train_rows, boilerplate_rows = with_boilerplate(train_rows, spec)
     encode_args = {"model_ref": spec.base_model, "max_length": max_length, "labels": labels}
     tokenised = [
         rows.map_batches(
@@ -186,6 +189,7 @@ def prepare_data(spec: TrainSpec) -> PreparedData:
     counts.update(
         labels=dict(label_counts),
         background_rows=spec.background_rows,
+        boilerplate_rows=boilerplate_rows,
         train_rows=tokenised[0].count(),
         val_rows=tokenised[1].count(),
         max_length=max_length,
@@ -254,6 +258,31 @@ def with_background(train: Any, spec: TrainSpec, max_length: int) -> Any:
         }
     )
     return train.union(ray.data.from_arrow(table)).random_shuffle(seed=spec.seed + 2).materialize()
+
+
+def with_boilerplate(train_rows: Any, spec: TrainSpec) -> tuple[Any, int]:
+    """(training rows plus copies of `spec.boilerplate_rows` of them behind page boilerplate, copies made).
+
+    The copies are a seeded sample of the training rows (all of them when fewer), their texts put in a
+    page by :func:`~bm_ray.background.behind_boilerplate`; labels are kept. Ids get a ``#page`` suffix
+    so every row stays unique, and originals and copies are shuffled together.
+    """
+    from bm_ray.background import behind_boilerplate
+
+    rows = train_rows.materialize()
+    copies = min(spec.boilerplate_rows, rows.count())
+    paged = (
+        rows.random_shuffle(seed=spec.seed + 3)
+        .limit(copies)
+        .map_batches(behind_boilerplate, fn_kwargs={"seed": spec.seed}, batch_format="pyarrow")
+        .map_batches(_page_ids, batch_format="pyarrow")
+    )
+    return rows.union(paged).random_shuffle(seed=spec.seed + 4).materialize(), copies
+
+
+def _page_ids(batch: pa.Table) -> pa.Table:
+    ids = pa.array([f"{i}#page" for i in batch.column("id").to_pylist()], pa.string())
+    return batch.set_column(batch.schema.get_field_index("id"), "id", ids)
 
 
 def _mark_reason(batch: pa.Table, reason: str) -> pa.Table:

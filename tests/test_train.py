@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+import pyarrow as pa
 import pytest
+import ray
 from tiny_model import make_tiny_model
 
 from bm_ray.engine import Predictor
@@ -316,3 +318,28 @@ def test_background_rows_join_training_only_with_the_flat_target_id(
     assert train_ids.count(BACKGROUND_LABEL_ID) == 25 and BACKGROUND_LABEL_ID not in val_ids
     assert mixed.counts["train_rows"] == plain.counts["train_rows"] + 25
     assert mixed.counts["val_rows"] == plain.counts["val_rows"] and mixed.counts["background_rows"] == 25
+
+
+def test_boilerplate_rows_are_training_copies_in_a_page_with_their_own_label(
+    ray_local: None, tiny_base: Path, tmp_path: Path
+) -> None:
+    from bm_ray.background import BACKGROUND_PHRASES, behind_boilerplate
+    from bm_ray.train import with_boilerplate
+
+    rows = [{"id": f"r{i}", "text": f"story number {i}", "label": LABELS[i % len(LABELS)]} for i in range(40)]
+    spec = spec_for(tmp_path / "d.jsonl", tmp_path / "out", tiny_base, boilerplate_rows=15)
+    out, copies = with_boilerplate(ray.data.from_items(rows), spec)
+    got = {row["id"]: row for row in out.take_all()}
+    assert copies == 15 and len(got) == 55
+    originals = {r["id"]: r for r in rows}
+    paged = {k: v for k, v in got.items() if k.endswith("#page")}
+    assert len(paged) == 15 and all(got[k] == v for k, v in originals.items())  # originals untouched
+    for key, row in paged.items():
+        source = originals[key.removesuffix("#page")]
+        assert row["label"] == source["label"] and source["text"] in row["text"]
+        before = row["text"].split(source["text"])[0].strip().split("\n")
+        assert 3 <= len(before) <= 8 and all(line in BACKGROUND_PHRASES for line in before)
+    table = pa.table({"id": ["a"], "text": ["the article"], "label": ["x"]})
+    assert behind_boilerplate(table, seed=1) == behind_boilerplate(table, seed=1)  # seeded
+    capped, n = with_boilerplate(ray.data.from_items(rows[:5]), spec)
+    assert n == 5 and capped.count() == 10  # at most every training row once
