@@ -31,7 +31,7 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 from ray.serve.schema import ServeApplicationSchema, ServeDeploySchema
 
 import bm_ray
-from bm_ray.runtime import WORKER_ENV_VARS, RayAuthError, ray_auth_headers
+from bm_ray.runtime import WORKER_ENV_VARS, WORKER_SETUP_HOOK, RayAuthError, ray_auth_headers
 from bm_ray.specs import (
     ClassifySpec,
     ServeSpec,
@@ -181,7 +181,7 @@ def job_runtime_env(
     working_dir: str | Path | None = None, ship_package: bool = False, pip: list[str] | None = None
 ) -> dict[str, Any]:
     """runtime_env of a submitted job: worker env vars, optional working_dir, bm_ray package and pip extras."""
-    env: dict[str, Any] = {"env_vars": dict(WORKER_ENV_VARS)}
+    env: dict[str, Any] = {"env_vars": dict(WORKER_ENV_VARS), "worker_process_setup_hook": WORKER_SETUP_HOOK}
     if working_dir is not None:
         env["working_dir"] = str(working_dir)
     if ship_package:

@@ -117,6 +117,14 @@ def runtime_env(extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     return {"env_vars": env}
 
 
+def ray_init_runtime_env(extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """:func:`runtime_env` plus the :data:`WORKER_SETUP_HOOK`, for a whole job (`ray.init`, job submission).
+
+    Ray takes the setup hook in a job's runtime_env only, not in a task's or an actor's.
+    """
+    return {**runtime_env(extra_env), "worker_process_setup_hook": WORKER_SETUP_HOOK}
+
+
 def free_port(low: int = 20000, high: int = 32000) -> int:
     """A loopback TCP port free right now, outside both Ray's worker ports (10002-19999) and the
     kernel's ephemeral range (from 32768), so Ray's own port-0 binds cannot take it before we do."""
@@ -151,7 +159,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: 
         # Inside a submitted Ray job the job's runtime env (bm_ray.jobs sets the same variables) applies;
         # passing ours as well would be refused as a conflict.
         if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
-            init_kwargs["runtime_env"] = runtime_env()
+            init_kwargs["runtime_env"] = ray_init_runtime_env()
     else:
         # The embedded head's processes inherit this process's environment.
         for name, value in SERVE_NODE_ENV_VARS.items():
@@ -161,27 +169,60 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: 
             include_dashboard=True,
             dashboard_host="127.0.0.1",
             dashboard_port=port,
-            runtime_env=runtime_env({"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}),
+            runtime_env=ray_init_runtime_env({"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}),
         )
         if num_cpus is not None:
             init_kwargs["num_cpus"] = num_cpus
     init_kwargs.update(kwargs)
     ray.init(**init_kwargs)
+    # Off a terminal Ray Data would log a multi-line progress block every few seconds.
+    ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
     quiet_ray_data_console()
 
 
-def quiet_ray_data_console() -> None:
-    """Ray Data in a bm-ray driver: progress bars on a terminal only, its INFO lines in ray-data.log only.
+def verbose() -> bool:
+    """Whether bm-ray runs at DEBUG (`--verbose`): then Ray Data and TF keep their INFO lines."""
+    return (os.environ.get(LOG_LEVEL_ENV) or "INFO").upper() == "DEBUG"
 
-    Off a terminal Ray Data logs a multi-line progress block every few seconds, and it prints each
-    dataset's start and execution plan at INFO; bm-ray's own log says what each stage does. Warnings
-    and errors still reach the console, and ``--verbose`` (DEBUG) keeps everything. Ray Data has no
-    setting for its console level, so the level of its console handler (the "ray.data" logger's
-    stream handler) is set; its session-file handler, read for debugging, is left as it is.
+
+class DropRayDataProgressNotice(logging.Filter):
+    """Drops Ray Data's "Progress bars disabled" notice: bm-ray turns the bars off on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Progress bars disabled")
+
+
+def quiet_ray_data_console() -> None:
+    """Ray Data in this process: its INFO lines (each dataset's start, plan, finish) in ray-data.log only.
+
+    bm-ray's own log says what each stage does; Ray Data's warnings and errors still reach the console,
+    and ``--verbose`` keeps everything. Ray Data has no setting for its console level, so the level of
+    its console handler (the "ray.data" logger's stream handler) is set; its session-file handler, read
+    for debugging, is left as it is. Worker processes get the same from :func:`setup_worker_process`.
     """
-    ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
-    if logging.getLogger("bm_ray").getEffectiveLevel() <= logging.DEBUG:
+    if verbose():
         return
     for handler in logging.getLogger("ray.data").handlers:
         if isinstance(handler, logging.StreamHandler) and type(handler).__module__.startswith("ray."):
             handler.setLevel(logging.WARNING)
+            if not any(isinstance(f, DropRayDataProgressNotice) for f in handler.filters):
+                handler.addFilter(DropRayDataProgressNotice())
+
+
+WORKER_SETUP_HOOK = "bm_ray.runtime.setup_worker_process"
+"""Ray's `worker_process_setup_hook` of every bm-ray job (by module path, so each worker imports it)."""
+
+
+def setup_worker_process() -> None:
+    """Runs first in every Ray worker process of a bm-ray job: Ray Data's console as in the driver.
+
+    Ray Data configures its logging when a process first imports it, from ``RAY_DATA_LOGGING_CONFIG``
+    when set: bm-ray's copy of Ray Data's default with the console at WARNING
+    (``bm_ray/data/ray_data_logging.yaml``). Processes Ray Train or Ray Data start themselves (the
+    dataset split coordinator, shuffle actors) log through it too. Only the standard library runs here.
+    """
+    from importlib import resources
+
+    if not verbose():
+        config = resources.files("bm_ray") / "data" / "ray_data_logging.yaml"
+        os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(config))

@@ -10,6 +10,7 @@ same way:
   to be used) are dropped. They are written by C++ before absl logging is initialised, so neither
   ``TF_CPP_MIN_LOG_LEVEL`` nor Python's logging can hide them: the start-up runs with file
   descriptor 2 pointed at a temporary file, and every other line is written back to stderr after.
+- TF's Python logger keeps warnings and errors (its INFO lines on strategy set-up are for ``--verbose``).
 - Each visible GPU gets memory growth, so TF allocates what it uses instead of the whole device:
   without it a second process on the GPU (a fractional-GPU Serve replica or actor) cannot start.
 
@@ -21,6 +22,7 @@ actors and tasks.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import sys
@@ -103,5 +105,9 @@ def import_tensorflow() -> ModuleType:
         for gpu in tf.config.list_physical_devices("GPU"):
             with contextlib.suppress(RuntimeError):  # already initialised by someone else: keep theirs
                 tf.config.experimental.set_memory_growth(gpu, True)
+    from bm_ray.runtime import verbose
+
+    if not verbose():  # TF's Python INFO lines (strategy and collective set-up) are for debugging
+        logging.getLogger("tensorflow").setLevel(logging.WARNING)
     _tensorflow = tf
     return tf

@@ -48,3 +48,28 @@ def test_ray_data_prints_no_progress_or_info_lines_off_a_terminal(ray_local, cap
     console = [h for h in ray_data.handlers if type(h).__module__.startswith("ray.") and hasattr(h, "stream")]
     assert console and all(h.level == logging.WARNING for h in console)  # warnings and errors still shown
     assert ray_data.isEnabledFor(logging.INFO)  # and everything still goes to ray-data.log
+
+
+def test_ray_workers_of_a_bm_ray_job_keep_ray_data_info_lines_off_the_console(ray_local) -> None:
+    """The job's worker_process_setup_hook points Ray Data at bm-ray's logging config in every worker."""
+    import logging
+
+    import ray
+
+    @ray.remote(num_cpus=0.01)
+    def ray_data_console() -> tuple[str | None, list[tuple[str, int, list[str]]]]:
+        import os
+
+        import ray.data  # noqa: F401  (configures the "ray.data" logger in this worker)
+
+        handlers = logging.getLogger("ray.data").handlers
+        described = [(type(h).__name__, h.level, [type(f).__name__ for f in h.filters]) for h in handlers]
+        return os.environ.get("RAY_DATA_LOGGING_CONFIG"), described
+
+    config, handlers = ray.get(ray_data_console.remote(), timeout=120)
+    assert config is not None and config.endswith("ray_data_logging.yaml")
+    console = [h for h in handlers if h[0] == "PlainRayHandler"]
+    assert console == [
+        ("PlainRayHandler", logging.WARNING, ["HiddenRecordFilter", "DropRayDataProgressNotice"])
+    ]
+    assert any(h[0] == "SessionFileHandler" and h[1] == logging.NOTSET for h in handlers)
