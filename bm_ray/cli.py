@@ -65,12 +65,14 @@ def main(
 ) -> None:
     """bm-ray: ingest, train, evaluate, classify and serve text classifiers on Ray."""
     from bm_ray.runtime import LOG_LEVEL_ENV, configure_logging
+    from bm_ray.tf_runtime import route_tensorflow_import
 
     if verbose and quiet:
         fail("--verbose and --quiet: choose one")
     level = "DEBUG" if verbose else "WARNING" if quiet else os.environ.get(LOG_LEVEL_ENV, "INFO")
     os.environ[LOG_LEVEL_ENV] = level  # Ray workers started from here inherit it (see runtime_env)
     configure_logging(level)
+    route_tensorflow_import()
 
 
 # Ingestion options shared by every command that reads a corpus (fields of IngestSpec).

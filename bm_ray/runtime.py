@@ -219,10 +219,14 @@ def setup_worker_process() -> None:
     Ray Data configures its logging when a process first imports it, from ``RAY_DATA_LOGGING_CONFIG``
     when set: bm-ray's copy of Ray Data's default with the console at WARNING
     (``bm_ray/data/ray_data_logging.yaml``). Processes Ray Train or Ray Data start themselves (the
-    dataset split coordinator, shuffle actors) log through it too. Only the standard library runs here.
+    dataset split coordinator, shuffle actors) log through it too. TensorFlow, whoever imports it first,
+    starts as :mod:`bm_ray.tf_runtime` describes. Only light imports run here (no TF, no Ray Data).
     """
     from importlib import resources
 
+    from bm_ray.tf_runtime import route_tensorflow_import
+
+    route_tensorflow_import()  # Ray Train's backend imports TF itself, before any bm-ray code runs here
     if not verbose():
         config = resources.files("bm_ray") / "data" / "ray_data_logging.yaml"
         os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(config))

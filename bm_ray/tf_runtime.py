@@ -14,6 +14,10 @@ same way:
 - Each visible GPU gets memory growth, so TF allocates what it uses instead of the whole device:
   without it a second process on the GPU (a fractional-GPU Serve replica or actor) cannot start.
 
+Libraries import TensorFlow themselves too (Ray Train's TensorFlow backend in its controller and
+workers, transformers): :func:`route_tensorflow_import` makes whichever import comes first go through
+:func:`import_tensorflow`; bm-ray's CLI and every Ray worker of a bm-ray job install it at start-up.
+
 GPUs are hidden from processes that did not ask for one by Ray itself: ``RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO``
 (:data:`bm_ray.runtime.WORKER_ENV_VARS`) makes Ray set ``CUDA_VISIBLE_DEVICES=""`` for zero-GPU
 actors and tasks.
@@ -22,12 +26,15 @@ actors and tasks.
 from __future__ import annotations
 
 import contextlib
+import importlib.abc
+import importlib.util
 import logging
 import os
 import re
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from importlib.machinery import ModuleSpec
 from types import ModuleType
 
 STARTUP_NOISE = re.compile(
@@ -111,3 +118,37 @@ def import_tensorflow() -> ModuleType:
         logging.getLogger("tensorflow").setLevel(logging.WARNING)
     _tensorflow = tf
     return tf
+
+
+class _TensorFlowImportRoute(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Finder for the top-level ``tensorflow`` package: imports it with :func:`import_tensorflow`, once.
+
+    Python's import system asks each finder on ``sys.meta_path`` in turn; this one steps aside before
+    importing (so the real import happens as usual, inside the filter) and hands back the loaded module.
+    """
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        if fullname != "tensorflow":
+            return None
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(self)
+        import_tensorflow()
+        return importlib.util.spec_from_loader(fullname, self)
+
+    def create_module(self, spec: ModuleSpec) -> ModuleType:
+        return sys.modules["tensorflow"]
+
+    def exec_module(self, module: ModuleType) -> None:
+        """Already executed by the real import."""
+
+
+def route_tensorflow_import() -> None:
+    """Make the first ``import tensorflow`` in this process, by any library, go through :func:`import_tensorflow`.
+
+    Cheap (TensorFlow is not imported here); does nothing once TensorFlow is imported or the route is in place.
+    """
+    if "tensorflow" in sys.modules or any(isinstance(f, _TensorFlowImportRoute) for f in sys.meta_path):
+        return
+    sys.meta_path.insert(0, _TensorFlowImportRoute())
