@@ -39,6 +39,12 @@ def test_tensorflow_starts_without_native_noise_on_a_cpu_only_machine() -> None:
         f"from bm_ray.tf_runtime import import_tensorflow; tf = import_tensorflow(); {SCRIPT_OP}"
     )
     assert _noise(ours) == [], ours
+    # A library importing TF first (Ray Train's TensorFlow backend does) goes the same way once routed.
+    routed = _stderr_of(
+        "from bm_ray.tf_runtime import route_tensorflow_import; route_tensorflow_import(); "
+        f"import ray.train.tensorflow; import tensorflow as tf; {SCRIPT_OP}"
+    )
+    assert _noise(routed) == [], routed
 
 
 def test_lines_that_are_not_noise_are_written_back_in_order(capfd: pytest.CaptureFixture[str]) -> None:
