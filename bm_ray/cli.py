@@ -292,6 +292,27 @@ def train(
             "--background-rows", help="Generic non-news texts trained towards a flat answer (default 0)."
         ),
     ] = None,
+    label_names: Annotated[
+        str | None,
+        typer.Option(
+            "--label-names",
+            help="Names for the label values, answered by every output: 1=World,2=Sports,... "
+            "(or names in class order).",
+        ),
+    ] = None,
+    label_names_file: Annotated[
+        str | None,
+        typer.Option(
+            "--label-names-file", help="One label name per line, in class order (e.g. classes.txt)."
+        ),
+    ] = None,
+    calibrate: Annotated[
+        bool | None,
+        typer.Option(
+            "--calibrate/--no-calibrate",
+            help="Fit temperature scaling on the validation split (default on): calibrated scores.",
+        ),
+    ] = None,
     resume: Annotated[
         bool | None, typer.Option("--resume/--no-resume", help="Continue the run under --output.")
     ] = None,
@@ -331,6 +352,9 @@ def train(
             "refit": refit,
             "mixed_precision": mixed_precision,
             "background_rows": background_rows,
+            "label_names": label_names,
+            "label_names_file": label_names_file,
+            "calibrate": calibrate,
             "resume": resume,
             "overwrite": overwrite,
             "address": address,
