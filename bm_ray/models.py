@@ -306,7 +306,7 @@ class ModelInfo:
 
     def label_lookup(self) -> dict[str, str]:
         """Label name of every value data may be labelled with: the names themselves and the raw values."""
-        lookup = dict(zip(self.raw_labels or [], self.labels, strict=True))
+        lookup = dict(zip(self.raw_labels, self.labels, strict=True)) if self.raw_labels else {}
         lookup.update((label, label) for label in self.labels)
         return lookup
 

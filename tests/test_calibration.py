@@ -104,6 +104,7 @@ def test_labels_json_round_trip_and_old_models_unchanged(tmp_path: Path, tokeniz
     info = read_model_info(model)
     assert (info.temperature, info.raw_labels) == (None, None)
     assert info.to_json() == old  # a model without them writes back the labels.json it had
+    assert info.label_lookup() == {label: label for label in RAW}
     assert "temperature" not in old and "raw_labels" not in old
     named = ModelInfo(NAMES, 64, "tiny", "v1", "random", temperature=1.7, raw_labels=RAW)
     write_model_info(named, model)
