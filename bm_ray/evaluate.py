@@ -172,6 +172,7 @@ def evaluate(spec: EvaluateSpec) -> dict[str, Any]:
             "name": predictor.info.name,
             "version": predictor.info.version,
             "path": redact_uri(spec.model),
+            "temperature": predictor.info.temperature,
         },
         data=redact(spec.data.input),
         long_text=spec.long_text_options().model_dump(),
