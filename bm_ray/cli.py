@@ -349,6 +349,27 @@ def train(
             help="Training rows also trained on behind generic page boilerplate, label kept (default 0).",
         ),
     ] = None,
+    label_names: Annotated[
+        str | None,
+        typer.Option(
+            "--label-names",
+            help="Names for the label values, answered by every output: 1=World,2=Sports,... "
+            "(or names in class order).",
+        ),
+    ] = None,
+    label_names_file: Annotated[
+        str | None,
+        typer.Option(
+            "--label-names-file", help="One label name per line, in class order (e.g. classes.txt)."
+        ),
+    ] = None,
+    calibrate: Annotated[
+        bool | None,
+        typer.Option(
+            "--calibrate/--no-calibrate",
+            help="Fit temperature scaling on the validation split (default on): calibrated scores.",
+        ),
+    ] = None,
     resume: Annotated[
         bool | None, typer.Option("--resume/--no-resume", help="Continue the run under --output.")
     ] = None,
@@ -388,6 +409,9 @@ def train(
             "mixed_precision": mixed_precision,
             "background_rows": background_rows,
             "boilerplate_rows": boilerplate_rows,
+            "label_names": label_names,
+            "label_names_file": label_names_file,
+            "calibrate": calibrate,
             "resume": resume,
             "overwrite": overwrite,
             "address": address,

@@ -9,6 +9,14 @@ all windows of a call go through the same length-bucketed forward passes, each c
 ``batch_size`` rows and ``max_batch_tokens`` padded tokens, and :func:`aggregate_windows` turns each
 text's window probabilities into one. A text that fits the window gives exactly the truncate-mode
 probabilities.
+
+Calibration: a model with a fitted ``temperature`` in its labels.json (:mod:`bm_ray.calibration`)
+has every forward pass's logits divided by it before the softmax, so ``score``/``scores`` are
+calibrated probabilities in every path (classify, evaluate, serve). In window mode the temperature
+applies to each window's logits, before aggregation: the aggregation rules (and the confidence
+weights) then see the same calibrated window probabilities the temperature was fitted through
+(training fits it on the aggregated probabilities, :meth:`Predictor.unit_logits`). A model without
+a temperature gives the plain softmax, as before.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from bm_ray.calibration import temperature_softmax
 from bm_ray.models import ModelInfo, load_classifier, resolve_model
 from bm_ray.preprocess import PaddingStats, TextEncoder, length_batches, pad_batch, padded_length
 from bm_ray.specs import LongTextOptions, Precision, WindowAggregation
@@ -159,7 +168,7 @@ class Predictor:
         @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32)] * 2, reduce_retracing=True)
         def forward(input_ids: tf.Tensor, attention_mask: tf.Tensor) -> tf.Tensor:
             logits = model(input_ids=input_ids, attention_mask=attention_mask, training=False).logits
-            return tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+            return tf.cast(logits, tf.float32)
 
         self._forward = forward
 
@@ -182,31 +191,44 @@ class Predictor:
         """Trace the forward pass once so the first real request does not pay for it."""
         self.predict_proba(["warm-up"])
 
-    def predict_tokens(self, sequences: Sequence[np.ndarray]) -> np.ndarray:
-        """Probabilities [n, labels] for pre-tokenised rows, in input order."""
-        probs = np.zeros((len(sequences), len(self.labels)), dtype=np.float32)
+    def predict_logits(self, sequences: Sequence[np.ndarray]) -> np.ndarray:
+        """Untempered logits [n, labels] (float32) for pre-tokenised rows, in input order."""
+        logits = np.zeros((len(sequences), len(self.labels)), dtype=np.float32)
         if not sequences:
-            return probs
+            return logits
         lengths = np.fromiter((len(seq) for seq in sequences), dtype=np.int64, count=len(sequences))
         for batch in length_batches(lengths, self.batch_size, max_tokens=self.long_text.max_batch_tokens):
             ids, mask = pad_batch([sequences[i] for i in batch], self.encoder.pad_id)
             self.padding.add(lengths[batch], padded_length(lengths[batch].max()))
-            probs[batch] = self._forward(ids, mask).numpy()
-        return probs
+            logits[batch] = self._forward(ids, mask).numpy()
+        return logits
+
+    def predict_tokens(self, sequences: Sequence[np.ndarray]) -> np.ndarray:
+        """Calibrated probabilities [n, labels] for pre-tokenised rows (the model's temperature applied)."""
+        return temperature_softmax(self.predict_logits(sequences), self.info.temperature)
+
+    def _units(self, texts: Sequence[str]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+        """(token sequences the model reads, sequences per text, capped per text) by the long-text options."""
+        options = self.long_text
+        if options.long_text == "truncate":
+            return self.encoder.encode(texts), np.ones(len(texts), np.int64), np.zeros(len(texts), bool)
+        windows = self.encoder.encode_windows(texts, options.window_stride, options.max_windows)
+        return windows.sequences, windows.counts, windows.capped
+
+    def combine_windows(self, probs: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """One probability row per text from its windows' rows, by this predictor's aggregation rule."""
+        return aggregate_windows(probs, counts, self.long_text.window_aggregation)
+
+    def unit_logits(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Untempered logits of every window read for `texts` (one per text in truncate mode) and the
+        windows per text: what fitting a temperature needs (see :mod:`bm_ray.calibration`)."""
+        sequences, counts, _ = self._units(texts)
+        return self.predict_logits(sequences), counts
 
     def score_texts(self, texts: Sequence[str]) -> TextScores:
         """Probabilities and window counts for raw texts, by this predictor's long-text options."""
-        options = self.long_text
-        if options.long_text == "truncate":
-            ones = np.ones(len(texts), np.int64)
-            return TextScores(
-                self.predict_tokens(self.encoder.encode(texts)), ones, np.zeros(len(texts), bool)
-            )
-        windows = self.encoder.encode_windows(texts, options.window_stride, options.max_windows)
-        probs = aggregate_windows(
-            self.predict_tokens(windows.sequences), windows.counts, options.window_aggregation
-        )
-        return TextScores(probs, windows.counts, windows.capped)
+        sequences, counts, capped = self._units(texts)
+        return TextScores(self.combine_windows(self.predict_tokens(sequences), counts), counts, capped)
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Probabilities [n, labels] for raw texts (one aggregated row per text in window mode)."""

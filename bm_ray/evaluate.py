@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from bm_ray.calibration import ECE_BINS
 from bm_ray.engine import Predictor
-from bm_ray.metrics import ConfusionMatrix, plot_confusion_matrix
+from bm_ray.metrics import ConfusionMatrix, plot_confusion_matrix, reliability_bins
 from bm_ray.report import PREDICTIONS_FILE, try_build_report
 from bm_ray.specs import EvaluateSpec, IngestSpec
 from bm_ray.storage import is_remote, redact, redact_uri, upload_dir
@@ -64,15 +65,21 @@ def evaluate_batches(predictor: Predictor, batches: Any, log: PredictionLog | No
     """Evaluate `(texts, labels, ids)` batches; rows whose label the model does not know are counted, not fatal.
 
     Returns the metrics report plus `rows_evaluated`, `rows_rejected`, `rejected_by_reason`,
-    `unknown_labels` (label → count), `log_loss`, `windows` (read in all) and `rows_windows_capped`
-    (texts longer than `max_windows` windows). Every evaluated row goes into `log` when given.
+    `unknown_labels` (label → count), `log_loss`, `ece` (15 equal-width bins of the top score),
+    `windows` (read in all) and `rows_windows_capped` (texts longer than `max_windows` windows).
+    Rows may be labelled with the model's label names or with the raw values it was trained on
+    (``--label-names``); both count as that name. Every evaluated row goes into `log` when given.
     """
     matrix = ConfusionMatrix(predictor.labels)
+    to_name = predictor.info.label_lookup()
     unknown: Counter[str] = Counter()
     rejected: Counter[str] = Counter()
     log_loss_sum = 0.0
+    top_scores: list[np.ndarray] = []
+    hits: list[np.ndarray] = []
     windows_total = capped_total = 0
-    for texts, labels, ids in batches:
+    for texts, raw_labels, ids in batches:
+        labels = [to_name.get(label, label) if label is not None else None for label in raw_labels]
         keep = [i for i, label in enumerate(labels) if label in matrix.index]
         for label in labels:
             if label is None:
@@ -89,6 +96,8 @@ def evaluate_batches(predictor: Predictor, batches: Any, log: PredictionLog | No
         true_ids = np.asarray([matrix.index[labels[i]] for i in keep])
         top = probs.argmax(axis=1)
         matrix.add_indices(true_ids, top)
+        top_scores.append(probs.max(axis=1))
+        hits.append(top == true_ids)
         if log is not None:
             kept_texts = [texts[i] for i in keep]
             names = [predictor.labels[k] for k in top]
@@ -102,6 +111,10 @@ def evaluate_batches(predictor: Predictor, batches: Any, log: PredictionLog | No
         rejected_by_reason=dict(rejected),
         unknown_labels=dict(unknown),
         log_loss=log_loss_sum / matrix.total if matrix.total else float("nan"),
+        ece=reliability_bins(np.concatenate(top_scores), np.concatenate(hits), bins=ECE_BINS)["ece"]
+        if top_scores
+        else float("nan"),
+        ece_bins=ECE_BINS,
         windows=windows_total,
         rows_windows_capped=capped_total,
     )
@@ -159,6 +172,7 @@ def evaluate(spec: EvaluateSpec) -> dict[str, Any]:
             "name": predictor.info.name,
             "version": predictor.info.version,
             "path": redact_uri(spec.model),
+            "temperature": predictor.info.temperature,
         },
         data=redact(spec.data.input),
         long_text=spec.long_text_options().model_dump(),

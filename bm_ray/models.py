@@ -2,7 +2,7 @@
 
 A bm-ray model directory is the Hugging Face `save_pretrained` layout (TF weights `tf_model.h5`,
 `config.json`, tokenizer files) plus `labels.json` (labels in class-index order, max_length, name,
-version, base model) and, after training or evaluation, `metrics.json`. It loads directly with
+version, base model; the fitted `temperature` and the data's `raw_labels` where there are) and, after training or evaluation, `metrics.json`. It loads directly with
 `TFBertForSequenceClassification.from_pretrained(dir)` and `AutoTokenizer.from_pretrained(dir)`.
 """
 
@@ -279,20 +279,38 @@ class ModelInfo:
     """What `labels.json` records about a trained model."""
 
     labels: list[str]
+    """Labels in class-index order: the names every output answers with."""
     max_length: int
     name: str
     version: str
     base_model: str
+    temperature: float | None = None
+    """Temperature-scaling factor of the logits (:mod:`bm_ray.calibration`); None: plain softmax."""
+    raw_labels: list[str] | None = None
+    """The training data's label values in class order, where `labels` are names given to them
+    (``--label-names``); None when the labels are the raw values themselves."""
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-able form written to labels.json."""
-        return {
+        """JSON-able form written to labels.json (`temperature`/`raw_labels` only when set, so a model
+        without them keeps the labels.json it always had)."""
+        data: dict[str, Any] = {
             "labels": self.labels,
             "max_length": self.max_length,
             "name": self.name,
             "version": self.version,
             "base_model": self.base_model,
         }
+        if self.temperature is not None:
+            data["temperature"] = self.temperature
+        if self.raw_labels is not None:
+            data["raw_labels"] = self.raw_labels
+        return data
+
+    def label_lookup(self) -> dict[str, str]:
+        """Label name of every value data may be labelled with: the names themselves and the raw values."""
+        lookup = dict(zip(self.raw_labels, self.labels, strict=True)) if self.raw_labels else {}
+        lookup.update((label, label) for label in self.labels)
+        return lookup
 
 
 def read_model_info(model_dir: str | Path) -> ModelInfo:
@@ -305,12 +323,23 @@ def read_model_info(model_dir: str | Path) -> ModelInfo:
             f"{model_dir}: no {LABELS_FILE}; this is not a trained bm-ray model directory "
             "(train one with `bm-ray train`)"
         ) from None
+    raw_labels = data.get("raw_labels")
+    if raw_labels is not None and len(raw_labels) != len(data["labels"]):
+        raise ValueError(
+            f"{path}: raw_labels has {len(raw_labels)} values for {len(data['labels'])} labels; "
+            "they must pair up in class order"
+        )
+    temperature = data.get("temperature")
+    if temperature is not None and not float(temperature) > 0:
+        raise ValueError(f"{path}: temperature {temperature!r} must be a positive number")
     return ModelInfo(
         labels=[str(label) for label in data["labels"]],
         max_length=int(data.get("max_length", 128)),
         name=str(data.get("name", Path(model_dir).name)),
         version=str(data.get("version", "0")),
         base_model=str(data.get("base_model", "unknown")),
+        temperature=None if temperature is None else float(temperature),
+        raw_labels=None if raw_labels is None else [str(label) for label in raw_labels],
     )
 
 
@@ -351,5 +380,12 @@ def save_model_dir(model: Any, tokenizer: Any, info: ModelInfo, out_dir: str | P
     tokenizer.save_pretrained(str(out))
     if not info.version:
         info = replace(info, version=weights_version(out))
-    (out / LABELS_FILE).write_text(json.dumps(info.to_json(), indent=2), encoding="utf-8")
+    write_model_info(info, out)
     return out
+
+
+def write_model_info(info: ModelInfo, model_dir: str | Path) -> Path:
+    """(Re)write `labels.json` of a local model directory, e.g. once its temperature is fitted."""
+    path = Path(model_dir) / LABELS_FILE
+    path.write_text(json.dumps(info.to_json(), indent=2), encoding="utf-8")
+    return path

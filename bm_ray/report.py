@@ -34,6 +34,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from bm_ray import commit, storage
+from bm_ray.calibration import ECE_BINS
 from bm_ray.metrics import reliability_bins, risk_coverage
 from bm_ray.models import LABELS_FILE
 
@@ -683,7 +684,7 @@ def selective_sections(rows: pa.Table) -> Iterator[tuple[str, str, str]]:
         "Error rate of the rows kept when only the most confident ones are kept; a curve that falls to the "
         f"left means the scores rank the errors last. Area under the curve (AURC) {aurc:.4f}, lower is better.",
     )
-    bins = reliability_bins(scores, correct)
+    bins = reliability_bins(scores, correct, bins=ECE_BINS)
     chart = reliability_chart("reliability", bins, "reliability diagram")
     yield section(
         "calibration",
@@ -715,7 +716,7 @@ def model_report(out: OutputDir, kind: str) -> str:
     rows = load_predictions(out)
     bins = None
     if rows is not None and rows.num_rows:
-        bins = reliability_bins(*correctness(rows))
+        bins = reliability_bins(*correctness(rows), bins=ECE_BINS)
     epochs = metrics.get("epochs") or []
     tiles = stats(
         [

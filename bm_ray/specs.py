@@ -31,6 +31,30 @@ def _split_csv_list(value: Any) -> Any:
 CommaList = Annotated[list[str], BeforeValidator(_split_csv_list)]
 
 
+def _parse_label_names(value: Any) -> Any:
+    """`1=World,2=Sports` (CLI flag) → mapping raw label → name; YAML mappings get string keys; a
+    `World,Sports` string or a YAML list names the labels in class order."""
+    if isinstance(value, str):
+        items = [part.strip() for part in value.split(",") if part.strip()]
+        if not any("=" in item for item in items):
+            return items
+        mapping: dict[str, str] = {}
+        for item in items:
+            raw, sep, name = (part.strip() for part in item.partition("="))
+            if not sep or not raw or not name:
+                raise ValueError(f"{item!r}: expected RAW=NAME (e.g. 1=World,2=Sports)")
+            if raw in mapping:
+                raise ValueError(f"label {raw!r} is named twice ({mapping[raw]!r} and {name!r})")
+            mapping[raw] = name
+        return mapping
+    if isinstance(value, dict):
+        return {str(raw): name for raw, name in value.items()}
+    return value
+
+
+LabelNames = Annotated[dict[str, str] | list[str], BeforeValidator(_parse_label_names)]
+
+
 class StrictModel(BaseModel):
     """Base for all specs: unknown keys are refused, assignments are validated."""
 
@@ -177,6 +201,21 @@ class TrainSpec(StrictModel):
         "their own label, so a window holding page furniture and the article is read by the article "
         "(see bm_ray.background.behind_boilerplate). Validation rows are never changed.",
     )
+    label_names: LabelNames | None = Field(
+        default=None,
+        description="Names for the data's label values, answered by every output: RAW=NAME pairs "
+        "(1=World,2=Sports,...), or names in class order (the raw labels sorted naturally: 1 < 2 < 10).",
+    )
+    label_names_file: str | None = Field(
+        default=None,
+        description="File (path or URI) with one label name per line, in class order (as AG News ships "
+        "classes.txt); instead of label_names.",
+    )
+    calibrate: bool = Field(
+        default=True,
+        description="Fit temperature scaling on the validation split after model selection and store it in "
+        "labels.json (temperature), so scores are calibrated probabilities.",
+    )
     max_failures: int = Field(default=3, ge=0, description="Worker/node failures survived (FailureConfig).")
     resume: bool = Field(
         default=False,
@@ -198,6 +237,8 @@ class TrainSpec(StrictModel):
             raise ValueError(
                 "resume and overwrite exclude each other: continue the stored run or start afresh"
             )
+        if self.label_names is not None and self.label_names_file is not None:
+            raise ValueError("label_names and label_names_file: give the names one way, not both")
         return self
 
 

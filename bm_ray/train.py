@@ -21,7 +21,7 @@ import tempfile
 import time
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +61,11 @@ class PreparedData:
     val: Any
     val_rows: Any
     labels: list[str]
+    """The data's raw label values in class order (the training targets are their indices)."""
     max_length: int
     counts: dict[str, Any] = field(default_factory=dict)
+    names: list[str] | None = None
+    """Names given to `labels` (``label_names``), in the same order; None: the raw values are the names."""
 
 
 @functools.cache
@@ -133,6 +136,7 @@ def prepare_data(spec: TrainSpec) -> PreparedData:
     labels = sorted(label_counts, key=natural_key)
     if len(labels) < 2:
         raise TrainError(f"data: training needs at least 2 labels, found only {labels[0]!r}")
+    names = resolve_label_names(spec, labels)
     n_ok = sum(label_counts.values())
     if n_ok < 2 * spec.workers:
         raise TrainError(f"data: {n_ok} labelled rows is too few for {spec.workers} workers")
@@ -195,7 +199,72 @@ def prepare_data(spec: TrainSpec) -> PreparedData:
         max_length=max_length,
         rejects=rejects,
     )
-    return PreparedData(tokenised[0], tokenised[1], val_rows, labels, max_length, counts)
+    return PreparedData(tokenised[0], tokenised[1], val_rows, labels, max_length, counts, names)
+
+
+def read_label_names_file(uri: str) -> list[str]:
+    """The names of a label-names file (path or URI): one per non-blank line, in class order."""
+    fs, path = resolve_uri(uri)
+    try:
+        with fs.open_input_stream(path) as stream:
+            text = stream.read().decode("utf-8")
+    except FileNotFoundError:
+        raise TrainError(f"label_names_file {redact_uri(uri)}: no such file") from None
+    except UnicodeDecodeError as err:
+        raise TrainError(f"label_names_file {redact_uri(uri)}: not UTF-8 text ({err})") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def resolve_label_names(spec: TrainSpec, labels: list[str]) -> list[str] | None:
+    """The names of `labels` (raw values in class order) from ``label_names`` / ``label_names_file``.
+
+    None when neither is given. A mapping must name every label of the data and nothing else; a list
+    (or file) must have one name per label, in class order. Names must be unique, non-empty, and must
+    not be the raw value of another class (``evaluate`` accepts either, so they must not collide).
+    """
+    given: dict[str, str] | list[str] | None = spec.label_names
+    source = "label_names"
+    if spec.label_names_file is not None:
+        given = read_label_names_file(spec.label_names_file)
+        source = f"label_names_file {redact_uri(spec.label_names_file)}"
+    if given is None:
+        return None
+    found = ", ".join(labels)
+    if isinstance(given, dict):
+        extra = [raw for raw in given if raw not in labels]
+        if extra:
+            raise TrainError(
+                f"{source}: {', '.join(map(repr, extra))} is not a label of the data (labels found: {found})"
+            )
+        missing = [raw for raw in labels if raw not in given]
+        if missing:
+            raise TrainError(
+                f"{source}: no name for label(s) {', '.join(map(repr, missing))}; name every label "
+                f"(labels found: {found})"
+            )
+        names = [given[raw] for raw in labels]
+    else:
+        if len(given) != len(labels):
+            raise TrainError(
+                f"{source}: {len(given)} names for {len(labels)} labels; give one name per label in class "
+                f"order ({found}), or RAW=NAME pairs"
+            )
+        names = list(given)
+    seen: dict[str, str] = {}
+    for raw, name in zip(labels, names, strict=True):
+        if not name:
+            raise TrainError(f"{source}: label {raw!r} has an empty name")
+        if name in seen:
+            raise TrainError(
+                f"{source}: name {name!r} is given to labels {seen[name]!r} and {raw!r}; names must be unique"
+            )
+        seen[name] = raw
+        if name in labels and name != raw:
+            raise TrainError(
+                f"{source}: name {name!r} of label {raw!r} is also the raw value of another label; "
+                "data labelled either way could not be told apart"
+            )
+    return names
 
 
 def split_rows(ok: Any, spec: TrainSpec) -> tuple[Any, Any, dict[str, Any], dict[str, Any]]:
@@ -503,7 +572,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             restore_optimizer_state(model.optimizer, model, restored_dir)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(config["base_model"]))
     # An empty version is stamped from the weights of each checkpoint when it is saved.
-    info = ModelInfo(labels, config["max_length"], config["name"], "", redact_uri(config["base_model"]))
+    info = ModelInfo(
+        labels,
+        config["max_length"],
+        config["name"],
+        "",
+        redact_uri(config["base_model"]),
+        raw_labels=config.get("raw_labels"),
+    )
     predictor = Predictor(model, tokenizer, info, batch_size=64)
     # TF writes summaries to local disks only: for an object-store output rank 0 writes a local copy
     # and uploads it every epoch, so the events land in the output whichever node ran rank 0.
@@ -683,7 +759,8 @@ def fit_trainer(
 def train_config(spec: TrainSpec, data: PreparedData, tensorboard_dir: str) -> dict[str, Any]:
     """The train loop's config: labels, data shape and the recipe options of the spec."""
     return {
-        "labels": data.labels,
+        "labels": data.names or data.labels,
+        "raw_labels": data.labels if data.names else None,
         "max_length": data.max_length,
         "train_rows": data.counts["train_rows"],
         "base_model": spec.base_model,
@@ -741,6 +818,15 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     report = _finish(spec, data, rejects, best_checkpoint, result.metrics, local_output, started)
     if spec.refit:
         report["refit"] = _refit(spec, data, config, report["best_epoch"], name, storage, local_output)
+        if report["calibration"] is not None:  # the refit's labels.json came from its checkpoint
+            from bm_ray.models import read_model_info, write_model_info
+
+            temperature = report["calibration"]["temperature"]
+            write_model_info(replace(read_model_info(local_output), temperature=temperature), local_output)
+            report["calibration"]["note"] = (
+                "fitted on the selection run's validation rows and applied to the refit weights, which "
+                "then trained on those rows: no held-out rows are left to fit it on"
+            )
         report["elapsed_s"] = round(time.time() - started, 1)
         (local_output / "metrics.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     try_build_report(str(local_output))
@@ -776,6 +862,45 @@ def _refit(
     }
 
 
+def calibrate_model(predictor: Any, val_rows: Any, model_dir: Path) -> dict[str, Any]:
+    """Fit temperature scaling on the validation rows, store it in `model_dir`'s labels.json and in
+    `predictor`; returns the fit's report (temperature, ECE and log-loss before and after).
+
+    The logits come through the engine the model is served with (same tokenisation and windows),
+    and the temperature is fitted on the aggregated probabilities it answers with.
+    """
+    from bm_ray.calibration import calibration_report, fit_temperature
+    from bm_ray.evaluate import corpus_batches
+    from bm_ray.models import write_model_info
+
+    to_name = predictor.info.label_lookup()
+    index = {label: i for i, label in enumerate(predictor.labels)}
+    logits, counts, label_ids = [], [], []
+    for texts, labels, _ in corpus_batches(val_rows, Counter()):
+        unit_logits, unit_counts = predictor.unit_logits(texts)
+        logits.append(unit_logits)
+        counts.append(unit_counts)
+        label_ids.extend(index[to_name[label]] for label in labels)
+    all_logits = np.concatenate(logits) if logits else np.zeros((0, len(index)), np.float32)
+    all_counts = np.concatenate(counts) if counts else np.zeros(0, np.int64)
+    ids = np.asarray(label_ids, dtype=np.int64)
+    combine = functools.partial(predictor.combine_windows, counts=all_counts)
+    temperature = fit_temperature(all_logits, ids, combine)
+    info = replace(predictor.info, temperature=temperature)
+    write_model_info(info, model_dir)
+    predictor.info = info
+    report = calibration_report(all_logits, ids, temperature, combine)
+    logger.info(
+        "calibration: temperature %.3f, validation ECE %.4f -> %.4f, log-loss %.4f -> %.4f",
+        temperature,
+        report["before"]["ece"],
+        report["after"]["ece"],
+        report["before"]["log_loss"],
+        report["after"]["log_loss"],
+    )
+    return report
+
+
 def _finish(
     spec: TrainSpec,
     data: PreparedData,
@@ -795,9 +920,12 @@ def _finish(
     (local_output / TRAIN_STATE_FILE).unlink()
     (local_output / OPTIMIZER_STATE_FILE).unlink(missing_ok=True)  # resume state, not part of the model
     predictor = Predictor.load(str(local_output), batch_size=64)
+    calibration = calibrate_model(predictor, data.val_rows, local_output) if spec.calibrate else None
     log = PredictionLog()
+    # The selected model with its temperature: the validation metrics are the calibrated scores'.
     report = evaluate_batches(predictor, corpus_batches(data.val_rows, Counter()), log)
     report.update(
+        calibration=calibration,
         epochs=latest_metrics.get("history") or state["history"],
         best_epoch=state["epoch"],
         recovered_after_epochs=latest_metrics.get("recovered_after_epochs", []),

@@ -20,9 +20,9 @@ import ray
 from tiny_model import make_tiny_model
 
 from bm_ray.engine import Predictor
-from bm_ray.models import load_classifier, save_model_dir, sha256_file
+from bm_ray.models import load_classifier, read_model_info, save_model_dir, sha256_file
 from bm_ray.specs import IngestSpec, TrainSpec
-from bm_ray.train import TrainError, prepare_data, run_name, train
+from bm_ray.train import TrainError, prepare_data, resolve_label_names, run_name, train
 from bm_ray.train_resume import OPTIMIZER_STATE_FILE, ResumeError, prepare_train_output, record_labels
 
 LABELS = ["alpha", "beta", "gamma"]
@@ -142,8 +142,8 @@ REAL_HEADLINES = [
 
 
 def test_plain_transformers_predicts_like_the_engine_on_real_text(trained_with_fault: dict) -> None:
-    """The model directory is plain Hugging Face: from_pretrained + AutoTokenizer + softmax give the same
-    labels and probabilities as the engine `bm-ray classify` runs."""
+    """The model directory is plain Hugging Face: from_pretrained + AutoTokenizer + softmax of the logits
+    over labels.json's temperature give the same labels and probabilities as the engine `bm-ray classify` runs."""
     import tensorflow as tf
     from transformers import AutoTokenizer, TFBertForSequenceClassification
 
@@ -157,7 +157,8 @@ def test_plain_transformers_predicts_like_the_engine_on_real_text(trained_with_f
     assert (
         int(tf.reduce_sum(encoded["attention_mask"], axis=1).numpy().max()) < engine.info.max_length
     )  # one window
-    plain = tf.nn.softmax(model(**encoded).logits, axis=-1).numpy()
+    temperature = json.loads((trained_with_fault["output"] / "labels.json").read_text())["temperature"]
+    plain = tf.nn.softmax(model(**encoded).logits / temperature, axis=-1).numpy()
     ours = engine.predict_proba(REAL_HEADLINES)
     np.testing.assert_allclose(plain, ours, atol=1e-5)
     labels = [model.config.id2label[i] for i in plain.argmax(axis=1)]
@@ -303,6 +304,9 @@ def test_refit_trains_on_all_rows_and_keeps_selection_metrics(
     assert metrics["refit"] == refit and metrics["accuracy"] == report["accuracy"]  # selection metrics kept
     assert Predictor.load(str(output)).predict_proba(["football goal"]).shape == (1, len(LABELS))
     assert not (output / "train_state.json").exists()
+    # The selection run's temperature survives the refit's checkpoint copy.
+    assert read_model_info(output).temperature == metrics["calibration"]["temperature"] > 0
+    assert "refit" in metrics["calibration"]["note"]
 
 
 def test_background_rows_join_training_only_with_the_flat_target_id(
@@ -343,3 +347,121 @@ def test_boilerplate_rows_are_training_copies_in_a_page_with_their_own_label(
     assert behind_boilerplate(table, seed=1) == behind_boilerplate(table, seed=1)  # seeded
     capped, n = with_boilerplate(ray.data.from_items(rows[:5]), spec)
     assert n == 5 and capped.count() == 10  # at most every training row once
+
+
+NAMES = {"alpha": "Sports", "beta": "Business", "gamma": "Sci/Tech"}
+
+
+@pytest.fixture(scope="module")
+def trained_named(ray_local: None, tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A quick 1-worker training with label names (and the default calibration)."""
+    tmp = tmp_path_factory.mktemp("named")
+    data = write_synthetic(tmp / "train.jsonl", 150)
+    output = tmp / "model"
+    label_names = ",".join(f"{raw}={name}" for raw, name in NAMES.items())  # the CLI flag's form
+    report = train(spec_for(data, output, tiny_base, workers=1, epochs=2, label_names=label_names))
+    return {"report": report, "output": output, "data": data}
+
+
+def test_label_names_are_stored_and_answered(trained_named: dict) -> None:
+    from transformers import AutoConfig
+
+    output = trained_named["output"]
+    labels_json = json.loads((output / "labels.json").read_text())
+    assert labels_json["labels"] == ["Sports", "Business", "Sci/Tech"]
+    assert labels_json["raw_labels"] == LABELS
+    config = AutoConfig.from_pretrained(str(output))
+    assert config.id2label == {0: "Sports", 1: "Business", 2: "Sci/Tech"}
+    assert config.label2id == {"Sports": 0, "Business": 1, "Sci/Tech": 2}
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["confusion_matrix"]["labels"] == labels_json["labels"]
+    assert metrics["rows_evaluated"] == trained_named["report"]["data"]["val_rows"]  # raw val labels mapped
+    predictions = Predictor.load(str(output)).predict(["football match goal league", "bank shares profit"])
+    assert {p.label for p in predictions} <= set(NAMES.values())
+    assert set(predictions[0].scores) == set(NAMES.values())
+
+
+def test_training_fits_and_reports_a_temperature(trained_named: dict) -> None:
+    output = trained_named["output"]
+    metrics = json.loads((output / "metrics.json").read_text())
+    calibration = metrics["calibration"]
+    temperature = json.loads((output / "labels.json").read_text())["temperature"]
+    assert calibration["temperature"] == temperature > 0
+    assert calibration["rows"] == metrics["rows_evaluated"] and calibration["ece_bins"] == 15
+    for side in ("before", "after"):
+        assert set(calibration[side]) == {"ece", "log_loss"}
+    # Fitted on these rows: the log-loss cannot get worse, and the metrics are the calibrated model's.
+    assert calibration["after"]["log_loss"] <= calibration["before"]["log_loss"] + 1e-9
+    assert metrics["log_loss"] == pytest.approx(calibration["after"]["log_loss"], abs=1e-4)
+    assert metrics["ece"] == pytest.approx(calibration["after"]["ece"], abs=1e-4)
+
+
+def test_evaluate_takes_raw_or_named_labels(trained_named: dict, tmp_path: Path) -> None:
+    from bm_ray.evaluate import evaluate
+    from bm_ray.specs import EvaluateSpec
+
+    raw = write_synthetic(tmp_path / "raw.jsonl", 60, seed=5)
+    named = tmp_path / "named.jsonl"
+    named.write_text(
+        "".join(
+            json.dumps({**row, "label": NAMES[row["label"]]}) + "\n"
+            for row in map(json.loads, raw.read_text().splitlines())
+        )
+    )
+    model = str(trained_named["output"])
+    reports = [evaluate(EvaluateSpec(model=model, data=IngestSpec(input=[str(d)]))) for d in (raw, named)]
+    assert reports[0]["rows_evaluated"] == reports[1]["rows_evaluated"] == 60
+    assert reports[0]["rows_rejected"] == 0
+    for key in ("accuracy", "macro_f1", "log_loss", "ece", "confusion_matrix"):
+        assert reports[0][key] == reports[1][key], key
+
+
+def test_label_names_from_a_file_in_class_order(tmp_path: Path, tiny_base: Path) -> None:
+    classes = tmp_path / "classes.txt"
+    classes.write_text("Sports\nBusiness\n\nSci/Tech\n")
+    spec = spec_for(tmp_path / "d.jsonl", tmp_path / "out", tiny_base, label_names_file=str(classes))
+    assert resolve_label_names(spec, LABELS) == ["Sports", "Business", "Sci/Tech"]
+    listed = spec_for(
+        tmp_path / "d.jsonl", tmp_path / "out", tiny_base, label_names="Sports,Business,Sci/Tech"
+    )
+    assert resolve_label_names(listed, LABELS) == ["Sports", "Business", "Sci/Tech"]
+    assert resolve_label_names(spec_for(tmp_path / "d.jsonl", tmp_path / "out", tiny_base), LABELS) is None
+    # Natural class order: "2" < "10", as training orders the raw labels.
+    numeric = spec_for(tmp_path / "d.jsonl", tmp_path / "out", tiny_base, label_names={10: "Ten", 2: "Two"})
+    assert resolve_label_names(numeric, ["2", "10"]) == ["Two", "Ten"]
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        ("alpha=A,beta=B", r"label_names: no name for label\(s\) 'gamma'"),
+        (
+            "alpha=A,beta=B,gamma=C,delta=D",
+            r"label_names: 'delta' is not a label of the data \(labels found: alpha, beta, gamma\)",
+        ),
+        ("alpha=A,beta=A,gamma=C", r"name 'A' is given to labels 'alpha' and 'beta'; names must be unique"),
+        ("alpha=beta,beta=B,gamma=C", r"name 'beta' of label 'alpha' is also the raw value of another label"),
+        (
+            "A,B",
+            r"label_names: 2 names for 3 labels; give one name per label in class order \(alpha, beta, gamma\)",
+        ),
+    ],
+)
+def test_bad_label_names_are_clear_errors(tmp_path: Path, tiny_base: Path, names: str, message: str) -> None:
+    spec = spec_for(tmp_path / "d.jsonl", tmp_path / "out", tiny_base, label_names=names)
+    with pytest.raises(TrainError, match=message):
+        resolve_label_names(spec, LABELS)
+
+
+def test_label_names_spec_errors_name_the_value(tmp_path: Path, tiny_base: Path) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"label '1' is named twice \('World' and 'Sports'\)"):
+        spec_for(tmp_path / "d", tmp_path / "o", tiny_base, label_names="1=World,1=Sports")
+    with pytest.raises(ValidationError, match=r"'2': expected RAW=NAME"):
+        spec_for(tmp_path / "d", tmp_path / "o", tiny_base, label_names="1=World,2")
+    with pytest.raises(ValidationError, match="give the names one way, not both"):
+        spec_for(tmp_path / "d", tmp_path / "o", tiny_base, label_names="1=W", label_names_file="c.txt")
+    missing = spec_for(tmp_path / "d", tmp_path / "o", tiny_base, label_names_file=str(tmp_path / "none.txt"))
+    with pytest.raises(TrainError, match=r"label_names_file .*none\.txt: no such file"):
+        resolve_label_names(missing, LABELS)

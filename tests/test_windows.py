@@ -123,12 +123,7 @@ def per_window_reference(predictor: Predictor, text: str) -> np.ndarray:
     """Each window of `text` run alone, unpadded, through the compiled forward pass."""
     options = predictor.long_text
     windows = predictor.encoder.encode_windows([text], options.window_stride, options.max_windows)
-    return np.concatenate(
-        [
-            predictor._forward(seq[None, :], np.ones((1, len(seq)), np.int32)).numpy()
-            for seq in windows.sequences
-        ]
-    )
+    return np.concatenate([predictor.predict_tokens([seq]) for seq in windows.sequences])
 
 
 def test_truncate_mode_is_todays_path_and_short_texts_agree_across_modes(tiny_model: str) -> None:
@@ -137,12 +132,7 @@ def test_truncate_mode_is_todays_path_and_short_texts_agree_across_modes(tiny_mo
     truncate = Predictor.load(tiny_model, batch_size=2, precision="fp32", long_text=options)
     got = truncate.score_texts(texts)
     # today's path: the truncating encoder and one forward pass per text
-    reference = np.concatenate(
-        [
-            truncate._forward(s[None, :], np.ones((1, len(s)), np.int32)).numpy()
-            for s in truncate.encoder.encode(texts)
-        ]
-    )
+    reference = np.concatenate([truncate.predict_tokens([s]) for s in truncate.encoder.encode(texts)])
     assert np.allclose(got.probs, reference, atol=1e-5)
     assert got.windows.tolist() == [1, 1, 1]
 

@@ -1,0 +1,236 @@
+"""Temperature scaling (#12 item 2) and label names (#12 item 5) in every inference path: the fit
+itself on constructed cases, labels.json round trips, and the same calibrated, named scores from the
+engine, `bm-ray classify`, `bm-ray evaluate` and the Serve model replica."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from tiny_model import make_tiny_model
+
+from bm_ray.calibration import (
+    calibration_report,
+    expected_calibration_error,
+    fit_temperature,
+    negative_log_likelihood,
+    temperature_softmax,
+)
+from bm_ray.classify import classify
+from bm_ray.engine import Predictor, aggregate_windows
+from bm_ray.evaluate import evaluate
+from bm_ray.models import LABELS_FILE, ModelInfo, read_model_info, write_model_info
+from bm_ray.serve.model import Classifier
+from bm_ray.specs import ClassifySpec, EvaluateSpec, IngestSpec, ServeSpec
+
+RAW = ["1", "2", "3", "4"]
+NAMES = ["World", "Sports", "Business", "Sci/Tech"]
+TEMPERATURE = 0.25
+"""Far from 1 so a path that forgot the temperature gives visibly different scores (tiny random
+models answer nearly flat; T < 1 sharpens them)."""
+TEXTS = [
+    "Rebels and government forces agreed to a ceasefire after weeks of fighting.",
+    "The striker scored twice as the home side won the cup final.",
+    "Stocks rallied on Wall Street after the Federal Reserve held interest rates steady.",
+    "NASA's new telescope sends back its first images of distant galaxies.",
+    "A short one.",
+    "Chip maker posts record quarterly profit on strong demand for servers. " * 30,  # several windows
+]
+
+
+def overconfident_logits(rows: int, accuracy: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Logits of a classifier right `accuracy` of the time but (almost) certain every time."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, rows)
+    wrong = rng.random(rows) > accuracy
+    predicted = np.where(wrong, (labels + rng.integers(1, 4, rows)) % 4, labels)
+    logits = rng.normal(0, 0.5, (rows, 4))
+    logits[np.arange(rows), predicted] += 8.0
+    return logits, labels
+
+
+def test_fitted_temperature_reduces_log_loss_of_an_overconfident_model() -> None:
+    logits, labels = overconfident_logits(3000, accuracy=0.7)
+    before = negative_log_likelihood(temperature_softmax(logits), labels)
+    t = fit_temperature(logits, labels)
+    after = negative_log_likelihood(temperature_softmax(logits, t), labels)
+    assert t > 1.5, t  # over-confident: the fit flattens
+    assert after < 0.5 * before, (before, after)
+    # The minimum: nearby temperatures do no better.
+    for other in (t * 0.8, t * 1.25):
+        assert negative_log_likelihood(temperature_softmax(logits, other), labels) > after
+    report = calibration_report(logits, labels, t)
+    assert report["before"]["ece"] > 0.25 > 0.05 > report["after"]["ece"]
+    assert report["after"]["log_loss"] == pytest.approx(after)
+    assert report["ece_bins"] == 15 and report["rows"] == 3000
+    # Accuracy is untouched: the ranking of labels within a row does not change.
+    assert (temperature_softmax(logits, t).argmax(1) == logits.argmax(1)).all()
+
+
+def test_fit_leaves_calibrated_logits_alone_and_sharpens_underconfident_ones() -> None:
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 2.0, (4000, 4))
+    probs = temperature_softmax(logits)
+    labels = np.array([rng.choice(4, p=p / p.sum()) for p in probs.astype(np.float64)])  # drawn from them
+    assert fit_temperature(logits, labels) == pytest.approx(1.0, abs=0.1)
+    assert fit_temperature(logits / 3.0, labels) == pytest.approx(1 / 3.0, rel=0.15)  # under-confident
+    assert fit_temperature(np.zeros((0, 4)), np.zeros(0, int)) == 1.0
+
+
+def test_fit_through_window_aggregation_minimises_the_aggregated_loss() -> None:
+    """With `combine`, T is fitted for the per-text probabilities the engine answers with."""
+    logits, labels = overconfident_logits(1000, accuracy=0.75, seed=2)
+    counts = np.array([1, 2, 3, 4] * 100)  # 1000 window rows → 400 texts
+    text_labels = labels[np.cumsum(counts) - 1]
+
+    def combine(probs: np.ndarray) -> np.ndarray:
+        return aggregate_windows(probs, counts, "confidence")
+
+    t = fit_temperature(logits, text_labels, combine)
+    best = negative_log_likelihood(combine(temperature_softmax(logits, t)), text_labels)
+    for grid in np.geomspace(0.2, 20, 25):
+        assert best <= negative_log_likelihood(combine(temperature_softmax(logits, grid)), text_labels) + 1e-9
+    assert expected_calibration_error(combine(temperature_softmax(logits, t)), text_labels) < 0.1
+
+
+def test_labels_json_round_trip_and_old_models_unchanged(tmp_path: Path, tokenizer_dir: str) -> None:
+    model = make_tiny_model(tmp_path / "m", RAW, tokenizer_dir)
+    old = json.loads((model / LABELS_FILE).read_text())
+    info = read_model_info(model)
+    assert (info.temperature, info.raw_labels) == (None, None)
+    assert info.to_json() == old  # a model without them writes back the labels.json it had
+    assert info.label_lookup() == {label: label for label in RAW}
+    assert "temperature" not in old and "raw_labels" not in old
+    named = ModelInfo(NAMES, 64, "tiny", "v1", "random", temperature=1.7, raw_labels=RAW)
+    write_model_info(named, model)
+    assert read_model_info(model) == named
+    assert named.label_lookup() == {**dict(zip(RAW, NAMES, strict=True)), **{n: n for n in NAMES}}
+    bad = {**named.to_json(), "raw_labels": ["1", "2"]}
+    (model / LABELS_FILE).write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="raw_labels has 2 values for 4 labels"):
+        read_model_info(model)
+    (model / LABELS_FILE).write_text(json.dumps({**named.to_json(), "temperature": 0}))
+    with pytest.raises(ValueError, match="temperature 0 must be a positive number"):
+        read_model_info(model)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: str) -> dict[str, str]:
+    """The same tiny weights twice: as trained on raw labels (no temperature), and with label names
+    and a temperature in labels.json."""
+    root = tmp_path_factory.mktemp("calibrated")
+    plain = make_tiny_model(root / "plain", RAW, tokenizer_dir, seed=3)
+    calibrated = root / "calibrated"
+    shutil.copytree(plain, calibrated)
+    info = read_model_info(plain)
+    write_model_info(ModelInfo(NAMES, info.max_length, info.name, info.version, info.base_model,
+                               temperature=TEMPERATURE, raw_labels=RAW), calibrated)  # fmt: skip
+    return {"plain": str(plain), "calibrated": str(calibrated)}
+
+
+def plain_softmax_scores(model_dir: str, texts: list[str], max_length: int) -> np.ndarray:
+    """Probabilities from plain transformers (no bm-ray engine): what the model answered before calibration."""
+    import tensorflow as tf
+    from transformers import AutoTokenizer, TFBertForSequenceClassification
+
+    model = TFBertForSequenceClassification.from_pretrained(model_dir)
+    encoded = AutoTokenizer.from_pretrained(model_dir)(
+        texts, padding=True, truncation=True, max_length=max_length, return_tensors="tf"
+    )
+    return tf.nn.softmax(model(**encoded).logits, axis=-1).numpy()
+
+
+def test_engine_without_temperature_scores_as_before_and_with_it_per_window(models: dict[str, str]) -> None:
+    short = TEXTS[:5]
+    plain = Predictor.load(models["plain"], precision="fp32")
+    before = plain_softmax_scores(models["plain"], short, plain.info.max_length)
+    np.testing.assert_allclose(plain.predict_proba(short), before, atol=1e-5)
+
+    calibrated = Predictor.load(models["calibrated"], precision="fp32")
+    logits, counts = calibrated.unit_logits(TEXTS)
+    assert counts.tolist()[:5] == [1] * 5 and counts[5] > 1
+    np.testing.assert_allclose(logits, plain.unit_logits(TEXTS)[0], atol=1e-5)  # same weights
+    np.testing.assert_allclose(
+        calibrated.predict_proba(short), temperature_softmax(np.log(before), TEMPERATURE), atol=1e-4
+    )
+    # Long text: the temperature scales each window's logits, then the windows are aggregated.
+    expected = aggregate_windows(temperature_softmax(logits, TEMPERATURE), counts, "confidence")
+    np.testing.assert_allclose(calibrated.predict_proba(TEXTS), expected, atol=1e-5)
+    assert not np.allclose(calibrated.predict_proba(TEXTS), plain.predict_proba(TEXTS), atol=1e-3)
+    assert [p.label for p in calibrated.predict(TEXTS)] == [NAMES[int(k)] for k in expected.argmax(1)]
+
+
+def write_labelled(path: Path, labels: list[str]) -> Path:
+    """TEXTS as JSONL with the given labels (one per text), ids t0..."""
+    path.write_text(
+        "".join(
+            json.dumps({"id": f"t{i}", "text": t, "label": label}) + "\n"
+            for i, (t, label) in enumerate(zip(TEXTS, labels, strict=True))
+        )
+    )
+    return path
+
+
+def test_classify_evaluate_and_serve_answer_the_same_calibrated_named_scores(
+    ray_local: None, models: dict[str, str], tmp_path: Path
+) -> None:
+    model = models["calibrated"]
+    engine = {f"t{i}": p for i, p in enumerate(Predictor.load(model, batch_size=4).predict(TEXTS))}
+    true_raw = ["1", "2", "3", "4", "1", "3"]
+    raw_data = write_labelled(tmp_path / "raw.jsonl", true_raw)
+
+    classify(ClassifySpec(model=model, input=IngestSpec(input=[str(raw_data)]), output=str(tmp_path / "c")))
+    predictions = pq.read_table(tmp_path / "c" / "predictions").to_pylist()
+    assert len(predictions) == len(TEXTS)
+    for row in predictions:
+        expected = engine[row["id"]]
+        assert row["label"] == expected.label and row["label"] in NAMES
+        assert row["score"] == pytest.approx(expected.score, abs=1e-5)
+        assert dict(row["scores"]) == pytest.approx(expected.scores, abs=1e-5)
+        assert set(dict(row["scores"])) == set(NAMES)
+
+    # evaluate: labelled with raw values, with names, or a mix — the same metrics, names in the report.
+    named_data = write_labelled(tmp_path / "named.jsonl", [NAMES[RAW.index(r)] for r in true_raw])
+    mixed_data = write_labelled(
+        tmp_path / "mixed.jsonl", [*true_raw[:3], *(NAMES[RAW.index(r)] for r in true_raw[3:])]
+    )
+    reports = {}
+    for name, data in (("raw", raw_data), ("named", named_data), ("mixed", mixed_data)):
+        reports[name] = evaluate(
+            EvaluateSpec(model=model, data=IngestSpec(input=[str(data)]), output=str(tmp_path / name))
+        )
+    for report in reports.values():
+        assert report["rows_evaluated"] == len(TEXTS) and report["rows_rejected"] == 0
+        for key in ("accuracy", "macro_f1", "log_loss", "ece", "confusion_matrix"):
+            assert report[key] == reports["raw"][key], key
+    assert reports["raw"]["confusion_matrix"]["labels"] == NAMES
+    accuracy = np.mean([engine[f"t{i}"].label == NAMES[RAW.index(r)] for i, r in enumerate(true_raw)])
+    assert reports["raw"]["accuracy"] == pytest.approx(accuracy)
+    logged = pq.read_table(tmp_path / "raw" / "predictions.parquet").to_pylist()
+    for row in logged:
+        assert row["predicted"] == engine[row["id"]].label and row["label"] in NAMES
+        assert row["score"] == pytest.approx(engine[row["id"]].score, abs=1e-5)
+    top = np.array([engine[f"t{i}"].score for i in range(len(TEXTS))])
+    hits = np.array([engine[f"t{i}"].label == NAMES[RAW.index(r)] for i, r in enumerate(true_raw)])
+    from bm_ray.metrics import reliability_bins
+
+    assert reports["raw"]["ece"] == pytest.approx(reliability_bins(top, hits, bins=15)["ece"])
+
+    # serve: the deployment's own class, as the endpoint calls it.
+    replica = Classifier.func_or_class(ServeSpec(model=model, forward_batch_size=4))
+
+    async def served() -> dict:
+        await replica.reconfigure({"model": model})
+        return await replica.classify(TEXTS)
+
+    answer = asyncio.run(served())
+    for i, got in enumerate(answer["predictions"]):
+        expected = engine[f"t{i}"]
+        assert got["label"] == expected.label
+        assert got["score"] == pytest.approx(expected.score, abs=1e-5)
+        assert got["scores"] == pytest.approx(expected.scores, abs=1e-5)
