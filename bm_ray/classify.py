@@ -28,7 +28,7 @@ import pyarrow as pa
 import ray
 
 from bm_ray import commit
-from bm_ray.corpus import ROW_COLUMNS
+from bm_ray.corpus import ROW_COLUMNS, list_corpus
 from bm_ray.engine import Predictor
 from bm_ray.models import read_model_info, resolve_model
 from bm_ray.report import try_build_report
@@ -43,7 +43,23 @@ SCORES_TYPE = pa.map_(pa.string(), pa.float32())
 
 
 CLASSIFY_BLOCK_BYTES = 256 * 1024
-"""Target block size of the classify pipeline (≈ a thousand news rows)."""
+"""Target block size of the classify pipeline for large corpora (≈ a thousand news rows)."""
+MIN_BLOCK_BYTES = 8 * 1024
+"""Smallest target block size (≈ 30 news rows): below it per-block overhead outweighs the spread."""
+BLOCKS_PER_ACTOR = 4
+"""A small corpus is cut into about this many blocks per actor, so every actor gets work."""
+
+
+def block_bytes(input_bytes: int, actors: int) -> int:
+    """Target block size for a corpus of `input_bytes` on `actors` actors.
+
+    Large corpora get :data:`CLASSIFY_BLOCK_BYTES`; a small one (a few hundred KB, what people try first)
+    gets about :data:`BLOCKS_PER_ACTOR` blocks per actor, never under :data:`MIN_BLOCK_BYTES`: with
+    ~1,000-row blocks a 2,000-row corpus would be two blocks, and a 400-row one a single block on one actor.
+    """
+    spread = input_bytes // max(1, actors * BLOCKS_PER_ACTOR)
+    return int(min(CLASSIFY_BLOCK_BYTES, max(MIN_BLOCK_BYTES, spread)))
+
 
 READ_ARGS = {"num_cpus": 0}
 """Read + dedupe tasks run beside the actors: parsing is light next to the forward pass, and a pool
@@ -181,11 +197,11 @@ def classify(spec: ClassifySpec) -> dict[str, Any]:
         )
 
     # Ray Data merges a read task's small blocks up to target_max_block_size (128 MiB): one file would
-    # reach the actor pool as one block, i.e. one task on one actor. Blocks of about a read block's
-    # rows keep every actor busy; the forward pass dwarfs the per-block overhead.
+    # reach the actor pool as one block, i.e. one task on one actor. Blocks sized by block_bytes keep
+    # every actor busy; the forward pass dwarfs the per-block overhead.
     context = ray.data.DataContext.get_current()
     previous_block_size = context.target_max_block_size
-    context.target_max_block_size = CLASSIFY_BLOCK_BYTES
+    context.target_max_block_size = block_bytes(list_corpus(spec.input).total_bytes, max_actors)
 
     def finish(totals: Counter[str]) -> dict[str, Any]:
         elapsed = time.monotonic() - started

@@ -699,7 +699,7 @@ def commit_corpus(
                 if time.monotonic() - last_log > PROGRESS_LOG_S:
                     last_log = time.monotonic()
                     rate = totals["rows_committed"] / (last_log - started)
-                    logger.warning(
+                    logger.info(
                         "%s: %d rows committed so far (%.1f rows/s)", kind, totals["rows_committed"], rate
                     )
         finally:

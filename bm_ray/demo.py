@@ -24,6 +24,8 @@ from bm_ray.specs import ClassifySpec, EvaluateSpec, IngestSpec, ServeSpec, Trai
 
 SAMPLE_CORPUS = "sample_news.jsonl"
 SAMPLE_TEXT_FIELDS = ["title", "body"]
+RESULT_COLUMN_WIDTH = 34
+"""The table's result column: with the stage, time and row columns the table fits 80 terminal columns."""
 
 
 def sample_corpus_spec() -> IngestSpec:
@@ -64,15 +66,25 @@ class Demo:
         self.console.print(f"[green]✔ {name}[/] in {self.results[-1].seconds:.1f}s — {note}")
 
     def table(self) -> Table:
-        """The final summary table."""
-        table = Table(title="bm-ray demo")
-        for column in ("stage", "time (s)", "rows", "rows/s", "outputs", "result"):
-            table.add_column(column)
+        """The final summary table: one line per stage within 80 columns; where the outputs are follows it."""
+        table = Table(title="bm-ray demo", caption=self.outputs(), caption_justify="left")
+        table.add_column("stage", no_wrap=True, min_width=13)
+        for column, width in (("s", 6), ("rows", 5), ("rows/s", 6)):
+            table.add_column(column, justify="right", no_wrap=True, min_width=width)
+        table.add_column("result", no_wrap=True, overflow="ellipsis", max_width=RESULT_COLUMN_WIDTH)
         for r in self.results:
-            inside = r.output.startswith(os.getcwd() + os.sep)
-            output = os.path.relpath(r.output) if inside else r.output
-            table.add_row(r.stage, f"{r.seconds:.1f}", str(r.rows or "-"), r.rows_per_s, output, r.note)
+            table.add_row(
+                r.stage.split(" (")[0], f"{r.seconds:.1f}", str(r.rows or "-"), r.rows_per_s, r.note
+            )
         return table
+
+    def outputs(self) -> str:
+        """Where each stage wrote, relative to the working directory when inside it."""
+
+        def shown(path: str) -> str:
+            return os.path.relpath(path) if path.startswith(os.getcwd() + os.sep) else path
+
+        return "\n".join(f"{r.stage.split(' (')[0]}: {shown(r.output)}" for r in self.results)
 
 
 def run_demo(
@@ -134,9 +146,7 @@ def run_demo(
         def run_evaluate() -> tuple[int, str, str]:
             report = evaluate(EvaluateSpec(model=str(model_dir), data=data, output=str(work / "evaluate")))
             rows = report["rows_evaluated"] + report["rows_rejected"]
-            note = (
-                f"accuracy {report['accuracy']:.3f} on all rows (incl. training rows), confusion_matrix.png"
-            )
+            note = f"accuracy {report['accuracy']:.3f} (incl. train rows)"
             return rows, str(work / "evaluate"), note
 
         demo.stage("evaluate", run_evaluate)
@@ -163,7 +173,11 @@ def run_demo(
             response = httpx.post(f"{url}/v1/classify", json={"texts": texts}, timeout=60)
             response.raise_for_status()
             for text, prediction in zip(texts, response.json()["predictions"], strict=True):
-                console.print(f"  [cyan]{prediction['label']:>10}[/] {prediction['score']:.2f}  {text}")
+                console.print(
+                    f"  [cyan]{prediction['label']:>10}[/] {prediction['score']:.2f}  {text}",
+                    no_wrap=True,
+                    overflow="ellipsis",
+                )
             return len(texts), f"{url}/v1/classify", "POST /v1/classify answered"
 
         demo.stage("serve (Ray Serve)", run_endpoint)

@@ -165,7 +165,9 @@ class Predictor:
         self.padding = PaddingStats()
 
         # One trace for every (batch, length) shape: no retracing per batch or per bucket.
+        # No Python control flow to convert: AutoGraph would only fail on the closure and warn.
         @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32)] * 2, reduce_retracing=True)
+        @tf.autograph.experimental.do_not_convert
         def forward(input_ids: tf.Tensor, attention_mask: tf.Tensor) -> tf.Tensor:
             logits = model(input_ids=input_ids, attention_mask=attention_mask, training=False).logits
             return tf.cast(logits, tf.float32)

@@ -287,3 +287,12 @@ def test_precision_agreement_of_fp32_with_itself_is_exact(tiny_model: str) -> No
     texts = [" ".join(WORDS[i % len(WORDS) :]) for i in range(20)]
     assert precision_agreement(tiny_model, texts, "fp32") == 1.0
     assert precision_agreement(tiny_model, [], "bf16") == 1.0
+
+
+def test_block_size_spreads_a_small_corpus_over_every_actor() -> None:
+    from bm_ray.classify import BLOCKS_PER_ACTOR, CLASSIFY_BLOCK_BYTES, MIN_BLOCK_BYTES, block_bytes
+
+    sample = 100 * 1024  # the demo's 406-row sample corpus
+    assert sample // block_bytes(sample, 2) >= 2 * BLOCKS_PER_ACTOR - 1  # ~4 blocks per actor, not 1 block
+    assert block_bytes(10 * 1024**3, 2) == CLASSIFY_BLOCK_BYTES  # large corpora: ~1,000-row blocks
+    assert block_bytes(1024, 8) == MIN_BLOCK_BYTES
