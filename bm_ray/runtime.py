@@ -178,7 +178,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: 
     ray.init(**init_kwargs)
     # Off a terminal Ray Data would log a multi-line progress block every few seconds.
     ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
-    quiet_ray_libraries()
+    quiet_ray_data_console()
 
 
 def verbose() -> bool:
@@ -193,9 +193,8 @@ class DropRayDataProgressNotice(logging.Filter):
         return not record.getMessage().startswith("Progress bars disabled")
 
 
-def quiet_ray_libraries() -> None:
-    """Ray Data and Ray Train in this process: their INFO lines (each dataset's start, plan and finish;
-    each worker group, result and checkpoint) stay off the console (Ray Data's go to ray-data.log).
+def quiet_ray_data_console() -> None:
+    """Ray Data in this process: its INFO lines (each dataset's start, plan, finish) in ray-data.log only.
 
     bm-ray's own log says what each stage does; Ray Data's warnings and errors still reach the console,
     and ``--verbose`` keeps everything. Ray Data has no setting for its console level, so the level of
@@ -204,9 +203,6 @@ def quiet_ray_libraries() -> None:
     """
     if verbose():
         return
-    # Ray Train's INFO lines (worker group start, every reported result and checkpoint) repeat what
-    # bm-ray's epoch lines say.
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
     for handler in logging.getLogger("ray.data").handlers:
         if isinstance(handler, logging.StreamHandler) and type(handler).__module__.startswith("ray."):
             handler.setLevel(logging.WARNING)
@@ -233,7 +229,6 @@ def setup_worker_process() -> None:
 
     route_tensorflow_import()  # Ray Train's backend imports TF itself, before any bm-ray code runs here
     if not verbose():
-        logging.getLogger("ray.train").setLevel(logging.WARNING)  # as in the driver (quiet_ray_libraries)
         # Deprecation notices Ray's own modules raise about Ray's own calls: nothing a user can act on.
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray\.")
         config = resources.files("bm_ray") / "data" / "ray_data_logging.yaml"

@@ -719,7 +719,7 @@ def fit_trainer(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
-    from bm_ray.runtime import runtime_env
+    from bm_ray.runtime import runtime_env, verbose
 
     # An explicit filesystem: URI options (endpoint_override, credentials) survive path joins.
     storage_fs, storage_path = resolve_uri(storage)
@@ -745,6 +745,9 @@ def fit_trainer(
             ),
             failure_config=FailureConfig(max_failures=spec.max_failures),
             worker_runtime_env=runtime_env(),
+            # Ray Train's INFO lines (worker group start, every reported result and checkpoint) repeat
+            # what bm-ray's epoch lines say; --verbose keeps them.
+            logging_config=ray.train.LoggingConfig(log_level="DEBUG" if verbose() else "WARNING"),
             callbacks=callbacks,
         ),
         datasets=datasets,

@@ -37,9 +37,9 @@ def test_ray_data_prints_no_progress_or_info_lines_off_a_terminal(ray_local, cap
 
     import ray
 
-    from bm_ray.runtime import quiet_ray_libraries
+    from bm_ray.runtime import quiet_ray_data_console
 
-    quiet_ray_libraries()  # what init_ray does in every bm-ray driver
+    quiet_ray_data_console()  # what init_ray does in every bm-ray driver
     ray.data.range(2000, override_num_blocks=4).map_batches(lambda b: b).materialize()
     seen = "".join(capfd.readouterr())
     assert "logging_progress" not in seen and "Running Dataset" not in seen
