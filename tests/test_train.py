@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pyarrow as pa
 import pytest
 import ray
+from ray.util.state import list_actors
 from tiny_model import make_tiny_model
 
 from bm_ray.engine import Predictor
@@ -77,14 +77,17 @@ def _kill_a_worker_after_first_checkpoint(run_dir: Path, killed: list[int], stop
     while not stop.is_set() and time.monotonic() < deadline:
         if any(run_dir.glob("checkpoint_*")):
             time.sleep(4)  # let Ray Train register the checkpoint; the kill then lands mid-epoch 2
-            workers = [
-                p
-                for p in psutil.process_iter(["cmdline"])
-                if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])
-            ]
+            # Only this test's Ray cluster's workers: other Ray clusters on the machine are not ours.
+            workers = sorted(
+                actor.pid
+                for actor in list_actors(
+                    filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
+                )
+                if actor.pid
+            )
             if workers:
-                os.kill(workers[-1].pid, signal.SIGKILL)
-                killed.append(workers[-1].pid)
+                os.kill(workers[-1], signal.SIGKILL)
+                killed.append(workers[-1])
                 return
         time.sleep(0.5)
 
