@@ -98,6 +98,13 @@ def import_tensorflow() -> ModuleType:
     global _tensorflow
     if _tensorflow is not None:
         return _tensorflow
+    if "torch" in sys.modules:
+        # The two crash the process together; inside the filter below the crash would also go unexplained.
+        raise RuntimeError(
+            "PyTorch is already imported in this process, and TensorFlow and PyTorch in one process "
+            "segfault: keep torch out of bm-ray's environment (pip uninstall torch) or import bm-ray "
+            "in a separate process"
+        )
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     no_gpu = gpus_hidden()

@@ -79,3 +79,18 @@ def test_zero_gpu_ray_workers_see_no_gpu(ray_local: None) -> None:
     assert WORKER_ENV_VARS["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] == "1"
     env = {"env_vars": dict(WORKER_ENV_VARS)}
     assert ray.get(visible_devices.options(runtime_env=env).remote(), timeout=120) == ""
+
+
+def test_tensorflow_refuses_to_start_beside_pytorch() -> None:
+    """TF and PyTorch in one process segfault: a clear error instead (checked in a fresh process)."""
+    code = (
+        "import sys, types; sys.modules['torch'] = types.ModuleType('torch')\n"
+        "from bm_ray.tf_runtime import import_tensorflow\n"
+        "try:\n    import_tensorflow()\nexcept RuntimeError as err:\n    print('refused:', err)\n"
+        "print('tensorflow' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert "refused: PyTorch is already imported" in done.stdout
+    assert done.stdout.strip().endswith("False")  # TF was never imported
