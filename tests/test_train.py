@@ -81,7 +81,8 @@ def _kill_a_worker_after_first_checkpoint(run_dir: Path, killed: list[int], stop
             workers = sorted(
                 actor.pid
                 for actor in list_actors(
-                    filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
+                    address=ray.get_runtime_context().gcs_address,
+                    filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
                 )
                 if actor.pid
             )
