@@ -132,6 +132,12 @@ WindowAggregationOpt = Annotated[
 MaxBatchTokensOpt = Annotated[
     int | None, typer.Option("--max-batch-tokens", help="Padded tokens per forward pass at most.")
 ]
+MinScoreOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--min-score", help="Mark predictions whose top score is below this as abstained (counted)."
+    ),
+]
 
 
 def long_text_flags(
@@ -390,8 +396,13 @@ def evaluate(
     max_windows: MaxWindowsOpt = None,
     window_aggregation: WindowAggregationOpt = None,
     max_batch_tokens: MaxBatchTokensOpt = None,
+    min_score: MinScoreOpt = None,
+    target_accuracy: Annotated[
+        float | None,
+        typer.Option("--target-accuracy", help="Report the smallest --min-score that reaches this accuracy."),
+    ] = None,
 ) -> None:
-    """Accuracy, macro-F1, per-class P/R/F1 and a confusion matrix of a model on a labelled corpus."""
+    """Accuracy, macro-F1, per-class P/R/F1, a confusion matrix and the accuracy-vs-coverage curve on a labelled corpus."""
     from bm_ray.evaluate import evaluate as run_evaluate
 
     data_flags = ingest_options(
@@ -405,12 +416,18 @@ def evaluate(
             "output": output,
             "batch_size": batch_size,
             **long_text_flags(long_text, window_stride, max_windows, window_aggregation, max_batch_tokens),
+            "min_score": min_score,
+            "target_accuracy": target_accuracy,
         }
     )
     try:
         report = run_evaluate(validate_spec(EvaluateSpec, flags, "command line"))
     except ValueError as err:
         fail(str(err))
+    if "target_accuracy" in report:
+        console.print(
+            target_accuracy_line(report["target_accuracy"], report["rows_evaluated"]), soft_wrap=True
+        )
     print_json(
         {
             k: report[k]
@@ -424,9 +441,30 @@ def evaluate(
                 "leakage",
                 "windows",
                 "rows_windows_capped",
+                "min_score",
+                "rows_abstained",
+                "coverage",
+                "accuracy_answered",
+                "target_accuracy",
             )
             if k in report
         }
+    )
+
+
+def target_accuracy_line(found: dict[str, Any], rows: int) -> str:
+    """One sentence on the threshold search of `bm-ray evaluate --target-accuracy`."""
+    if found["threshold"] is not None:
+        return (
+            f"--min-score {found['threshold']!r} is the smallest threshold reaching accuracy {found['target']:g}: "
+            f"accuracy {found['accuracy']:.4f} on {found['coverage']:.1%} of the {rows:,} rows (the rest abstain)"
+        )
+    if found["best_accuracy"] is None:
+        return f"no threshold reaches accuracy {found['target']:g}: no rows were evaluated"
+    return (
+        f"no threshold reaches accuracy {found['target']:g} on these {rows:,} rows; the best is "
+        f"{found['best_accuracy']:.4f} at --min-score {found['best_threshold']!r} "
+        f"(coverage {found['best_coverage']:.1%})"
     )
 
 
@@ -499,6 +537,7 @@ def classify(
     max_windows: MaxWindowsOpt = None,
     window_aggregation: WindowAggregationOpt = None,
     max_batch_tokens: MaxBatchTokensOpt = None,
+    min_score: MinScoreOpt = None,
     overwrite: Annotated[
         bool | None, typer.Option("--overwrite", help="Start afresh instead of resuming into --output.")
     ] = None,
@@ -535,6 +574,7 @@ def classify(
             "gpus_per_actor": gpus_per_actor,
             "precision": precision,
             **long_text_flags(long_text, window_stride, max_windows, window_aggregation, max_batch_tokens),
+            "min_score": min_score,
             "overwrite": overwrite,
             "address": address,
         }

@@ -154,8 +154,9 @@ def abstained(scores: np.ndarray, min_score: float | None) -> np.ndarray:
 
     The one definition of abstention: classify, evaluate, compare and the endpoint all call it, and a
     threshold found by :func:`threshold_for_accuracy` keeps exactly the rows it reports when passed back.
+    Compared in float64: float32 scores (Parquet, the engine) and Python floats (JSON) give the same answer.
     """
-    scores = np.asarray(scores)
+    scores = np.asarray(scores, dtype=np.float64)
     if min_score is None:
         return np.zeros(scores.shape, dtype=bool)
     return scores < min_score
