@@ -589,6 +589,89 @@ def classify(
 
 
 @app.command()
+def compare(
+    model: Annotated[
+        list[str] | None, typer.Option("--model", help="Model A, then model B: give --model twice.")
+    ] = None,
+    input: Annotated[
+        str | None, typer.Option("--input", help="Corpus: files, dirs, globs or URIs (comma-separated).")
+    ] = None,
+    output: Annotated[
+        str | None, typer.Option("--output", help="Output dir (a/, b/, flips/, compare.json).")
+    ] = None,
+    format: FormatOpt = None,
+    text_fields: TextFieldsOpt = None,
+    label_field: LabelFieldOpt = None,
+    id_field: IdFieldOpt = None,
+    clean_text: CleanOpt = None,
+    csv_header: CsvHeaderOpt = None,
+    csv_columns: CsvColumnsOpt = None,
+    max_line_bytes: MaxLineBytesOpt = None,
+    max_reject_fraction: MaxRejectFractionOpt = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Rows per forward pass (length-bucketed).")
+    ] = None,
+    actors: Annotated[
+        str | None,
+        typer.Option("--actors", help="Predictor actors: N or MIN,MAX (default: fill the cluster)."),
+    ] = None,
+    cpus_per_actor: Annotated[float | None, typer.Option("--cpus-per-actor")] = None,
+    gpus_per_actor: Annotated[float | None, typer.Option("--gpus-per-actor")] = None,
+    precision: Annotated[str | None, typer.Option("--precision", help="auto|fp32|bf16|fp16.")] = None,
+    long_text: LongTextOpt = None,
+    window_stride: WindowStrideOpt = None,
+    max_windows: MaxWindowsOpt = None,
+    window_aggregation: WindowAggregationOpt = None,
+    max_batch_tokens: MaxBatchTokensOpt = None,
+    overwrite: Annotated[
+        bool | None, typer.Option("--overwrite", help="Classify afresh instead of resuming the legs.")
+    ] = None,
+    address: AddressOpt = None,
+    spec: SpecOpt = None,
+) -> None:
+    """Classify a corpus with two models (bulk, exactly once, resumable); write the flips and compare.json."""
+    from bm_ray.compare import compare as run_compare
+    from bm_ray.compare import summary_table
+    from bm_ray.specs import CompareSpec
+
+    ingest_flags = ingest_options(
+        input,
+        format,
+        text_fields,
+        label_field,
+        id_field,
+        None,
+        clean_text,
+        csv_header,
+        csv_columns,
+        max_line_bytes=max_line_bytes,
+        max_reject_fraction=max_reject_fraction,
+    )
+    flags = drop_none(
+        {
+            "models": model or None,
+            "input": ingest_flags or None,
+            "output": output,
+            "batch_size": batch_size,
+            "actors": actors,
+            "cpus_per_actor": cpus_per_actor,
+            "gpus_per_actor": gpus_per_actor,
+            "precision": precision,
+            **long_text_flags(long_text, window_stride, max_windows, window_aggregation, max_batch_tokens),
+            "overwrite": overwrite,
+            "address": address,
+        }
+    )
+    compare_spec = build_spec(CompareSpec, spec, flags)
+    try:
+        result = run_compare(compare_spec)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        fail(str(err))
+    console.print(summary_table(result))
+    typer.echo(join_uri(redact_uri(compare_spec.output), "compare.json"))
+
+
+@app.command()
 def report(
     output: Annotated[
         str, typer.Argument(help="A job's output directory (ingest, classify, train, evaluate).")
