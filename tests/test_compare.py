@@ -20,7 +20,9 @@ import yaml
 from fault_corpus import write_fault_corpus
 from test_classify import LABELS, ids_exactly_once, write_good_rows
 from tiny_model import make_tiny_model
+from typer.testing import CliRunner
 
+from bm_ray.cli import app
 from bm_ray.compare import compare, compare_tables
 from bm_ray.corpus import ok_rows, read_corpus
 from bm_ray.engine import Predictor
@@ -140,7 +142,7 @@ def test_sigkilled_compare_resumes_without_duplicates(
 ) -> None:
     """A real `bm-ray compare` is SIGKILLed while its second leg runs, then rerun: leg A is resumed whole,
     leg B continues, every id is predicted once per leg and the flips are those of the two models."""
-    ids = write_good_rows(tmp_path / "rows.jsonl", 200)
+    ids = write_good_rows(tmp_path / "rows.jsonl", 400)
     ingest = IngestSpec(input=[str(tmp_path / "rows.jsonl")], rows_per_block=5)
     out = tmp_path / "cmp"
     spec = CompareSpec(models=list(two_models), input=ingest, output=str(out), batch_size=5, actors=1)
@@ -161,22 +163,27 @@ def test_sigkilled_compare_resumes_without_duplicates(
     )
     try:
         deadline = time.monotonic() + 300
-        while len(list((out / "b" / "_commits").glob("*.json"))) < 3 and time.monotonic() < deadline:
+        while not list((out / "b" / "_commits").glob("*.json")) and time.monotonic() < deadline:
             if driver.poll() is not None:
                 tail = (tmp_path / "driver.log").read_text(errors="replace")[-3000:]
                 pytest.fail(f"compare ended (exit {driver.returncode}) before it was killed:\n{tail}")
             time.sleep(0.2)
-        assert len(list((out / "b" / "_commits").glob("*.json"))) >= 3, "leg b made no commits within 300 s"
+        assert list((out / "b" / "_commits").glob("*.json")), "leg b made no commits within 300 s"
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
         driver.wait(timeout=60)
         log.close()
     assert not (out / "compare.json").exists()
+    committed = sum(
+        json.loads(r.read_text())["rows_committed"] for r in (out / "b" / "_commits").glob("*.json")
+    )
+    assert 0 < committed < len(ids)
 
     result = compare(spec)
     assert result["legs"]["a"]["rows_resumed"] == len(ids)  # the finished leg read nothing again
-    assert 0 < result["legs"]["b"]["rows_resumed"] < len(ids)
+    # Ray workers of the killed job may commit a little more before they notice: at least what was seen.
+    assert result["legs"]["b"]["rows_resumed"] >= committed
     for leg_name in ("a", "b"):
         predictions = ids_exactly_once(out / leg_name, set(ids))
         assert sorted(predictions.column("id").to_pylist()) == sorted(ids)
@@ -184,3 +191,11 @@ def test_sigkilled_compare_resumes_without_duplicates(
     flipped = sorted(i for i, (a, b) in expected.items() if a.label != b.label)
     assert result["rows"] == len(ids) and result["rows_flipped"] == len(flipped)
     assert pq.read_table(out / "flips" / "flips.parquet").column("id").to_pylist() == flipped
+
+    # The CLI on the finished output: nothing classified again, the same comparison, the summary table.
+    rerun = CliRunner().invoke(app, args)
+    assert rerun.exit_code == 0, rerun.output
+    assert json.loads((out / "compare.json").read_text())["flip_matrix"] == result["flip_matrix"]
+    printed = " ".join(rerun.output.split())
+    assert f"{result['agreement']:.2%}" in printed and "McNemar" in printed
+    assert str(out / "compare.json") in printed
