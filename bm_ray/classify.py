@@ -5,17 +5,20 @@ committed rows skipped) → one ``map_batches`` over an actor pool of :class:`Cl
 loads the :class:`~bm_ray.engine.Predictor` once per actor, predicts the ok rows of each batch in one
 engine call and commits every run through :class:`~bm_ray.commit.CommitProcessor`::
 
-    DIR/predictions/<run>.parquet   id, label, score, scores (map<string, float>), abstained, windows, model,
-                                    keep_fields
+    DIR/predictions/<run>.parquet   id, label, score, scores (map<string, float>), abstained (with
+                                    min_score), windows, model, keep_fields
     DIR/rejects/<run>.parquet       id, source, reason, raw
     DIR/_commits/<run>.json         counts (the commit point), the abstained rows among them
-    DIR/summary.json                rows_read = rows_classified + rows_rejected, rows_abstained, labels, speed,
+    DIR/summary.json                rows_read = rows_classified + rows_rejected, rows_abstained (with
+                                    min_score), labels, speed,
                                     model, windows and rows_windows_capped (long texts read as windows)
 
 With ``min_score`` a prediction whose top score is below it keeps its label and scores and is marked
 ``abstained``; each commit record counts them, so ``rows_abstained`` adds up the committed rows
 (resumed commits included), exactly once like every other count. The threshold is part of the job's
 identity: a resume with another one is refused, so every row of an output was judged by the same one.
+Without ``min_score`` nothing is thresholded: no ``abstained`` column and no ``rows_abstained`` (the
+report shows abstention only where a job recorded it).
 
 A Ray retry of a batch (dead actor) rewrites the same deterministic file names; a killed job rerun
 into the same output skips what was committed; ``overwrite`` starts afresh.
@@ -85,7 +88,7 @@ class ClassifyProcessor(commit.CommitProcessor):
             ok_dir=PREDICTIONS_DIR,
             label_column="label",
             lease_token=lease_token,
-            flag_columns=[ABSTAINED_COLUMN],
+            flag_columns=[] if min_score is None else [ABSTAINED_COLUMN],
         )
         self.min_score = min_score
         self.predictor = Predictor.load(model, batch_size, precision, num_threads, long_text)
@@ -136,10 +139,11 @@ class ClassifyProcessor(commit.CommitProcessor):
             "label": pa.array([labels[k] for k in top], pa.string()),
             "score": pa.array(score, pa.float32()),
             "scores": scores.cast(SCORES_TYPE),
-            ABSTAINED_COLUMN: pa.array(abstained(score, self.min_score)),
             "windows": rows.column(WINDOWS_COLUMN),
             "model": pa.array([self.model_tag] * n, pa.string()),
         }
+        if self.min_score is not None:
+            columns[ABSTAINED_COLUMN] = pa.array(abstained(score, self.min_score))
         columns.update({name: rows.column(name) for name in self.keep_fields})
         return pa.table(columns)
 
@@ -164,7 +168,7 @@ def classify(spec: ClassifySpec) -> dict[str, Any]:
     """Run the classify job; returns the summary also written to ``output/summary.json``.
 
     Keys (beyond :func:`bm_ray.commit.summarize`, whose rows_abstained counts the committed predictions
-    below ``min_score``): rows_classified, min_score, elapsed_s, rows_per_s (rows read by
+    below ``min_score`` when one is set): rows_classified, min_score, elapsed_s, rows_per_s (rows read by
     this run / its wall time), rows_this_run, padding_waste, model (name, version, path), precision,
     actors, batch_size, long_text (the options), windows (read by this run) and rows_windows_capped (rows
     of this run whose text needed more than max_windows windows: their tail was not read).

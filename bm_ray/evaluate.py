@@ -44,7 +44,7 @@ class PredictionLog:
 
     Written as predictions.parquet beside metrics.json: the report's risk–coverage curve, reliability
     diagram and example lists are computed from it alone. With `min_score`, rows below it are marked
-    ``abstained`` (a column written always, all false without a threshold).
+    ``abstained`` (a column only then: without a threshold nothing is thresholded).
     """
 
     def __init__(self, min_score: float | None = None) -> None:
@@ -71,7 +71,8 @@ class PredictionLog:
         import pyarrow.parquet as pq
 
         columns = dict(self.columns, text=[t[:TEXT_SNIPPET_CHARS] for t in self.columns["text"]])
-        columns["abstained"] = abstained(np.asarray(self.columns["score"]), self.min_score).tolist()
+        if self.min_score is not None:
+            columns["abstained"] = abstained(np.asarray(self.columns["score"]), self.min_score).tolist()
         types = {"score": pa.float32(), "windows": pa.int32(), "abstained": pa.bool_()}
         schema = pa.schema([(k, types.get(k, pa.string())) for k in columns])
         pq.write_table(pa.table(columns, schema=schema), path)

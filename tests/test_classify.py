@@ -93,16 +93,7 @@ def test_broken_rows_accounted_and_predictions_match_engine_and_evaluate(
 
     predictions = read_dir(out / "predictions")
     rejects = read_dir(out / "rejects")
-    assert predictions.column_names == [
-        "id",
-        "label",
-        "score",
-        "scores",
-        "abstained",
-        "windows",
-        "model",
-        "url",
-    ]
+    assert predictions.column_names == ["id", "label", "score", "scores", "windows", "model", "url"]
     assert predictions.schema.field("scores").type == pa.map_(pa.string(), pa.float32())
     assert sorted(predictions.column("id").to_pylist()) == sorted([*corpus.ok_ids, *good])
     assert (
