@@ -10,11 +10,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from fault_corpus import write_fault_corpus
+from rich.console import Console
 from test_classify import LABELS, ids_exactly_once, read_dir, write_good_rows
 from tiny_model import make_tiny_model
 from typer.testing import CliRunner
 
-from bm_ray.classify import classify
+from bm_ray.classify import classify, summary_table
 from bm_ray.cli import app
 from bm_ray.corpus import ok_rows, read_corpus
 from bm_ray.engine import Predictor
@@ -63,6 +64,10 @@ def test_classify_marks_and_counts_abstained_rows_exactly_once_across_a_resume(
     assert summary["rows_read"] == summary["rows_classified"] + summary["rows_rejected"]
     assert summary["rows_classified"] == len(corpus.ok_ids) + len(good) == len(engine)
     assert summary["rows_abstained"] == len(expected) and summary["min_score"] == min_score
+    console = Console(width=200, record=True)
+    console.print(summary_table(summary))
+    row = next(line for line in console.export_text().splitlines() if " abstained " in line)
+    assert f"{len(expected):,} (top score < min_score {min_score:g})" in row
     predictions = ids_exactly_once(out, set(engine))
     assert predictions.column_names == ["id", "label", "score", "scores", "windows", "model", "abstained"]
     marked = {r["id"] for r in predictions.select(["id", "abstained"]).to_pylist() if r["abstained"]}
