@@ -5,11 +5,20 @@ committed rows skipped) → one ``map_batches`` over an actor pool of :class:`Cl
 loads the :class:`~bm_ray.engine.Predictor` once per actor, predicts the ok rows of each batch in one
 engine call and commits every run through :class:`~bm_ray.commit.CommitProcessor`::
 
-    DIR/predictions/<run>.parquet   id, label, score, scores (map<string, float>), windows, model, keep_fields
+    DIR/predictions/<run>.parquet   id, label, score, scores (map<string, float>), abstained (with
+                                    min_score), windows, model, keep_fields
     DIR/rejects/<run>.parquet       id, source, reason, raw
-    DIR/_commits/<run>.json         counts (the commit point)
-    DIR/summary.json                rows_read = rows_classified + rows_rejected, labels, speed, model,
-                                    windows and rows_windows_capped (long texts read as windows)
+    DIR/_commits/<run>.json         counts (the commit point), the abstained rows among them
+    DIR/summary.json                rows_read = rows_classified + rows_rejected, rows_abstained (with
+                                    min_score), labels, speed,
+                                    model, windows and rows_windows_capped (long texts read as windows)
+
+With ``min_score`` a prediction whose top score is below it keeps its label and scores and is marked
+``abstained``; each commit record counts them, so ``rows_abstained`` adds up the committed rows
+(resumed commits included), exactly once like every other count. The threshold is part of the job's
+identity: a resume with another one is refused, so every row of an output was judged by the same one.
+Without ``min_score`` nothing is thresholded: no ``abstained`` column and no ``rows_abstained`` (the
+report shows abstention only where a job recorded it).
 
 A Ray retry of a batch (dead actor) rewrites the same deterministic file names; a killed job rerun
 into the same output skips what was committed; ``overwrite`` starts afresh.
@@ -30,6 +39,7 @@ import ray
 from bm_ray import commit
 from bm_ray.corpus import ROW_COLUMNS, list_corpus
 from bm_ray.engine import Predictor
+from bm_ray.metrics import abstained
 from bm_ray.models import read_model_info, resolve_model
 from bm_ray.report import try_build_report
 from bm_ray.runtime import init_ray
@@ -37,6 +47,7 @@ from bm_ray.specs import ClassifySpec, LongTextOptions, Precision
 from bm_ray.storage import redact_uri
 
 PREDICTIONS_DIR = "predictions"
+ABSTAINED_COLUMN = "abstained"
 PROBS_COLUMN = "_probs"
 WINDOWS_COLUMN = "_windows"
 SCORES_TYPE = pa.map_(pa.string(), pa.float32())
@@ -85,6 +96,7 @@ class ClassifyProcessor(commit.CommitProcessor):
         keep_fields: Sequence[str] = (),
         long_text: LongTextOptions | None = None,
         lease_token: str | None = None,
+        min_score: float | None = None,
     ) -> None:
         super().__init__(
             output,
@@ -92,7 +104,9 @@ class ClassifyProcessor(commit.CommitProcessor):
             ok_dir=PREDICTIONS_DIR,
             label_column="label",
             lease_token=lease_token,
+            flag_columns=[] if min_score is None else [ABSTAINED_COLUMN],
         )
+        self.min_score = min_score
         self.predictor = Predictor.load(model, batch_size, precision, num_threads, long_text)
         info = self.predictor.info
         self.model_tag = f"{info.name}/{info.version}"
@@ -130,6 +144,7 @@ class ClassifyProcessor(commit.CommitProcessor):
         n = rows.num_rows
         probs = np.asarray(rows.column(PROBS_COLUMN).combine_chunks().flatten()).reshape(n, len(labels))
         top = probs.argmax(axis=1)
+        score = probs[np.arange(n), top]
         scores = pa.MapArray.from_arrays(
             pa.array(np.arange(0, (n + 1) * len(labels), len(labels), dtype=np.int32)),
             pa.array(labels * n, pa.string()),
@@ -138,11 +153,13 @@ class ClassifyProcessor(commit.CommitProcessor):
         columns = {
             "id": rows.column("id"),
             "label": pa.array([labels[k] for k in top], pa.string()),
-            "score": pa.array(probs[np.arange(n), top], pa.float32()),
+            "score": pa.array(score, pa.float32()),
             "scores": scores.cast(SCORES_TYPE),
             "windows": rows.column(WINDOWS_COLUMN),
             "model": pa.array([self.model_tag] * n, pa.string()),
         }
+        if self.min_score is not None:
+            columns[ABSTAINED_COLUMN] = pa.array(abstained(score, self.min_score))
         columns.update({name: rows.column(name) for name in self.keep_fields})
         return pa.table(columns)
 
@@ -166,7 +183,8 @@ def map_batch_rows(spec: ClassifySpec) -> int:
 def classify(spec: ClassifySpec) -> dict[str, Any]:
     """Run the classify job; returns the summary also written to ``output/summary.json``.
 
-    Keys (beyond :func:`bm_ray.commit.summarize`): rows_classified, elapsed_s, rows_per_s (rows read by
+    Keys (beyond :func:`bm_ray.commit.summarize`, whose rows_abstained counts the committed predictions
+    below ``min_score`` when one is set): rows_classified, min_score, elapsed_s, rows_per_s (rows read by
     this run / its wall time), rows_this_run, padding_waste, model (name, version, path), precision,
     actors, batch_size, long_text (the options), windows (read by this run) and rows_windows_capped (rows
     of this run whose text needed more than max_windows windows: their tail was not read).
@@ -187,6 +205,7 @@ def classify(spec: ClassifySpec) -> dict[str, Any]:
                 "keep_fields": spec.input.keep_fields,
                 "lease_token": lease_token,
                 "long_text": spec.long_text_options(),
+                "min_score": spec.min_score,
             },
             compute=ray.data.ActorPoolStrategy(min_size=min_actors, max_size=max_actors),
             num_cpus=spec.cpus_per_actor,
@@ -214,6 +233,7 @@ def classify(spec: ClassifySpec) -> dict[str, Any]:
             else 1.0,
             "real_tokens": totals["real_tokens"],
             "long_text": spec.long_text_options().model_dump(),
+            "min_score": spec.min_score,
             "windows": totals["windows"],
             "rows_windows_capped": totals["rows_windows_capped"],
             "model": {"name": info.name, "version": info.version, "path": redact_uri(spec.model)},
@@ -229,7 +249,11 @@ def classify(spec: ClassifySpec) -> dict[str, Any]:
             spec.output,
             predict_and_commit,
             kind="classify",
-            identity={"model": redact_uri(spec.model), "model_version": info.version},
+            identity={
+                "model": redact_uri(spec.model),
+                "model_version": info.version,
+                "min_score": spec.min_score,
+            },
             ok_dir=PREDICTIONS_DIR,
             overwrite=spec.overwrite,
             read_args=READ_ARGS,
@@ -264,6 +288,10 @@ def summary_table(summary: dict[str, Any]) -> Any:
     table.add_row("model", f"{model['name']} {model['version']} ({model['path']})")
     table.add_row("rows read", f"{summary['rows_read']:,} ({summary['rows_resumed']:,} resumed)")
     table.add_row("classified", f"{summary['rows_classified']:,}")
+    if summary.get("min_score") is not None:
+        table.add_row(
+            "abstained", f"{summary['rows_abstained']:,} (top score < min_score {summary['min_score']:g})"
+        )
     reasons = ", ".join(f"{k} {v:,}" for k, v in summary["rejected_by_reason"].items())
     table.add_row("rejected", f"{summary['rows_rejected']:,}" + (f" ({reasons})" if reasons else ""))
     top = sorted(summary["label_counts"].items(), key=lambda kv: -kv[1])[:10]

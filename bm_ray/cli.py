@@ -259,6 +259,12 @@ LONG_TEXT_OPTIONS: dict[str, Any] = {
     "max_batch_tokens": MaxBatchTokensOpt,
 }
 """LongTextOptions fields as CLI options (a command takes them with :func:`long_text_options`)."""
+MinScoreOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--min-score", help="Mark predictions whose top score is below this as abstained (counted)."
+    ),
+]
 
 
 def long_text_options() -> Callable[[Callable[..., None]], Callable[..., None]]:
@@ -461,10 +467,15 @@ def evaluate(
             "--train-data", help="Training corpus (same options): report duplicates of it (leakage)."
         ),
     ] = None,
+    min_score: MinScoreOpt = None,
+    target_accuracy: Annotated[
+        float | None,
+        typer.Option("--target-accuracy", help="Report the smallest --min-score that reaches this accuracy."),
+    ] = None,
     corpus_flags: dict[str, Any] | None = None,
     window_flags: dict[str, Any] | None = None,
 ) -> None:
-    """Accuracy, macro-F1, per-class P/R/F1 and a confusion matrix of a model on a labelled corpus."""
+    """Accuracy, macro-F1, per-class P/R/F1, a confusion matrix and the accuracy-vs-coverage curve on a labelled corpus."""
     from bm_ray.evaluate import evaluate as run_evaluate
 
     data_flags = {**(corpus_flags or {}), "input": data}
@@ -476,12 +487,18 @@ def evaluate(
             "output": output,
             "batch_size": batch_size,
             **(window_flags or {}),
+            "min_score": min_score,
+            "target_accuracy": target_accuracy,
         }
     )
     try:
         report = run_evaluate(validate_spec(EvaluateSpec, flags, "command line"))
     except ValueError as err:
         fail(str(err))
+    if "target_accuracy" in report:
+        console.print(
+            target_accuracy_line(report["target_accuracy"], report["rows_evaluated"]), soft_wrap=True
+        )
     print_json(
         {
             k: report[k]
@@ -495,9 +512,30 @@ def evaluate(
                 "leakage",
                 "windows",
                 "rows_windows_capped",
+                "min_score",
+                "rows_abstained",
+                "coverage",
+                "accuracy_answered",
+                "target_accuracy",
             )
             if k in report
         }
+    )
+
+
+def target_accuracy_line(found: dict[str, Any], rows: int) -> str:
+    """One sentence on the threshold search of `bm-ray evaluate --target-accuracy`."""
+    if found["threshold"] is not None:
+        return (
+            f"--min-score {found['threshold']!r} is the smallest threshold reaching accuracy {found['target']:g}: "
+            f"accuracy {found['accuracy']:.4f} on {found['coverage']:.1%} of the {rows:,} rows (the rest abstain)"
+        )
+    if found["best_accuracy"] is None:
+        return f"no threshold reaches accuracy {found['target']:g}: no rows were evaluated"
+    return (
+        f"no threshold reaches accuracy {found['target']:g} on these {rows:,} rows; the best is "
+        f"{found['best_accuracy']:.4f} at --min-score {found['best_threshold']!r} "
+        f"(coverage {found['best_coverage']:.1%})"
     )
 
 
@@ -548,6 +586,7 @@ def classify(
     cpus_per_actor: Annotated[float | None, typer.Option("--cpus-per-actor")] = None,
     gpus_per_actor: Annotated[float | None, typer.Option("--gpus-per-actor")] = None,
     precision: Annotated[str | None, typer.Option("--precision", help="auto|fp32|bf16|fp16.")] = None,
+    min_score: MinScoreOpt = None,
     overwrite: Annotated[
         bool | None, typer.Option("--overwrite", help="Start afresh instead of resuming into --output.")
     ] = None,
@@ -573,6 +612,7 @@ def classify(
             "gpus_per_actor": gpus_per_actor,
             "precision": precision,
             **(window_flags or {}),
+            "min_score": min_score,
             "overwrite": overwrite,
             "address": address,
         }
@@ -584,6 +624,67 @@ def classify(
         fail(str(err))
     console.print(summary_table(summary))
     typer.echo(join_uri(redact_uri(classify_spec.output), "summary.json"))
+
+
+@app.command()
+@corpus_options()
+@long_text_options()
+def compare(
+    model: Annotated[
+        list[str] | None, typer.Option("--model", help="Model A, then model B: give --model twice.")
+    ] = None,
+    input: Annotated[
+        str | None, typer.Option("--input", help="Corpus: files, dirs, globs or URIs (comma-separated).")
+    ] = None,
+    output: Annotated[
+        str | None, typer.Option("--output", help="Output dir (a/, b/, flips/, compare.json).")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Rows per forward pass (length-bucketed).")
+    ] = None,
+    actors: Annotated[
+        str | None,
+        typer.Option("--actors", help="Predictor actors: N or MIN,MAX (default: fill the cluster)."),
+    ] = None,
+    cpus_per_actor: Annotated[float | None, typer.Option("--cpus-per-actor")] = None,
+    gpus_per_actor: Annotated[float | None, typer.Option("--gpus-per-actor")] = None,
+    precision: Annotated[str | None, typer.Option("--precision", help="auto|fp32|bf16|fp16.")] = None,
+    overwrite: Annotated[
+        bool | None, typer.Option("--overwrite", help="Classify afresh instead of resuming the legs.")
+    ] = None,
+    address: AddressOpt = None,
+    spec: SpecOpt = None,
+    corpus_flags: dict[str, Any] | None = None,
+    window_flags: dict[str, Any] | None = None,
+) -> None:
+    """Classify a corpus with two models (bulk, exactly once, resumable); write the flips and compare.json."""
+    from bm_ray.compare import compare as run_compare
+    from bm_ray.compare import summary_table
+    from bm_ray.specs import CompareSpec
+
+    ingest_flags = drop_none({**(corpus_flags or {}), "input": input})
+    flags = drop_none(
+        {
+            "models": model or None,
+            "input": ingest_flags or None,
+            "output": output,
+            "batch_size": batch_size,
+            "actors": actors,
+            "cpus_per_actor": cpus_per_actor,
+            "gpus_per_actor": gpus_per_actor,
+            "precision": precision,
+            **(window_flags or {}),
+            "overwrite": overwrite,
+            "address": address,
+        }
+    )
+    compare_spec = build_spec(CompareSpec, spec, flags)
+    try:
+        result = run_compare(compare_spec)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        fail(str(err))
+    console.print(summary_table(result))
+    typer.echo(join_uri(redact_uri(compare_spec.output), "compare.json"))
 
 
 @app.command()

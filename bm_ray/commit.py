@@ -40,7 +40,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -392,6 +392,8 @@ class CommitProcessor:
             e.g. a column selection for ingest, model predictions for classification.
         ok_dir: subdirectory of the ok tables (`ok` for ingest, `predictions` for classify).
         label_column: column of the ok table whose values are counted in `label_counts` (if present).
+        flag_columns: boolean columns of the ok table whose true values are counted per commit
+            (``flag_counts``), summed into ``rows_<column>`` by :func:`summarize` (e.g. ``abstained``).
         lease_token: the token of the job's :class:`OutputLease`. Before each commit record is written
             the lease must still hold it: a worker left running by a killed driver (its lease since
             taken over by a resumed job) stops instead of committing into the new job's output.
@@ -405,11 +407,13 @@ class CommitProcessor:
         ok_dir: str = "ok",
         label_column: str = "label",
         lease_token: str | None = None,
+        flag_columns: Sequence[str] = (),
     ) -> None:
         self.output = output
         self.ok_fn = ok_fn or (lambda table: table)
         self.ok_dir = ok_dir
         self.label_column = label_column
+        self.flag_columns = list(flag_columns)
         self.lease_token = lease_token
         self._fs: pafs.FileSystem | None = None
         self._root = ""
@@ -451,6 +455,7 @@ class CommitProcessor:
         bookkeeping = pc.is_in(reason, pa.array([BLANK_LINE, UNIT_END]))
         rejects = batch.filter(pc.and_(pc.is_valid(reason), pc.invert(bookkeeping)))
         label_counts: dict[str, int] = {}
+        flag_counts = dict.fromkeys(self.flag_columns, 0)
         truncated = repaired = 0
         files = []
         if ok_rows.num_rows:
@@ -460,6 +465,7 @@ class CommitProcessor:
             if self.label_column in ok_table.column_names:
                 labels = Counter(ok_table.column(self.label_column).to_pylist())
                 label_counts = {str(k): v for k, v in sorted(labels.items(), key=str) if k is not None}
+            flag_counts = {column: _count_true(ok_table, column) for column in self.flag_columns}
             truncated = _count_true(ok_rows, "truncated")
             repaired = _count_true(ok_rows, "utf8_repaired")
             files.append(f"{self.ok_dir}/{name}.parquet")
@@ -478,6 +484,7 @@ class CommitProcessor:
                 zip(ends.column("_unit").to_pylist(), ends.column("_row").to_pylist(), strict=True)
             ),
             "label_counts": label_counts,
+            "flag_counts": flag_counts,
             "truncated": truncated,
             "utf8_repaired": repaired,
             "files": files,
@@ -546,7 +553,9 @@ def summarize(
     """Add up all commit records of `output` into the summary (also written to summary.json).
 
     Keys: rows_read, rows_ok (and `ok_alias`, e.g. rows_classified), rows_rejected, rejected_by_reason,
-    blank_lines, label_counts, rows_truncated, rows_utf8_repaired, units, commits, plus everything in
+    blank_lines, label_counts, rows_truncated, rows_utf8_repaired, units, commits, ``rows_<flag>`` for every
+    flag column counted by the commits (e.g. rows_abstained; read from the commit records, so resumed
+    commits count too), plus everything in
     `extra` (elapsed_s, ignored_files, format, inputs, the input manifest, ...). ``rows_read`` is the
     readers' count (records read minus blank lines). Raises RuntimeError when the accounting is broken
     (see the module doc): a lost row, an overlap, a missing data file, rows_read != ok + rejected. When
@@ -556,6 +565,7 @@ def summarize(
     totals: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     labels: Counter[str] = Counter()
+    flags: Counter[str] = Counter()
     spans: dict[str, list[tuple[int, int]]] = {}
     unit_rows: dict[str, int] = {}
     commits = _load_commits(fs, root)
@@ -570,6 +580,7 @@ def summarize(
             totals[key] += record[key]
         reasons.update(record["rejected_by_reason"])
         labels.update(record["label_counts"])
+        flags.update(record.get("flag_counts", {}))  # absent in records written before flags existed
         unit_rows.update(record["unit_rows"])
         for unit, first, last in record["spans"]:
             spans.setdefault(unit, []).append((first, last))
@@ -594,6 +605,7 @@ def summarize(
         "rows_utf8_repaired": totals["utf8_repaired"],
         "units": len(spans),
         "commits": len(commits),
+        **{f"rows_{flag}": count for flag, count in sorted(flags.items())},
     }
     if ok_alias:
         summary[ok_alias] = ok

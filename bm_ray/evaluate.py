@@ -1,4 +1,10 @@
-"""`bm-ray evaluate`: metrics and plots of a model on any labelled corpus, streamed through the engine."""
+"""`bm-ray evaluate`: metrics and plots of a model on any labelled corpus, streamed through the engine.
+
+Selective prediction: the output holds the accuracy of the kept rows against their coverage for every
+threshold (``risk_coverage.json`` + ``.png``, :func:`bm_ray.metrics.threshold_curve`); ``min_score``
+marks the rows below it as abstained (``predictions.parquet``) and reports their count and the accuracy
+of the rest; ``target_accuracy`` reports the smallest threshold whose kept rows reach it, or that none does.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +20,15 @@ import numpy as np
 
 from bm_ray.calibration import ECE_BINS
 from bm_ray.engine import Predictor
-from bm_ray.metrics import ConfusionMatrix, plot_confusion_matrix, reliability_bins
+from bm_ray.metrics import (
+    ConfusionMatrix,
+    abstained,
+    plot_confusion_matrix,
+    plot_threshold_curve,
+    reliability_bins,
+    threshold_curve,
+    threshold_for_accuracy,
+)
 from bm_ray.report import PREDICTIONS_FILE, try_build_report
 from bm_ray.specs import EvaluateSpec, IngestSpec
 from bm_ray.storage import is_remote, redact, redact_uri, upload_dir
@@ -23,18 +37,22 @@ UNKNOWN_LABEL = "unknown_label"
 MISSING_LABEL = "missing_label"
 TEXT_SNIPPET_CHARS = 500
 """Characters of each text kept in predictions.parquet: enough to eyeball an example in the report."""
+CURVE_FILE = "risk_coverage.json"
+CURVE_PLOT = "risk_coverage.png"
 
 
 class PredictionLog:
     """Per-row predictions of an evaluation (id, true label, predicted label, top score, windows, text snippet).
 
     Written as predictions.parquet beside metrics.json: the report's risk–coverage curve, reliability
-    diagram and example lists are computed from it alone.
+    diagram and example lists are computed from it alone. With `min_score`, rows below it are marked
+    ``abstained`` (a column only then: without a threshold nothing is thresholded).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, min_score: float | None = None) -> None:
         names = ("id", "label", "predicted", "score", "windows", "text")
         self.columns: dict[str, list[Any]] = {k: [] for k in names}
+        self.min_score = min_score
 
     def add(
         self,
@@ -55,10 +73,38 @@ class PredictionLog:
         import pyarrow.parquet as pq
 
         columns = dict(self.columns, text=[t[:TEXT_SNIPPET_CHARS] for t in self.columns["text"]])
-        types = {"score": pa.float32(), "windows": pa.int32()}
+        if self.min_score is not None:
+            columns["abstained"] = abstained(np.asarray(self.columns["score"]), self.min_score).tolist()
+        types = {"score": pa.float32(), "windows": pa.int32(), "abstained": pa.bool_()}
         schema = pa.schema([(k, types.get(k, pa.string())) for k in columns])
         pq.write_table(pa.table(columns, schema=schema), path)
         return Path(path)
+
+    def selective(self, target_accuracy: float | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(report entries, curve) of selective prediction over the logged rows.
+
+        Entries: ``min_score``, ``rows_abstained``, ``coverage`` (share of rows answered),
+        ``accuracy_answered`` (None when every row abstained) and, given `target_accuracy`,
+        ``target_accuracy`` (:func:`~bm_ray.metrics.threshold_for_accuracy`). The curve is
+        :func:`~bm_ray.metrics.threshold_curve` plus ``rows`` and that target entry.
+        """
+        scores = np.asarray(self.columns["score"], dtype=np.float64)
+        correct = np.asarray(self.columns["label"], dtype=object) == np.asarray(
+            self.columns["predicted"], dtype=object
+        )
+        answered = ~abstained(scores, self.min_score)
+        curve: dict[str, Any] = {"rows": len(scores), **threshold_curve(scores, correct)}
+        entries: dict[str, Any] = {
+            "min_score": self.min_score,
+            "rows_abstained": int((~answered).sum()),
+            "coverage": float(answered.mean()) if len(scores) else 0.0,
+            "accuracy_answered": float(correct[answered].mean()) if answered.any() else None,
+        }
+        if target_accuracy is not None:
+            entries["target_accuracy"] = curve["target_accuracy"] = threshold_for_accuracy(
+                curve, target_accuracy
+            )
+        return entries, curve
 
 
 def evaluate_batches(predictor: Predictor, batches: Any, log: PredictionLog | None = None) -> dict[str, Any]:
@@ -136,20 +182,38 @@ def corpus_batches(ds: Any, ingest_rejects: Counter[str], batch_size: int = 1024
 
 
 def write_report(
-    report: dict[str, Any], output: str | Path, title: str, log: PredictionLog | None = None
+    report: dict[str, Any],
+    output: str | Path,
+    title: str,
+    log: PredictionLog | None = None,
+    curve: dict[str, Any] | None = None,
 ) -> Path:
-    """Write metrics.json, confusion_matrix.png and (given `log`) predictions.parquet into `output`."""
+    """Write metrics.json, confusion_matrix.png, (given `log`) predictions.parquet and (given `curve`, a
+    :meth:`PredictionLog.selective` curve) risk_coverage.json + .png into `output`."""
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     if log is not None:
         log.write(out / PREDICTIONS_FILE)
     plot_confusion_matrix(report, out / "confusion_matrix.png", title=title)
+    if curve is not None:
+        (out / CURVE_FILE).write_text(json.dumps(curve), encoding="utf-8")
+        plot_threshold_curve(
+            curve,
+            out / CURVE_PLOT,
+            title=f"{title}: accuracy vs coverage",
+            marked=curve.get("target_accuracy"),
+        )
     return out
 
 
 def evaluate(spec: EvaluateSpec) -> dict[str, Any]:
-    """Run the evaluation job: ingest (rejects counted), predict with the engine, write metrics and plots."""
+    """Run the evaluation job: ingest (rejects counted), predict with the engine, write metrics and plots.
+
+    The report (metrics.json) holds, beyond :func:`evaluate_batches`'s, the selective-prediction entries
+    of :meth:`PredictionLog.selective` (min_score, rows_abstained, coverage, accuracy_answered,
+    target_accuracy).
+    """
     from bm_ray.corpus import read_corpus
     from bm_ray.runtime import init_ray
 
@@ -158,7 +222,7 @@ def evaluate(spec: EvaluateSpec) -> dict[str, Any]:
     predictor = Predictor.load(spec.model, batch_size=spec.batch_size, long_text=spec.long_text_options())
     ds, info = read_corpus(spec.data)
     ingest_rejects: Counter[str] = Counter()
-    log = PredictionLog()
+    log = PredictionLog(spec.min_score)
     try:
         report = evaluate_batches(predictor, corpus_batches(ds, ingest_rejects), log)
     finally:
@@ -167,6 +231,8 @@ def evaluate(spec: EvaluateSpec) -> dict[str, Any]:
     for reason, count in ingest_rejects.items():
         report["rejected_by_reason"][reason] = report["rejected_by_reason"].get(reason, 0) + count
     report["rows_rejected"] += sum(ingest_rejects.values())
+    selective, curve = log.selective(spec.target_accuracy)
+    report.update(selective)
     report.update(
         model={
             "name": predictor.info.name,
@@ -184,11 +250,11 @@ def evaluate(spec: EvaluateSpec) -> dict[str, Any]:
         title = f"{predictor.info.name} on {Path(redact_uri(spec.data.input[0]).split('?')[0]).name}"
         if is_remote(spec.output):
             with tempfile.TemporaryDirectory(prefix="bm-ray-eval-") as local:
-                write_report(report, local, title=title, log=log)
+                write_report(report, local, title=title, log=log, curve=curve)
                 try_build_report(local)
                 upload_dir(local, spec.output)
         else:
-            write_report(report, spec.output, title=title, log=log)
+            write_report(report, spec.output, title=title, log=log, curve=curve)
             try_build_report(spec.output)
     return report
 

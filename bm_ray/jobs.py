@@ -1,6 +1,6 @@
 """Job files (`jobs/*.yaml`): validation, and submission to a Ray cluster's job server.
 
-A job file is a bm-ray spec with a `kind` (train, classify), submitted as a Ray job whose entrypoint is the
+A job file is a bm-ray spec with a `kind` (train, classify, tune, compare), submitted as a Ray job whose entrypoint is the
 matching `bm-ray <kind> --spec spec.yaml`, or a Ray Serve config (it has `applications`). Serve configs are
 not jobs: they are deployed through the Serve REST API of the dashboard, exactly as `serve deploy FILE`
 does and as KubeRay does with a RayService's serveConfigV2. A job would only wrap that same HTTP call, and
@@ -34,6 +34,7 @@ import bm_ray
 from bm_ray.runtime import WORKER_ENV_VARS, WORKER_SETUP_HOOK, RayAuthError, ray_auth_headers
 from bm_ray.specs import (
     ClassifySpec,
+    CompareSpec,
     ServeSpec,
     SpecError,
     TrainSpec,
@@ -46,10 +47,11 @@ from bm_ray.specs import (
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 SPEC_FILE = "spec.yaml"
 SERVE_IMPORT_PATH = "bm_ray.serve:build_app"
-JOB_KINDS: dict[str, type[TrainSpec | ClassifySpec | TuneSpec]] = {
+JOB_KINDS: dict[str, type[TrainSpec | ClassifySpec | TuneSpec | CompareSpec]] = {
     "train": TrainSpec,
     "classify": ClassifySpec,
     "tune": TuneSpec,
+    "compare": CompareSpec,
 }
 TERMINAL = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
 LOG_TAIL_LINES = 40
@@ -58,7 +60,7 @@ AUTH_HINT = (
     "(or RAY_AUTH_TOKEN); `bm-ray cluster up` prints them, on KubeRay the token is the Secret's auth_token"
 )
 
-JobFile = TrainSpec | ClassifySpec | TuneSpec | ServeDeploySchema
+JobFile = TrainSpec | ClassifySpec | TuneSpec | CompareSpec | ServeDeploySchema
 
 
 class JobsError(RuntimeError):
@@ -103,7 +105,7 @@ def _validate_serve_config(data: dict[str, Any], source: str) -> ServeDeploySche
 
 
 def validate_job_data(data: dict[str, Any], source: str) -> JobFile:
-    """Validate a job mapping: a spec with `kind` train/classify, or a Serve config (`applications`)."""
+    """Validate a job mapping: a spec with `kind` of JOB_KINDS, or a Serve config (`applications`)."""
     if "applications" in data:
         return _validate_serve_config(data, source)
     kind = data.get("kind")

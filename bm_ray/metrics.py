@@ -147,3 +147,111 @@ def reliability_bins(scores: np.ndarray, correct: np.ndarray, bins: int = 10) ->
         "accuracy": accuracy.tolist(),
         "ece": ece,
     }
+
+
+def abstained(scores: np.ndarray, min_score: float | None) -> np.ndarray:
+    """Where a prediction abstains: its top score is below `min_score` (nowhere when None).
+
+    The one definition of abstention: classify, evaluate, compare and the endpoint all call it, and a
+    threshold found by :func:`threshold_for_accuracy` keeps exactly the rows it reports when passed back.
+    Compared in float64: float32 scores (Parquet, the engine) and Python floats (JSON) give the same answer.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if min_score is None:
+        return np.zeros(scores.shape, dtype=bool)
+    return scores < min_score
+
+
+def threshold_curve(scores: np.ndarray, correct: np.ndarray) -> dict[str, list[float]]:
+    """Accuracy vs coverage for every threshold: one point per distinct top score, highest first.
+
+    Point i keeps the rows with score >= ``thresholds[i]`` (what ``min_score = thresholds[i]`` answers):
+    ``coverage`` is their share of all rows, ``accuracy`` their accuracy (1 - the risk of
+    :func:`risk_coverage` at the last row of that score; tied scores are kept or abstained together).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    coverage, risk = risk_coverage(scores, correct)
+    ordered = np.sort(scores)[::-1]
+    last_of_tie = np.flatnonzero(np.append(ordered[1:] != ordered[:-1], len(ordered) > 0))
+    return {
+        "thresholds": ordered[last_of_tie].tolist(),
+        "coverage": coverage[last_of_tie].tolist(),
+        "accuracy": (1.0 - risk[last_of_tie]).tolist(),
+    }
+
+
+def threshold_for_accuracy(curve: dict[str, list[float]], target: float) -> dict[str, Any]:
+    """The smallest threshold of a :func:`threshold_curve` whose kept rows reach `target` accuracy.
+
+    The smallest such threshold keeps the most rows. Returns ``target``, ``threshold``, ``coverage``
+    and ``accuracy`` of that point, or ``threshold: None`` with the best accuracy any threshold reaches
+    (``best_accuracy`` at ``best_threshold`` and its coverage) when none does, or when there are no rows.
+    """
+    accuracy = np.asarray(curve["accuracy"])
+    reached = np.flatnonzero(accuracy >= target)
+    if len(reached):
+        i = int(reached[-1])  # thresholds fall along the curve: the last point reaching it is the smallest
+        return {
+            "target": target,
+            "threshold": curve["thresholds"][i],
+            "coverage": curve["coverage"][i],
+            "accuracy": curve["accuracy"][i],
+        }
+    best = int(np.argmax(accuracy)) if len(accuracy) else None
+    return {
+        "target": target,
+        "threshold": None,
+        "best_accuracy": None if best is None else curve["accuracy"][best],
+        "best_threshold": None if best is None else curve["thresholds"][best],
+        "best_coverage": None if best is None else curve["coverage"][best],
+    }
+
+
+def plot_threshold_curve(
+    curve: dict[str, list[float]],
+    path: str | Path,
+    title: str = "Accuracy vs coverage",
+    marked: dict[str, Any] | None = None,
+) -> Path:
+    """Write a :func:`threshold_curve` as PNG (accuracy over coverage), marking a chosen threshold if given."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.plot(curve["coverage"], curve["accuracy"], drawstyle="steps-post", label="kept rows")
+    if marked is not None and marked.get("threshold") is not None:
+        ax.axhline(marked["target"], color="grey", linestyle=":", label=f"target {marked['target']:g}")
+        ax.plot(
+            [marked["coverage"]],
+            [marked["accuracy"]],
+            "o",
+            color="tab:red",
+            label=f"min_score {marked['threshold']:.4f}: coverage {marked['coverage']:.1%}",
+        )
+    ax.set_xlabel("coverage (rows with top score >= threshold)")
+    ax.set_ylabel("accuracy of the kept rows")
+    ax.set_xlim(0, 1.0)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def mcnemar_exact_p(only_a_correct: int, only_b_correct: int) -> float:
+    """McNemar's exact test: two-sided binomial p-value of the discordant pairs b, c (1.0 when b + c = 0).
+
+    p = min(1, 2 · Σ_{k <= min(b, c)} C(b + c, k) / 2^(b + c)); the terms are summed in log space
+    (log C(n, k+1) = log C(n, k) + log((n - k) / (k + 1))), so millions of discordant rows do not overflow.
+    """
+    n, low = only_a_correct + only_b_correct, min(only_a_correct, only_b_correct)
+    if n == 0:
+        return 1.0
+    k = np.arange(low, dtype=np.float64)
+    log_terms = np.concatenate([[0.0], np.cumsum(np.log((n - k) / (k + 1)))]) - n * np.log(2.0)
+    top = log_terms.max()
+    return float(min(1.0, 2.0 * np.exp(top) * np.exp(log_terms - top).sum()))

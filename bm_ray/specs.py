@@ -30,6 +30,16 @@ def _split_csv_list(value: Any) -> Any:
 
 CommaList = Annotated[list[str], BeforeValidator(_split_csv_list)]
 
+MinScore = Annotated[
+    float | None,
+    Field(
+        ge=0,
+        le=1,
+        description="Abstain below this top score: the prediction keeps its label and scores but is marked "
+        "abstained (and counted as rows_abstained); null: never abstain.",
+    ),
+]
+
 
 def _parse_label_names(value: Any) -> Any:
     """`1=World,2=Sports` (CLI flag) → mapping raw label → name; YAML mappings get string keys; a
@@ -357,6 +367,37 @@ class ClassifySpec(LongTextOptions):
     precision: Precision = "auto"
     overwrite: bool = Field(default=False, description="Start afresh instead of resuming into output.")
     address: str | None = None
+    min_score: MinScore = None
+
+
+class CompareSpec(LongTextOptions):
+    """`bm-ray compare`: classify one corpus with two models (bulk, exactly once, resumable) and report flips."""
+
+    kind: Literal["compare"] = "compare"
+    models: CommaList = Field(
+        min_length=2,
+        max_length=2,
+        description="Model A (e.g. the serving one), then model B (the candidate): directories or URIs.",
+    )
+    input: IngestSpec
+    output: str = Field(description="a/ and b/ (each a classify output), flips/ and compare.json.")
+    # Both legs are classify jobs: these are ClassifySpec's own fields (same defaults and checks).
+    batch_size: int = ClassifySpec.model_fields["batch_size"]
+    actors: ActorsSpec | None = ClassifySpec.model_fields["actors"]
+    cpus_per_actor: float = ClassifySpec.model_fields["cpus_per_actor"]
+    gpus_per_actor: float = ClassifySpec.model_fields["gpus_per_actor"]
+    precision: Precision = ClassifySpec.model_fields["precision"]
+    overwrite: bool = ClassifySpec.model_fields["overwrite"]
+    address: str | None = ClassifySpec.model_fields["address"]
+
+    @model_validator(mode="after")
+    def _check_ids(self) -> CompareSpec:
+        if self.input.dedupe != "ids":
+            raise ValueError(
+                "input.dedupe: compare joins the two models' predictions by id, so ids must be unique; "
+                "use dedupe ids (the default)"
+            )
+        return self
 
 
 class EvaluateSpec(LongTextOptions):
@@ -374,6 +415,13 @@ class EvaluateSpec(LongTextOptions):
     )
     output: str | None = None
     batch_size: int = Field(default=32, ge=1)
+    min_score: MinScore = None
+    target_accuracy: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Report the smallest min_score whose kept rows reach this accuracy on the data (and its coverage).",
+    )
 
 
 class ServeSpec(LongTextOptions):
@@ -425,6 +473,9 @@ class ServeSpec(LongTextOptions):
     cpus_per_replica: float = Field(default=1, gt=0)
     gpus_per_replica: float = Field(default=0, ge=0)
     precision: Precision = "auto"
+    min_score: MinScore = Field(
+        default=None, description="Default abstention threshold of a request (a request's min_score wins)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ServeSpec:
@@ -506,4 +557,5 @@ SPEC_KINDS: dict[str, type[StrictModel]] = {
     "classify": ClassifySpec,
     "evaluate": EvaluateSpec,
     "tune": TuneSpec,
+    "compare": CompareSpec,
 }

@@ -33,7 +33,7 @@ from bm_ray.jobs import (
     wait_job,
 )
 from bm_ray.runtime import free_port
-from bm_ray.specs import ClassifySpec, ServeSpec, SpecError, TrainSpec, parse_set_option
+from bm_ray.specs import ClassifySpec, CompareSpec, ServeSpec, SpecError, TrainSpec, parse_set_option
 
 JOBS = Path(__file__).resolve().parents[1] / "jobs"
 SAMPLE = Path(__file__).resolve().parents[1] / "bm_ray" / "data" / "sample_news.jsonl"
@@ -59,7 +59,13 @@ def _load(name: str) -> dict:
 
 
 @pytest.mark.parametrize(
-    ("name", "model"), [("train.yaml", TrainSpec), ("classify.yaml", ClassifySpec), ("serve.yaml", None)]
+    ("name", "model"),
+    [
+        ("train.yaml", TrainSpec),
+        ("classify.yaml", ClassifySpec),
+        ("compare.yaml", CompareSpec),
+        ("serve.yaml", None),
+    ],
 )
 def test_every_job_file_validates(name: str, model: type | None) -> None:
     job = validate_job_file(JOBS / name)

@@ -5,6 +5,7 @@ autoscaling up and down under load (and the ingress retry logic on its own)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import time
@@ -80,7 +81,7 @@ TEXTS = [
 
 
 def _tiny(path: Path, seed: int, version: str) -> str:
-    make_tiny_model(path, LABELS, str(fetch_preset("minilm-l6")), seed=seed)
+    make_tiny_model(path, LABELS, str(fetch_preset("minilm-l6")), seed=seed, spread_on=TEXTS)
     info = json.loads((path / LABELS_FILE).read_text())
     (path / LABELS_FILE).write_text(json.dumps({**info, "version": version}))
     return str(path)
@@ -88,17 +89,26 @@ def _tiny(path: Path, seed: int, version: str) -> str:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """Two tiny models (versions 1 and 2) with the real MiniLM tokenizer."""
+    """Two tiny models (versions 1 and 2) with the real MiniLM tokenizer, their scores spread on TEXTS."""
     root = tmp_path_factory.mktemp("serve-models")
     return _tiny(root / "m1", 0, "1"), _tiny(root / "m2", 1, "2")
 
 
+def thresholds_between(scores: list[float]) -> list[float]:
+    """Midpoints of the gaps between the sorted distinct `scores`, widest gap first."""
+    ordered = sorted(set(scores))
+    gaps = sorted(itertools.pairwise(ordered), key=lambda pair: pair[0] - pair[1])
+    return [(low + high) / 2 for low, high in gaps]
+
+
 @pytest.fixture(scope="module")
 def spec(models: tuple[str, str]) -> ServeSpec:
-    """The main app: one model replica, small limits so the error cases stay cheap.
+    """The main app: one model replica, small limits so the error cases stay cheap; its default min_score
+    falls between the scores of TEXTS (some abstain, some do not).
 
     CPUs are fractions: every app of this module fits beside the others on the 2-CPU test Ray.
     """
+    scores = [p.score for p in Predictor.load(models[0]).predict(TEXTS)]
     return ServeSpec(
         model=models[0],
         port=free_port(),
@@ -108,6 +118,7 @@ def spec(models: tuple[str, str]) -> ServeSpec:
         max_text_chars=2000,
         max_body_bytes=64 * 1024,
         cpus_per_replica=0.5,
+        min_score=thresholds_between(scores)[0],
     )
 
 
@@ -411,6 +422,35 @@ def test_predictions_equal_engine(url: str, models: tuple[str, str]) -> None:
     assert instances.status_code == 200, instances.text
     assert [p["id"] for p in instances.json()["predictions"]] == ["a-1", "1", "7"]
     assert instances.json()["predictions"][0]["label"] == expected[0].label
+
+
+def test_abstention_marks_predictions_below_min_score(
+    url: str, spec: ServeSpec, models: tuple[str, str]
+) -> None:
+    """The endpoint's min_score by default, a request's own when given; label and scores are kept."""
+    expected = Predictor.load(models[0]).predict(TEXTS)
+    scores = [p.score for p in expected]
+    default = post(url, {"texts": TEXTS})
+    assert default.status_code == 200, default.text
+    assert default.json()["min_score"] == spec.min_score
+    got = default.json()["predictions"]
+    assert [p["abstained"] for p in got] == [s < spec.min_score for s in scores]
+    assert 0 < sum(p["abstained"] for p in got) < len(TEXTS)
+    assert [p["label"] for p in got] == [p.label for p in expected]  # abstained rows keep their answer
+    other = thresholds_between(scores)[1]  # another gap: another set of abstained texts
+    for min_score in (0.0, 1.0, other):
+        for body in (
+            {"texts": TEXTS},
+            {"instances": [{"id": f"t{i}", "text": t} for i, t in enumerate(TEXTS)]},
+        ):
+            response = post(url, {**body, "min_score": min_score})
+            assert response.status_code == 200, response.text
+            assert response.json()["min_score"] == min_score
+            marks = [p["abstained"] for p in response.json()["predictions"]]
+            assert marks == [s < min_score for s in scores]
+    for bad in (1.5, -0.1, "high"):
+        refused = post(url, {"texts": TEXTS, "min_score": bad})
+        assert refused.status_code == 422 and refused.json()["error"]["field"] == "min_score"
 
 
 @pytest.mark.parametrize(

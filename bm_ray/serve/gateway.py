@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
@@ -28,6 +29,7 @@ from ray.serve.metrics import Counter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import bm_ray
+from bm_ray.metrics import abstained
 from bm_ray.serve.model import GRACEFUL_SHUTDOWN_S, MODEL_DEPLOYMENT
 from bm_ray.serve.schemas import (
     CLASSIFY_BODY_POINTER,
@@ -43,6 +45,7 @@ from bm_ray.serve.schemas import (
     parse_classify_request,
     queue_full,
     read_json_body,
+    request_min_score,
     request_timeout,
     text_field,
 )
@@ -309,7 +312,8 @@ class ApiGateway:
         },
     )
     async def classify(self, request: Request) -> JSONResponse:
-        """Classify `texts` (or `instances`), answering in request order."""
+        """Classify `texts` (or `instances`), answering in request order; predictions whose top score is below
+        the request's `min_score` (else the endpoint's) are marked `abstained`."""
         self._refresh_limit()
         try:
             self._authorize(request)
@@ -325,12 +329,16 @@ class ApiGateway:
                 self._in_flight -= 1
         except ApiError as err:
             return self._reject(err)
+        min_score = request_min_score(body, self.spec)
+        predictions = result["predictions"]
+        marks = abstained(np.asarray([p["score"] for p in predictions]), min_score).tolist()
         return FastJSONResponse(
             {
                 "model": result["model"],
+                "min_score": min_score,
                 "predictions": [
-                    {"id": id_, **prediction}
-                    for id_, prediction in zip(ids, result["predictions"], strict=True)
+                    {"id": id_, **prediction, "abstained": mark}
+                    for id_, prediction, mark in zip(ids, predictions, marks, strict=True)
                 ],
             }
         )

@@ -28,6 +28,13 @@ class ClassifyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     texts: list[StrictStr] | None = Field(default=None, min_length=1)
     instances: list[Instance] | None = Field(default=None, min_length=1)
+    min_score: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Mark predictions whose top score is below this as abstained; the endpoint's min_score "
+        "when omitted.",
+    )
 
 
 class ModelRef(BaseModel):
@@ -47,13 +54,22 @@ class PredictionOut(BaseModel):
     windows: int = Field(
         description="Token windows the text was read as (1 when it fits the model's window)."
     )
+    abstained: bool = Field(
+        description="The top score is below min_score: label and scores are given, but not to be trusted."
+    )
 
 
 class ClassifyResponse(BaseModel):
     """Predictions in request order."""
 
     model: ModelRef
+    min_score: float | None = Field(description="The abstention threshold applied (null: none).")
     predictions: list[PredictionOut]
+
+
+def request_min_score(body: ClassifyRequest, spec: ServeSpec) -> float | None:
+    """The abstention threshold of a request: its own `min_score`, else the endpoint's (ServeSpec)."""
+    return spec.min_score if body.min_score is None else body.min_score
 
 
 class FastJSONResponse(JSONResponse):
