@@ -29,9 +29,9 @@ import numpy as np
 import pyarrow as pa
 from ray.data.expressions import col
 
-from bm_ray.evaluate import MISSING_LABEL, UNKNOWN_LABEL
 from bm_ray.models import ModelInfo, resolve_model
 from bm_ray.neardup import leakage_report
+from bm_ray.scoring import MISSING_LABEL, UNKNOWN_LABEL
 from bm_ray.specs import IngestSpec, TrainSpec
 from bm_ray.storage import is_remote, join_uri, redact, redact_uri, resolve_uri, upload_dir
 from bm_ray.tf_runtime import import_tensorflow
@@ -873,8 +873,8 @@ def calibrate_model(predictor: Any, val_rows: Any, model_dir: Path) -> dict[str,
     and the temperature is fitted on the aggregated probabilities it answers with.
     """
     from bm_ray.calibration import calibration_report, fit_temperature
-    from bm_ray.evaluate import corpus_batches
     from bm_ray.models import write_model_info
+    from bm_ray.scoring import corpus_batches
 
     to_name = predictor.info.label_lookup()
     index = {label: i for i, label in enumerate(predictor.labels)}
@@ -915,8 +915,8 @@ def _finish(
 ) -> dict[str, Any]:
     """Materialise the best checkpoint as the model directory, evaluate it, write metrics and plots."""
     from bm_ray.engine import Predictor
-    from bm_ray.evaluate import PredictionLog, corpus_batches, evaluate_batches, write_report
     from bm_ray.metrics import plot_training_curves
+    from bm_ray.scoring import PredictionLog, corpus_batches, evaluate_batches, write_report
 
     checkpoint.to_directory(str(local_output))
     state = json.loads((local_output / TRAIN_STATE_FILE).read_text(encoding="utf-8"))

@@ -24,9 +24,9 @@ from tiny_model import make_tiny_model
 from bm_ray.classify import classify, precision_agreement
 from bm_ray.corpus import ok_rows, read_corpus
 from bm_ray.engine import Predictor
-from bm_ray.evaluate import corpus_batches, evaluate_batches
 from bm_ray.metrics import ConfusionMatrix
 from bm_ray.models import read_model_info
+from bm_ray.scoring import corpus_batches, evaluate_batches
 from bm_ray.specs import ClassifySpec, IngestSpec
 
 LABELS = ["x", "y", "z"]

@@ -13,8 +13,8 @@ from tiny_model import make_tiny_model
 from bm_ray import bench_windows
 from bm_ray.classify import classify
 from bm_ray.engine import Predictor, aggregate_windows, window_confidence
-from bm_ray.evaluate import PredictionLog, evaluate_batches
 from bm_ray.preprocess import TextEncoder, length_batches, padded_length, window_starts
+from bm_ray.scoring import PredictionLog, evaluate_batches
 from bm_ray.specs import ClassifySpec, IngestSpec, LongTextOptions
 
 LABELS = ["x", "y", "z"]
