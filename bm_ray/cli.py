@@ -272,6 +272,36 @@ def long_text_options() -> Callable[[Callable[..., None]], Callable[..., None]]:
     return option_group(LONG_TEXT_OPTIONS, "window_flags")
 
 
+# Predictor actor pool options shared by the bulk commands (fields of ClassifySpec and CompareSpec).
+POOL_PANEL = "Predictor actors"
+ACTOR_POOL_OPTIONS: dict[str, Any] = {
+    "batch_size": Annotated[
+        int | None,
+        typer.Option(
+            "--batch-size", rich_help_panel=POOL_PANEL, help="Rows per forward pass (length-bucketed)."
+        ),
+    ],
+    "actors": Annotated[
+        str | None,
+        typer.Option(
+            "--actors",
+            rich_help_panel=POOL_PANEL,
+            help="Predictor actors: N or MIN,MAX (default: fill the cluster).",
+        ),
+    ],
+    "cpus_per_actor": Annotated[float | None, typer.Option("--cpus-per-actor", rich_help_panel=POOL_PANEL)],
+    "gpus_per_actor": Annotated[float | None, typer.Option("--gpus-per-actor", rich_help_panel=POOL_PANEL)],
+    "precision": Annotated[
+        str | None, typer.Option("--precision", rich_help_panel=POOL_PANEL, help="auto|fp32|bf16|fp16.")
+    ],
+}
+
+
+def actor_pool_options() -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """The shared predictor actor pool options (:data:`ACTOR_POOL_OPTIONS`), passed as `pool_flags`."""
+    return option_group(ACTOR_POOL_OPTIONS, "pool_flags")
+
+
 def build_spec(model: type[Any], spec_file: Path | None, flags: dict[str, Any]) -> Any:
     """The spec from `--spec FILE` (if any) with the given flags on top, validated."""
     if spec_file is not None:
@@ -568,6 +598,7 @@ def demo(
 @app.command()
 @corpus_options(keep_fields=True)
 @long_text_options()
+@actor_pool_options()
 def classify(
     model: Annotated[str | None, typer.Option("--model", help="Model directory or URI.")] = None,
     input: Annotated[
@@ -576,16 +607,6 @@ def classify(
     output: Annotated[
         str | None, typer.Option("--output", help="Output dir (predictions/, rejects/, summary.json).")
     ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option("--batch-size", help="Rows per forward pass (length-bucketed).")
-    ] = None,
-    actors: Annotated[
-        str | None,
-        typer.Option("--actors", help="Predictor actors: N or MIN,MAX (default: fill the cluster)."),
-    ] = None,
-    cpus_per_actor: Annotated[float | None, typer.Option("--cpus-per-actor")] = None,
-    gpus_per_actor: Annotated[float | None, typer.Option("--gpus-per-actor")] = None,
-    precision: Annotated[str | None, typer.Option("--precision", help="auto|fp32|bf16|fp16.")] = None,
     min_score: MinScoreOpt = None,
     overwrite: Annotated[
         bool | None, typer.Option("--overwrite", help="Start afresh instead of resuming into --output.")
@@ -594,6 +615,7 @@ def classify(
     spec: SpecOpt = None,
     corpus_flags: dict[str, Any] | None = None,
     window_flags: dict[str, Any] | None = None,
+    pool_flags: dict[str, Any] | None = None,
 ) -> None:
     """Classify a corpus with Ray Data: every row ends once in predictions/ or rejects/; resumable."""
     from bm_ray.classify import classify as run_classify
@@ -606,11 +628,7 @@ def classify(
             "model": model,
             "input": ingest_flags or None,
             "output": output,
-            "batch_size": batch_size,
-            "actors": actors,
-            "cpus_per_actor": cpus_per_actor,
-            "gpus_per_actor": gpus_per_actor,
-            "precision": precision,
+            **(pool_flags or {}),
             **(window_flags or {}),
             "min_score": min_score,
             "overwrite": overwrite,
@@ -629,6 +647,7 @@ def classify(
 @app.command()
 @corpus_options()
 @long_text_options()
+@actor_pool_options()
 def compare(
     model: Annotated[
         list[str] | None, typer.Option("--model", help="Model A, then model B: give --model twice.")
@@ -639,16 +658,6 @@ def compare(
     output: Annotated[
         str | None, typer.Option("--output", help="Output dir (a/, b/, flips/, compare.json).")
     ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option("--batch-size", help="Rows per forward pass (length-bucketed).")
-    ] = None,
-    actors: Annotated[
-        str | None,
-        typer.Option("--actors", help="Predictor actors: N or MIN,MAX (default: fill the cluster)."),
-    ] = None,
-    cpus_per_actor: Annotated[float | None, typer.Option("--cpus-per-actor")] = None,
-    gpus_per_actor: Annotated[float | None, typer.Option("--gpus-per-actor")] = None,
-    precision: Annotated[str | None, typer.Option("--precision", help="auto|fp32|bf16|fp16.")] = None,
     overwrite: Annotated[
         bool | None, typer.Option("--overwrite", help="Classify afresh instead of resuming the legs.")
     ] = None,
@@ -656,6 +665,7 @@ def compare(
     spec: SpecOpt = None,
     corpus_flags: dict[str, Any] | None = None,
     window_flags: dict[str, Any] | None = None,
+    pool_flags: dict[str, Any] | None = None,
 ) -> None:
     """Classify a corpus with two models (bulk, exactly once, resumable); write the flips and compare.json."""
     from bm_ray.compare import compare as run_compare
@@ -668,11 +678,7 @@ def compare(
             "models": model or None,
             "input": ingest_flags or None,
             "output": output,
-            "batch_size": batch_size,
-            "actors": actors,
-            "cpus_per_actor": cpus_per_actor,
-            "gpus_per_actor": gpus_per_actor,
-            "precision": precision,
+            **(pool_flags or {}),
             **(window_flags or {}),
             "overwrite": overwrite,
             "address": address,

@@ -142,3 +142,25 @@ def test_train_validation_corpus_is_read_with_the_same_options(monkeypatch: pyte
         ["Title", "Description"],
         False,
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "target"),
+    [
+        (["classify", "--model", "m", "--input", "c.csv", "--output", "out"], "bm_ray.classify.classify"),
+        (
+            ["compare", "--model", "a", "--model", "b", "--input", "c.csv", "--output", "out"],
+            "bm_ray.compare.compare",
+        ),
+    ],
+    ids=["classify", "compare"],
+)
+def test_every_actor_pool_option_reaches_the_job_spec(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], target: str
+) -> None:
+    pool = ["--batch-size", "48", "--actors", "1,3", "--cpus-per-actor", "0.5", "--gpus-per-actor", "0"]
+    spec = _captured_spec(monkeypatch, target, argv + pool + ["--precision", "bf16"], ["format"])
+    assert set(cli.ACTOR_POOL_OPTIONS) <= set(type(spec).model_fields)
+    assert (spec.batch_size, spec.actors.min, spec.actors.max) == (48, 1, 3)
+    assert (spec.cpus_per_actor, spec.gpus_per_actor, spec.precision) == (0.5, 0, "bf16")
+    assert spec.input.format == "csv"
