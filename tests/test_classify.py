@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from drivers import start_bm_ray
 from fault_corpus import write_fault_corpus
 from tiny_model import make_tiny_model
 
@@ -197,16 +198,8 @@ def test_sigkilled_classify_resumes_exactly_once(ray_local, tmp_path: Path, tiny
     spec = ClassifySpec(model=tiny_model, input=ingest, output=str(out), batch_size=5, actors=1)
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    bm_ray_cli = Path(sys.executable).with_name("bm-ray")
     log = (tmp_path / "driver.log").open("wb")
-    driver = subprocess.Popen(
-        [str(bm_ray_cli), "classify", "--spec", str(spec_file), "--address", "local"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: the driver and the Ray it started
-    )
+    driver = start_bm_ray(["classify", "--spec", str(spec_file)], log)
     try:
         deadline = time.monotonic() + 300
         while len(list((out / "_commits").glob("*.json"))) < 4 and time.monotonic() < deadline:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from math import comb
 from pathlib import Path
@@ -17,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from drivers import start_bm_ray
 from fault_corpus import write_fault_corpus
 from test_classify import LABELS, ids_exactly_once, write_good_rows
 from tiny_model import make_tiny_model
@@ -150,17 +149,9 @@ def test_sigkilled_compare_resumes_without_duplicates(
     spec_file.write_text(
         yaml.safe_dump({**spec.model_dump(mode="json"), "models": ["/overridden/by/flags"] * 2})
     )
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    bm_ray_cli = Path(sys.executable).with_name("bm-ray")
     args = ["compare", "--spec", str(spec_file), "--model", two_models[0], "--model", two_models[1]]
     log = (tmp_path / "driver.log").open("wb")
-    driver = subprocess.Popen(
-        [str(bm_ray_cli), *args, "--address", "local"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: the driver and the Ray it started
-    )
+    driver = start_bm_ray(args, log)
     try:
         deadline = time.monotonic() + 300
         while not list((out / "b" / "_commits").glob("*.json")) and time.monotonic() < deadline:
