@@ -24,6 +24,7 @@ import psutil
 import ray
 from ray import serve
 
+from bm_ray.bench_serve_floor import NoopGateway, NoopModel
 from bm_ray.serve import APP_NAME, INGRESS_NUM_CPUS, MODEL_DEPLOYMENT, app_url, deploy
 from bm_ray.specs import IngestSpec, ServeSpec
 
@@ -267,6 +268,53 @@ class CpuPerRequest:
         return {role: 1000 * s / requests for role, s in self.seconds.most_common()}
 
 
+FLOOR_APP = "bm-ray-floor"
+
+
+def serve_floor(url: str, shots: Sequence[Shot], concurrencies: Sequence[int]) -> dict[str, Any]:
+    """p50 and rows/s of the no-op app with one hop (ingress answers) and two (ingress → model), per level.
+
+    Runs on the Serve instance (port, proxy) the endpoint used; the app is deleted after each shape.
+    """
+    floor: dict[str, Any] = {}
+    for hops, app in ((1, NoopGateway.bind()), (2, NoopGateway.bind(NoopModel.bind()))):
+        serve.run(app, name=FLOOR_APP, route_prefix="/")
+        try:
+            asyncio.run(drive(url, shots[:32], 8))  # warm, as for the endpoint
+            for concurrency in concurrencies:
+                with CpuPerRequest() as cpu:
+                    outcomes, wall_s = asyncio.run(_timed(url, shots, concurrency))
+                record = summarize(outcomes, wall_s)
+                if record["errors"]:  # a floor measured on errors would say nothing
+                    statuses = Counter(o.status for o in outcomes)
+                    raise RuntimeError(f"the no-op floor app ({hops} hops) answered {dict(statuses)}")
+                floor[f"hops{hops}_c{concurrency}"] = {
+                    **record,
+                    "cpu_ms_per_request": sum(cpu.per_request_ms(len(outcomes)).values()),
+                }
+        finally:
+            serve.delete(FLOOR_APP)
+    return floor
+
+
+def floor_limits(floor: dict[str, Any], bare: dict[str, float], cpus: float, top: int) -> dict[str, float]:
+    """What the floor allows: the least c1 overhead per topology, and the c{top} rows/s the CPUs can carry.
+
+    At concurrency `top` every request costs the floor's CPU (proxy, ingress, hops, load generator)
+    on top of the model's own CPU per row in batches (the bare batched pass on `cpus` threads), so
+    rows/s cannot exceed ``cpus / (model CPU per row + floor CPU per request)``.
+    """
+    model_cpu_s = cpus / bare["bare_rows_per_s_batched"]
+    limits: dict[str, float] = {}
+    for hops in (1, 2):
+        limits[f"floor_c1_ms_hops{hops}"] = floor[f"hops{hops}_c1"]["p50_ms"]
+        cpu_s = floor[f"hops{hops}_c{top}"]["cpu_ms_per_request"] / 1000
+        limits[f"c{top}_vs_bare_limit_hops{hops}"] = (
+            cpus / (model_cpu_s + cpu_s) / bare["bare_rows_per_s_batched"]
+        )
+    return limits
+
+
 C1_OVERHEAD_TARGET_MS = 8.0
 C32_VS_BARE_TARGET = 0.65
 P99_OVER_P50_LIMIT = 4.0
@@ -327,6 +375,8 @@ def bench_serve(
                 records.append(
                     {"batching": batching, "concurrency": concurrency, **summarize(outcomes, wall_s)}
                 )
+    floor = serve_floor(app_url(base), shots, (1, top))
+    limits = floor_limits(floor, bare, math.ceil(base.cpus_per_replica), top)
     on, off = (
         next(r for r in records if r["batching"] is b and r["concurrency"] == top) for b in (True, False)
     )
@@ -348,12 +398,20 @@ def bench_serve(
         f"c{top}_vs_bare {met[f'c{top}_vs_bare']:.2f} (target >= {C32_VS_BARE_TARGET}), "
         f"worst p99/p50 {met['worst_p99_over_p50']:.2f} (<= {P99_OVER_P50_LIMIT:g}), errors {met['errors']}"
     )
+    print(
+        "Serve floor (no-op model, same proxy and load generator): p50 at concurrency 1 "
+        f"{limits['floor_c1_ms_hops1']:.1f} ms with one hop, {limits['floor_c1_ms_hops2']:.1f} ms with two; "
+        f"c{top}_vs_bare the CPUs allow: {limits[f'c{top}_vs_bare_limit_hops1']:.2f} with one hop, "
+        f"{limits[f'c{top}_vs_bare_limit_hops2']:.2f} with two"
+    )
     if json_path:
         Path(json_path).write_text(
             json.dumps(
                 {
                     "records": records,
                     **met,
+                    "serve_floor": floor,
+                    **limits,
                     f"ratio_on_off_c{top}": ratio,
                     **bare,
                     f"cpu_ms_per_request_c{top}": cpu_ms,

@@ -367,6 +367,10 @@ def train(
         float | None, typer.Option("--head-warmup", help="Epoch fraction training the head alone first.")
     ] = None,
     label_smoothing: Annotated[float | None, typer.Option("--label-smoothing")] = None,
+    layer_lr_decay: Annotated[
+        float | None,
+        typer.Option("--layer-lr-decay", help="Layer-wise learning-rate decay (1: none; e.g. 0.8)."),
+    ] = None,
     dropout: Annotated[float | None, typer.Option("--dropout")] = None,
     refit: Annotated[
         bool | None, typer.Option("--refit/--no-refit", help="Retrain the selected run on train + val.")
@@ -440,6 +444,7 @@ def train(
             "split": split,
             "head_warmup": head_warmup,
             "label_smoothing": label_smoothing,
+            "layer_lr_decay": layer_lr_decay,
             "dropout": dropout,
             "refit": refit,
             "mixed_precision": mixed_precision,

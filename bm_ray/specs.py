@@ -169,6 +169,13 @@ class TrainSpec(StrictModel):
     learning_rate: float = Field(default=1e-4, gt=0)
     warmup_fraction: float = Field(default=0.1, ge=0, lt=1)
     weight_decay: float = Field(default=0.01, ge=0)
+    layer_lr_decay: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="Layer-wise learning-rate decay d: encoder layer i of L trains at d**(L-i) times the "
+        "rate, the embeddings at d**(L+1), the head at 1 (1: one rate for all).",
+    )
     max_length: int | None = Field(
         default=None,
         ge=8,
@@ -258,6 +265,7 @@ TuneParam = Literal[
     "learning_rate",
     "warmup_fraction",
     "weight_decay",
+    "layer_lr_decay",
     "head_warmup",
     "head_learning_rate",
     "label_smoothing",

@@ -441,10 +441,9 @@ def _compile(model: Any, optimizer: Any, labels: list[str], config: dict[str, An
 
 def compile_classifier(weights_from: str, labels: list[str], total_steps: int, config: dict[str, Any]) -> Any:
     """The classifier with AdamW, linear warm-up then linear decay, and the loss, compiled (call in scope)."""
-    from transformers import create_optimizer
-
     from bm_ray.engine import gpu_available, keras_precision
     from bm_ray.models import build_classifier
+    from bm_ray.train_optimizer import create_optimizer
 
     precision = "fp32"
     if config["mixed_precision"]:
@@ -461,11 +460,13 @@ def compile_classifier(weights_from: str, labels: list[str], total_steps: int, c
     )
     with keras_precision(precision):
         model = build_classifier(weights_from, labels, **overrides)
-        optimizer, _ = create_optimizer(
+        optimizer = create_optimizer(
             init_lr=config["learning_rate"],
             num_train_steps=total_steps,
             num_warmup_steps=int(config["warmup_fraction"] * total_steps),
             weight_decay_rate=config["weight_decay"],
+            layer_decay=config.get("layer_lr_decay", 1.0),
+            num_layers=model.config.num_hidden_layers,
         )
         _compile(model, optimizer, labels, config)
     return model
@@ -772,7 +773,15 @@ def train_config(spec: TrainSpec, data: PreparedData, tensorboard_dir: str) -> d
         "threads": max(1, int(spec.cpus_per_worker)),
         "validate": True,
         **spec.model_dump(
-            include={"epochs", "batch_size", "learning_rate", "warmup_fraction", "weight_decay", "seed"}
+            include={
+                "epochs",
+                "batch_size",
+                "learning_rate",
+                "warmup_fraction",
+                "weight_decay",
+                "layer_lr_decay",
+                "seed",
+            }
         ),
         **spec.model_dump(
             include={"mixed_precision", "head_warmup", "head_learning_rate", "label_smoothing", "dropout"}
