@@ -210,6 +210,27 @@ def quiet_ray_data_console() -> None:
                 handler.addFilter(DropRayDataProgressNotice())
 
 
+RAY_TRAIN_REPORT_MODULE = "ray.train.v2._internal.execution.context"
+"""The Ray Train module that logs every ``ray.train.report`` call (see :func:`quiet_ray_train_reports`)."""
+
+
+def quiet_ray_train_reports() -> None:
+    """In a Ray Train worker: drop Ray Train's "Reporting training result ..." INFO line per report.
+
+    Ray Train 2.60 logs it under a logger named by its source file's path, outside the ``ray.train``
+    tree that ``ray.train.LoggingConfig`` filters, so the whole metrics dict of every epoch reached the
+    console twice (once per worker). There is no public setting for it: the logger is found by that
+    module's file. ``--verbose`` keeps the line.
+    """
+    import importlib.util
+
+    if verbose():
+        return
+    spec = importlib.util.find_spec(RAY_TRAIN_REPORT_MODULE)
+    if spec is not None and spec.origin:
+        logging.getLogger(spec.origin).setLevel(logging.WARNING)
+
+
 WORKER_SETUP_HOOK = "bm_ray.runtime.setup_worker_process"
 """Ray's `worker_process_setup_hook` of every bm-ray job (by module path, so each worker imports it)."""
 

@@ -513,10 +513,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     from bm_ray.engine import Predictor, configure_threads
     from bm_ray.models import save_model_dir
-    from bm_ray.runtime import configure_logging
+    from bm_ray.runtime import configure_logging, quiet_ray_train_reports
     from bm_ray.train_resume import restore_optimizer_state, save_optimizer_state
 
     configure_logging()  # a Ray worker process: the level comes with the runtime_env
+    quiet_ray_train_reports()
     configure_threads(config["threads"])
     tf.keras.utils.set_random_seed(config["seed"])
     ray.data.DataContext.get_current().enable_progress_bars = False  # the epoch progress lines say it better

@@ -73,3 +73,18 @@ def test_ray_workers_of_a_bm_ray_job_keep_ray_data_info_lines_off_the_console(ra
         ("PlainRayHandler", logging.WARNING, ["HiddenRecordFilter", "DropRayDataProgressNotice"])
     ]
     assert any(h[0] == "SessionFileHandler" and h[1] == logging.NOTSET for h in handlers)
+
+
+@pytest.mark.parametrize(("level", "logger_level"), [("INFO", logging.WARNING), ("DEBUG", logging.NOTSET)])
+def test_ray_train_report_lines_are_dropped_unless_verbose(
+    monkeypatch: pytest.MonkeyPatch, level: str, logger_level: int
+) -> None:
+    """Ray Train's per-report INFO line comes from the logger its module really uses (named by its file)."""
+    from ray.train.v2._internal.execution import context
+
+    from bm_ray.runtime import quiet_ray_train_reports
+
+    monkeypatch.setenv(LOG_LEVEL_ENV, level)
+    monkeypatch.setattr(context.logger, "level", logging.NOTSET)  # restored after the test
+    quiet_ray_train_reports()
+    assert context.logger.level == logger_level  # --verbose leaves Ray's logger as it is

@@ -100,7 +100,9 @@ def trained_with_fault(ray_local: None, tiny_base: Path, tmp_path_factory: pytes
     data = write_synthetic(tmp / "train.jsonl", 360)
     output = tmp / "model"
     # The recipe's optional levers ride along, so the recovery path is exercised with them.
-    spec = spec_for(data, output, tiny_base, head_warmup=0.25, label_smoothing=0.1, dropout=0.1)
+    spec = spec_for(
+        data, output, tiny_base, head_warmup=0.25, label_smoothing=0.1, dropout=0.1, layer_lr_decay=0.8
+    )
     killed: list[int] = []
     stop = threading.Event()
     killer = threading.Thread(
