@@ -23,7 +23,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -32,7 +32,7 @@ from ray.data.expressions import col
 from bm_ray.models import ModelInfo, resolve_model
 from bm_ray.neardup import leakage_report
 from bm_ray.scoring import MISSING_LABEL, UNKNOWN_LABEL
-from bm_ray.specs import IngestSpec, TrainSpec
+from bm_ray.specs import IngestSpec, TrainSpec, TuneParam
 from bm_ray.storage import is_remote, join_uri, redact, redact_uri, resolve_uri, upload_dir
 from bm_ray.tf_runtime import import_tensorflow
 from bm_ray.train_resume import OPTIMIZER_STATE_FILE, RUN_DIR
@@ -773,20 +773,8 @@ def train_config(spec: TrainSpec, data: PreparedData, tensorboard_dir: str) -> d
         "tensorboard_dir": tensorboard_dir,
         "threads": max(1, int(spec.cpus_per_worker)),
         "validate": True,
-        **spec.model_dump(
-            include={
-                "epochs",
-                "batch_size",
-                "learning_rate",
-                "warmup_fraction",
-                "weight_decay",
-                "layer_lr_decay",
-                "seed",
-            }
-        ),
-        **spec.model_dump(
-            include={"mixed_precision", "head_warmup", "head_learning_rate", "label_smoothing", "dropout"}
-        ),
+        # every recipe option (those `bm-ray tune` may search) and the run's seed and precision
+        **spec.model_dump(include={*get_args(TuneParam), "seed", "mixed_precision"}),
     }
 
 
