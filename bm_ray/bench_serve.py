@@ -268,6 +268,22 @@ class CpuPerRequest:
         return {role: 1000 * s / requests for role, s in self.seconds.most_common()}
 
 
+def load_levels(
+    url: str, shots: Sequence[Shot], concurrencies: Sequence[int]
+) -> list[tuple[int, list[Outcome], float, dict[str, float]]]:
+    """Warm the proxy and connection pool, then send `shots` at each concurrency in turn.
+
+    Per level: (concurrency, outcomes, wall seconds, CPU ms per request by role of :func:`process_role`).
+    """
+    asyncio.run(drive(url, shots[:32], 8))
+    levels = []
+    for concurrency in concurrencies:
+        with CpuPerRequest() as cpu:
+            outcomes, wall_s = asyncio.run(_timed(url, shots, concurrency))
+        levels.append((concurrency, outcomes, wall_s, cpu.per_request_ms(len(outcomes))))
+    return levels
+
+
 FLOOR_APP = "bm-ray-floor"
 
 
@@ -280,18 +296,12 @@ def serve_floor(url: str, shots: Sequence[Shot], concurrencies: Sequence[int]) -
     for hops, app in ((1, NoopGateway.bind()), (2, NoopGateway.bind(NoopModel.bind()))):
         serve.run(app, name=FLOOR_APP, route_prefix="/")
         try:
-            asyncio.run(drive(url, shots[:32], 8))  # warm, as for the endpoint
-            for concurrency in concurrencies:
-                with CpuPerRequest() as cpu:
-                    outcomes, wall_s = asyncio.run(_timed(url, shots, concurrency))
+            for concurrency, outcomes, wall_s, cpu_ms in load_levels(url, shots, concurrencies):
                 record = summarize(outcomes, wall_s)
                 if record["errors"]:  # a floor measured on errors would say nothing
                     statuses = Counter(o.status for o in outcomes)
                     raise RuntimeError(f"the no-op floor app ({hops} hops) answered {dict(statuses)}")
-                floor[f"hops{hops}_c{concurrency}"] = {
-                    **record,
-                    "cpu_ms_per_request": sum(cpu.per_request_ms(len(outcomes)).values()),
-                }
+                floor[f"hops{hops}_c{concurrency}"] = {**record, "cpu_ms_per_request": sum(cpu_ms.values())}
         finally:
             serve.delete(FLOOR_APP)
     return floor
@@ -366,12 +376,9 @@ def bench_serve(
     records, cpu_ms = [], {}
     for batching, max_batch_size in ((True, base.max_batch_size), (False, 1)):
         with deployed(base.model_copy(update={"max_batch_size": max_batch_size})) as url:
-            asyncio.run(drive(url, shots[: min(requests, 32)], 8))  # warm the proxy and the connection pool
-            for concurrency in concurrencies:
-                with CpuPerRequest() as cpu:
-                    outcomes, wall_s = asyncio.run(_timed(url, shots, concurrency))
+            for concurrency, outcomes, wall_s, level_cpu_ms in load_levels(url, shots, concurrencies):
                 if batching and concurrency == top:
-                    cpu_ms = cpu.per_request_ms(len(outcomes))
+                    cpu_ms = level_cpu_ms
                 records.append(
                     {"batching": batching, "concurrency": concurrency, **summarize(outcomes, wall_s)}
                 )
