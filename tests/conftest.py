@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import ray
 
-from bm_ray.runtime import init_ray
+from bm_ray.runtime import LOG_LEVEL_ENV, init_ray
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 """Real corpora (../shared/data beside the checkout); never copied into the project."""
@@ -20,6 +21,22 @@ def ray_local() -> Iterator[None]:
     init_ray(num_cpus=2)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def cli_log_level_restored() -> Iterator[None]:
+    """Restores BM_RAY_LOG_LEVEL after every test.
+
+    The CLI writes it into os.environ for the Ray workers it starts, and it is part of every app's
+    runtime_env: leaked from a `CliRunner` call, it would make a later redeploy of a running Serve app a
+    different deployment config (replicas restarted instead of reconfigured in place).
+    """
+    before = os.environ.get(LOG_LEVEL_ENV)
+    yield
+    if before is None:
+        os.environ.pop(LOG_LEVEL_ENV, None)
+    else:
+        os.environ[LOG_LEVEL_ENV] = before
 
 
 @pytest.fixture(scope="session")
@@ -43,8 +60,6 @@ SLOW_ENV = "BM_RAY_SLOW"
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked `slow` (real-model training) run only with BM_RAY_SLOW=1 (`make test-slow`)."""
-    import os
-
     if os.environ.get(SLOW_ENV) == "1":
         return
     skip = pytest.mark.skip(reason=f"slow: real-model run, opt in with {SLOW_ENV}=1 (make test-slow)")
