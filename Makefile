@@ -30,7 +30,7 @@ format: venv
 	$(BIN)/ruff check --fix bm_ray tests
 	$(BIN)/ruff format bm_ray tests
 
-# checkov (the Helm chart's policy scan, tests/test_helm_policy.py) pins packages that conflict with ours: own venv.
+# checkov (the Helm chart's policy scan, tests/code/test_helm_policy.py) pins packages that conflict with ours: own venv.
 SCAN_VENV ?= .venv-scan
 CHECKOV_VERSION := 3.3.30
 SCAN_STAMP := $(SCAN_VENV)/.installed-checkov-$(CHECKOV_VERSION)

@@ -35,8 +35,8 @@ from bm_ray.jobs import (
 from bm_ray.runtime import free_port
 from bm_ray.specs import ClassifySpec, CompareSpec, ServeSpec, SpecError, TrainSpec, parse_set_option
 
-JOBS = Path(__file__).resolve().parents[1] / "jobs"
-SAMPLE = Path(__file__).resolve().parents[1] / "bm_ray" / "data" / "sample_news.jsonl"
+JOBS = Path(__file__).resolve().parents[2] / "jobs"
+SAMPLE = Path(__file__).resolve().parents[2] / "bm_ray" / "data" / "sample_news.jsonl"
 WAIT_S = 120
 
 

@@ -22,7 +22,7 @@ from bm_ray.runtime import free_port
 from bm_ray.serve import app_url, deploy
 from bm_ray.specs import ServeSpec
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "helm" / "bm-ray" / "dashboards" / "bm-ray.json"
 LABELS = ["World", "Sports", "Business", "Sci/Tech"]
 KEY_ENV = "BM_RAY_TEST_PLAYGROUND_KEY"

@@ -14,7 +14,7 @@ import yaml
 
 from bm_ray.runtime import SERVE_NODE_ENV_VARS, node_env
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "cluster"
 PINNED = ("ray", "tensorflow", "tf-keras", "transformers")
 
