@@ -78,11 +78,11 @@ holding every CPU would otherwise starve the reads (they cannot fuse into an exp
 
 
 class ClassifyProcessor(commit.CommitProcessor):
-    """Ray Data callable class: predict the ok rows of a batch with the engine, then commit its runs.
+    """Ray Data callable class: predict the ok rows of a block with the engine, then commit its runs.
 
-    Returns the per-run count rows of :data:`bm_ray.commit.PROGRESS_SCHEMA` plus ``real_tokens`` and
-    ``padded_tokens`` (of this batch's forward passes) for the padding accounting, and ``windows`` and
-    ``rows_windows_capped`` (of this batch's texts), all on its first row.
+    Returns one count row per commit (:data:`bm_ray.commit.PROGRESS_SCHEMA`) plus ``windows`` and
+    ``rows_windows_capped`` of that commit's texts, and ``real_tokens`` and ``padded_tokens`` of the
+    block's forward passes (on its first commit) for the padding accounting.
     """
 
     def __init__(
@@ -97,7 +97,9 @@ class ClassifyProcessor(commit.CommitProcessor):
         long_text: LongTextOptions | None = None,
         lease_token: str | None = None,
         min_score: float | None = None,
+        commit_rows: int | None = None,
     ) -> None:
+        self.commit_rows = commit_rows
         super().__init__(
             output,
             self.prediction_table,
@@ -113,30 +115,36 @@ class ClassifyProcessor(commit.CommitProcessor):
         self.keep_fields = [k for k in keep_fields if k not in ROW_COLUMNS]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        """Predict every ok row of `batch` in one engine call, commit its runs, return their counts."""
+        """Predict every ok row of `batch` in one engine call (length buckets over the whole block), then
+        commit it in runs of at most `commit_rows` rows (the input's rows_per_block); return one count row
+        per commit (the token counts of the engine call on the first)."""
         labels = len(self.predictor.labels)
         ok = np.flatnonzero(batch.column("reason").is_null().to_numpy(zero_copy_only=False))
         probs = np.zeros((batch.num_rows, labels), dtype=np.float32)
         windows = np.zeros(batch.num_rows, dtype=np.int32)
-        capped = 0
+        capped = np.zeros(batch.num_rows, dtype=bool)
         stats = self.predictor.padding
         real, padded = stats.real_tokens, stats.padded_tokens
         if len(ok):
             texts = batch.column("text").take(pa.array(ok)).to_pylist()
             scored = self.predictor.score_texts(texts)
-            probs[ok], windows[ok], capped = scored.probs, scored.windows, int(scored.capped.sum())
+            probs[ok], windows[ok], capped[ok] = scored.probs, scored.windows, scored.capped
         flat = pa.FixedSizeListArray.from_arrays(pa.array(probs.ravel()), labels)
         batch = batch.append_column(PROBS_COLUMN, flat).append_column(WINDOWS_COLUMN, pa.array(windows))
-        progress = super().__call__(batch)
-        counts = {
-            "real_tokens": stats.real_tokens - real,
-            "padded_tokens": stats.padded_tokens - padded,
-            "windows": int(windows.sum()),
-            "rows_windows_capped": capped,
-        }
-        for name, value in counts.items():  # one count row per batch (one commit)
-            progress = progress.append_column(name, pa.array([value], pa.int64()))
-        return progress
+        step = self.commit_rows or batch.num_rows or 1
+        progress = []
+        for start in range(0, max(batch.num_rows, 1), step):  # an empty block still commits (as before)
+            part = super().__call__(batch.slice(start, step))
+            counts = {
+                "real_tokens": stats.real_tokens - real if start == 0 else 0,
+                "padded_tokens": stats.padded_tokens - padded if start == 0 else 0,
+                "windows": int(windows[start : start + step].sum()),
+                "rows_windows_capped": int(capped[start : start + step].sum()),
+            }
+            for name, value in counts.items():
+                part = part.append_column(name, pa.array([value], pa.int64()))
+            progress.append(part)
+        return pa.concat_tables(progress)
 
     def prediction_table(self, rows: pa.Table) -> pa.Table:
         """The predictions table of the ok rows of one run (probabilities in :data:`PROBS_COLUMN`)."""
@@ -175,11 +183,6 @@ def actor_pool(spec: ClassifySpec) -> tuple[int, int]:
     return max(1, size), max(1, size)
 
 
-def map_batch_rows(spec: ClassifySpec) -> int:
-    """Rows per `map_batches` batch: a read block (≥ the engine batch), so the engine buckets by length."""
-    return max(spec.batch_size, spec.input.rows_per_block)
-
-
 def classify(spec: ClassifySpec) -> dict[str, Any]:
     """Run the classify job; returns the summary also written to ``output/summary.json``.
 
@@ -206,11 +209,14 @@ def classify(spec: ClassifySpec) -> dict[str, Any]:
                 "lease_token": lease_token,
                 "long_text": spec.long_text_options(),
                 "min_score": spec.min_score,
+                "commit_rows": spec.input.rows_per_block,
             },
             compute=ray.data.ActorPoolStrategy(min_size=min_actors, max_size=max_actors),
             num_cpus=spec.cpus_per_actor,
             num_gpus=spec.gpus_per_actor,
-            batch_size=map_batch_rows(spec),
+            # One call per block (sized by block_bytes below): a batch_size would bundle blocks up to it
+            # first, and a 2,000-row corpus in 1,000-row bundles gave both tasks to the first actor up.
+            batch_size=None,
             batch_format="pyarrow",
             zero_copy_batch=True,
         )

@@ -51,6 +51,7 @@ import ray
 from bm_ray.corpus import BLANK_LINE, CorpusInfo, list_corpus, read_corpus, unit_key
 from bm_ray.corpus.listing import input_manifest
 from bm_ray.corpus.rows import UNIT_END
+from bm_ray.runtime import PROGRESS_LOG_S
 from bm_ray.specs import IngestSpec
 from bm_ray.storage import (
     TMP_PREFIX,
@@ -619,9 +620,6 @@ def summarize(
 
 IGNORED_FILES_LISTED = 100
 """Ignored (non-article) files listed by name in the summary; all are counted."""
-
-PROGRESS_LOG_S = 10.0
-"""Seconds between the driver's `rows committed (rows/s)` log lines."""
 
 IDENTITY_EXCLUDED = {"rows_per_block", "max_reject_fraction"}
 """IngestSpec fields that do not change a job's rows, so a resume may change them."""

@@ -88,6 +88,8 @@ LOG_LEVEL_ENV = "BM_RAY_LOG_LEVEL"
 """Level of bm-ray's own log lines (DEBUG, INFO, WARNING, ...): set by the CLI's --verbose/--quiet and
 passed to every Ray worker through the runtime_env, so progress logged in a worker obeys it too."""
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+PROGRESS_LOG_S = 10.0
+"""Least seconds between two progress lines of one job (rows committed, training steps)."""
 
 
 def configure_logging(level: str | None = None) -> None:
@@ -179,6 +181,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: 
     # Off a terminal Ray Data would log a multi-line progress block every few seconds.
     ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
     quiet_ray_data_console()
+    quiet_ray_serve_console()
 
 
 def verbose() -> bool:
@@ -208,6 +211,17 @@ def quiet_ray_data_console() -> None:
             handler.setLevel(logging.WARNING)
             if not any(isinstance(f, DropRayDataProgressNotice) for f in handler.filters):
                 handler.addFilter(DropRayDataProgressNotice())
+
+
+def quiet_ray_serve_console() -> None:
+    """In the driver: Ray Serve's INFO lines off the console unless ``--verbose`` (warnings and errors stay).
+
+    They narrate what bm-ray already says (Serve started, the app is ready at the URL bm-ray prints).
+    The Serve controller's own start-up notice (the throughput-optimised settings) is logged in its actor
+    before Serve configures its logging, and still shows.
+    """
+    if not verbose():
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
 
 
 RAY_TRAIN_REPORT_MODULE = "ray.train.v2._internal.execution.context"

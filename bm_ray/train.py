@@ -31,6 +31,7 @@ from ray.data.expressions import col
 
 from bm_ray.models import ModelInfo, resolve_model
 from bm_ray.neardup import leakage_report
+from bm_ray.runtime import PROGRESS_LOG_S
 from bm_ray.scoring import MISSING_LABEL, UNKNOWN_LABEL
 from bm_ray.specs import IngestSpec, TrainSpec, TuneParam
 from bm_ray.storage import is_remote, join_uri, redact, redact_uri, resolve_uri, upload_dir
@@ -667,25 +668,31 @@ def _validate(predictor: Any, val_shard: Any, labels: list[str]) -> dict[str, fl
 
 
 class EpochProgress(tf.keras.callbacks.Callback):
-    """Epoch/step, rows/s and ETA on rank 0 every tenth of an epoch (visible in the driver's log)."""
+    """Epoch/step, rows/s and ETA on rank 0 every tenth of an epoch, at most one line per
+    :data:`~bm_ray.runtime.PROGRESS_LOG_S` (visible in the driver's log), and at the epoch's last step."""
 
     def __init__(self, rank: int, epoch: int, epochs: int, steps: int, global_batch: int) -> None:
         super().__init__()
         self.rank, self.epoch, self.epochs, self.steps = rank, epoch, epochs, steps
         self.global_batch = global_batch
         self.every = max(1, steps // 10)
-        self.started = time.time()
+        self.started = self.logged = time.time()
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         """Start the epoch clock."""
-        self.started = time.time()
+        self.started = self.logged = time.time()
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        """Print progress every `every` steps and at the last step."""
+        """Print progress every `every` steps (no sooner than PROGRESS_LOG_S after the last line) and at
+        the last step: a short epoch (the demo's 12 steps) gets a line per 10 s, not one per step."""
         done = batch + 1
-        if self.rank != 0 or (done % self.every and done != self.steps):
+        if self.rank != 0:
             return
-        elapsed = time.time() - self.started
+        now = time.time()
+        if done != self.steps and (done % self.every or now - self.logged < PROGRESS_LOG_S):
+            return
+        self.logged = now
+        elapsed = now - self.started
         eta = (self.steps - done) * elapsed / done
         logger.info(
             "epoch %d/%d step %d/%d %.1f rows/s ETA %.0fs",

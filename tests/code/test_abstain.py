@@ -80,10 +80,11 @@ def test_classify_marks_and_counts_abstained_rows_exactly_once_across_a_resume(
 
     # Resume after losing some commits: rows_abstained still counts every committed row once, the resumed
     # commits' abstained rows included (read from the commit records, not from this run's rows).
-    for lost in sorted((out / "predictions").glob("*.parquet"))[:3]:
-        lost.unlink()
+    committed = sorted((out / "predictions").glob("*.parquet"))
+    assert len(committed) >= 2
+    committed[0].unlink()
     again = classify(spec)
-    assert 0 < again["rows_this_run"] < again["rows_classified"] and again["rows_resumed"] > 0
+    assert 0 < again["rows_this_run"] < again["rows_read"] and again["rows_resumed"] > 0
     assert again["rows_abstained"] == len(expected)
     assert json.loads((out / "summary.json").read_text())["rows_abstained"] == len(expected)
     assert {r["id"] for r in read_dir(out / "predictions").to_pylist() if r["abstained"]} == expected

@@ -289,3 +289,21 @@ def test_block_size_spreads_a_small_corpus_over_every_actor() -> None:
     assert sample // block_bytes(sample, 2) >= 2 * BLOCKS_PER_ACTOR - 1  # ~4 blocks per actor, not 1 block
     assert block_bytes(10 * 1024**3, 2) == CLASSIFY_BLOCK_BYTES  # large corpora: ~1,000-row blocks
     assert block_bytes(1024, 8) == MIN_BLOCK_BYTES
+
+
+def test_a_small_corpus_reaches_the_actors_as_several_tasks(
+    ray_local, tmp_path: Path, tiny_model: str
+) -> None:
+    """400 rows with the default rows_per_block (1,000): the actor pool gets them as several block-sized
+    calls (one commit record each), so both actors have work; bundled into one 1,000-row batch they were a
+    single task on whichever actor started first."""
+    ids = write_good_rows(tmp_path / "rows.jsonl", 400)
+    out = tmp_path / "out"
+    spec = ClassifySpec(
+        model=tiny_model, input=IngestSpec(input=[str(tmp_path / "rows.jsonl")]), output=str(out), actors=2
+    )
+    assert spec.input.rows_per_block >= len(ids)
+    summary = classify(spec)
+    assert summary["rows_classified"] == len(ids)
+    assert len(list((out / "_commits").glob("*.json"))) >= 2 * 2  # at least two calls per actor
+    ids_exactly_once(out, set(ids))
