@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from fault_corpus import write_fault_corpus
 from rich.console import Console
-from test_classify import LABELS, ids_exactly_once, read_dir, write_good_rows
+from test_classify import LABELS, fault_and_good_options, ids_exactly_once, read_dir, write_good_rows
 from tiny_model import make_tiny_model
 from typer.testing import CliRunner
 
@@ -45,9 +44,7 @@ def threshold_between(scores: list[float]) -> float:
 def test_classify_marks_and_counts_abstained_rows_exactly_once_across_a_resume(
     ray_local, tmp_path: Path, tiny_model: str
 ) -> None:
-    corpus = write_fault_corpus(tmp_path, "jsonl")
-    good = write_good_rows(tmp_path / "good.jsonl", 60)
-    options = {**corpus.spec, "input": [corpus.input, str(tmp_path / "good.jsonl")], "max_text_chars": 200}
+    corpus, good, options = fault_and_good_options(tmp_path, 60)
     ingest = IngestSpec(**options, rows_per_block=7)
     rows = ok_rows(read_corpus(ingest)[0], ["id", "text"]).take_all()
     predicted = Predictor.load(tiny_model).predict([r["text"] for r in rows])

@@ -12,6 +12,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -19,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from drivers import start_bm_ray
-from fault_corpus import write_fault_corpus
+from fault_corpus import FaultCorpus, write_fault_corpus
 from tiny_model import make_tiny_model
 
 from bm_ray.classify import classify, precision_agreement
@@ -50,6 +51,16 @@ def write_good_rows(path: Path, n: int, prefix: str = "g") -> list[str]:
     return ids
 
 
+def fault_and_good_options(tmp_path: Path, good_rows: int) -> tuple[FaultCorpus, list[str], dict[str, Any]]:
+    """The JSONL fault corpus plus `good_rows` valid rows: (the fault corpus, the good ids, IngestSpec
+    options reading both). max_text_chars=200: good rows stay whole; the fault corpus' 250-character
+    row is still too_long."""
+    corpus = write_fault_corpus(tmp_path, "jsonl")
+    good = write_good_rows(tmp_path / "good.jsonl", good_rows)
+    options = {**corpus.spec, "input": [corpus.input, str(tmp_path / "good.jsonl")], "max_text_chars": 200}
+    return corpus, good, options
+
+
 def read_dir(path: Path) -> pa.Table | None:
     """All committed Parquet files of one output subdirectory (None when there are none)."""
     files = sorted(p for p in path.glob("*.parquet") if not p.name.startswith("."))
@@ -70,10 +81,7 @@ def ids_exactly_once(out: Path, expected: set[str]) -> pa.Table:
 def test_broken_rows_accounted_and_predictions_match_engine_and_evaluate(
     ray_local, tmp_path: Path, tiny_model: str
 ) -> None:
-    corpus = write_fault_corpus(tmp_path, "jsonl")
-    good = write_good_rows(tmp_path / "good.jsonl", 40)
-    # max_text_chars=200: good rows stay whole; the fault corpus' 250-character row is still too_long
-    options = {**corpus.spec, "input": [corpus.input, str(tmp_path / "good.jsonl")], "max_text_chars": 200}
+    corpus, good, options = fault_and_good_options(tmp_path, 40)
     ingest = IngestSpec(**options, keep_fields=["url"], rows_per_block=7)
     out = tmp_path / "out"
     summary = classify(ClassifySpec(model=tiny_model, input=ingest, output=str(out), batch_size=8, actors=2))
