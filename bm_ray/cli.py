@@ -364,7 +364,10 @@ def train(
         str | None, typer.Option("--split", help="grouped (duplicates stay on one side, default) or random.")
     ] = None,
     head_warmup: Annotated[
-        float | None, typer.Option("--head-warmup", help="Epoch fraction training the head alone first.")
+        float | None,
+        typer.Option(
+            "--head-warmup", help="Epoch fraction training the head alone first (default 0.5; 0: none)."
+        ),
     ] = None,
     label_smoothing: Annotated[float | None, typer.Option("--label-smoothing")] = None,
     layer_lr_decay: Annotated[

@@ -183,11 +183,11 @@ class TrainSpec(StrictModel):
         description="Token window; chosen from the data (99th percentile) when omitted.",
     )
     head_warmup: float = Field(
-        default=0.0,
+        default=0.5,
         ge=0,
         le=1,
         description="Fraction of an epoch's steps that first train the classifier head alone (encoder "
-        "frozen) at head_learning_rate, before the full fine-tuning.",
+        "frozen) at head_learning_rate, before the full fine-tuning (0: none).",
     )
     head_learning_rate: float = Field(default=1e-3, gt=0, description="Learning rate of the head warm-up.")
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
