@@ -57,7 +57,7 @@ def endpoint(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
         assert time.monotonic() < deadline, "endpoint not ready after 120 s"
         time.sleep(1)
     yield url
-    serve.delete("playground")
+    serve.shutdown()  # the proxy listens on this module's port; a later module's deploy needs its own
 
 
 def test_playground_page_is_public_and_self_contained(endpoint: str) -> None:
