@@ -88,3 +88,19 @@ def test_ray_train_report_lines_are_dropped_unless_verbose(
     monkeypatch.setattr(context.logger, "level", logging.NOTSET)  # restored after the test
     quiet_ray_train_reports()
     assert context.logger.level == logger_level  # --verbose leaves Ray's logger as it is
+
+
+@pytest.mark.parametrize(("level", "logger_level"), [("INFO", logging.WARNING), ("DEBUG", logging.NOTSET)])
+def test_ray_serve_driver_info_lines_are_dropped_unless_verbose(
+    monkeypatch: pytest.MonkeyPatch, level: str, logger_level: int
+) -> None:
+    """Serve's driver-side logger (what `serve.start`/`serve.run` log through) is at WARNING unless --verbose."""
+    from ray.serve._private.constants import SERVE_LOGGER_NAME
+
+    from bm_ray.runtime import quiet_ray_serve_console
+
+    serve_logger = logging.getLogger(SERVE_LOGGER_NAME)
+    monkeypatch.setenv(LOG_LEVEL_ENV, level)
+    monkeypatch.setattr(serve_logger, "level", logging.NOTSET)  # restored after the test
+    quiet_ray_serve_console()
+    assert serve_logger.level == logger_level
