@@ -410,7 +410,8 @@ def train(
         bool | None,
         typer.Option(
             "--calibrate/--no-calibrate",
-            help="Fit temperature scaling on the validation split (default on): calibrated scores.",
+            help="Fit temperature scaling (plus a top-label map with >= 200 validation rows) on the "
+            "validation split (default on): calibrated scores.",
         ),
     ] = None,
     resume: Annotated[

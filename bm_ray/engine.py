@@ -15,8 +15,10 @@ has every forward pass's logits divided by it before the softmax, so ``score``/`
 calibrated probabilities in every path (classify, evaluate, serve). In window mode the temperature
 applies to each window's logits, before aggregation: the aggregation rules (and the confidence
 weights) then see the same calibrated window probabilities the temperature was fitted through
-(training fits it on the aggregated probabilities, :meth:`Predictor.unit_logits`). A model without
-a temperature gives the plain softmax, as before.
+(training fits it on the aggregated probabilities, :meth:`Predictor.unit_logits`). A model with a
+``top_label_calibration`` map then has each text's top score mapped by it, after aggregation
+(:meth:`Predictor.text_probs`): the second calibration stage, fitted on those same aggregated
+probabilities. A model without either gives the plain softmax, as before.
 """
 
 from __future__ import annotations
@@ -218,8 +220,15 @@ class Predictor:
         return windows.sequences, windows.counts, windows.capped
 
     def combine_windows(self, probs: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        """One probability row per text from its windows' rows, by this predictor's aggregation rule."""
+        """One probability row per text from its windows' rows, by this predictor's aggregation rule
+        (before the model's top-label map: what the temperature is fitted through)."""
         return aggregate_windows(probs, counts, self.long_text.window_aggregation)
+
+    def text_probs(self, window_probs: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """The probabilities the model answers with per text: windows aggregated, then the top-label map."""
+        probs = self.combine_windows(window_probs, counts)
+        mapping = self.info.top_label_calibration
+        return probs if mapping is None else mapping.apply(probs)
 
     def unit_logits(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Untempered logits of every window read for `texts` (one per text in truncate mode) and the
@@ -230,7 +239,7 @@ class Predictor:
     def score_texts(self, texts: Sequence[str]) -> TextScores:
         """Probabilities and window counts for raw texts, by this predictor's long-text options."""
         sequences, counts, capped = self._units(texts)
-        return TextScores(self.combine_windows(self.predict_tokens(sequences), counts), counts, capped)
+        return TextScores(self.text_probs(self.predict_tokens(sequences), counts), counts, capped)
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Probabilities [n, labels] for raw texts (one aggregated row per text in window mode)."""

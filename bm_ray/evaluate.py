@@ -54,6 +54,9 @@ def evaluate(spec: EvaluateSpec) -> dict[str, Any]:
             "version": predictor.info.version,
             "path": redact_uri(spec.model),
             "temperature": predictor.info.temperature,
+            "top_label_calibration": None
+            if predictor.info.top_label_calibration is None
+            else predictor.info.top_label_calibration.to_json(),
         },
         data=redact(spec.data.input),
         long_text=spec.long_text_options().model_dump(),

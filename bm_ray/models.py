@@ -2,7 +2,8 @@
 
 A bm-ray model directory is the Hugging Face `save_pretrained` layout (TF weights `tf_model.h5`,
 `config.json`, tokenizer files) plus `labels.json` (labels in class-index order, max_length, name,
-version, base model; the fitted `temperature` and the data's `raw_labels` where there are) and, after training or evaluation, `metrics.json`. It loads directly with
+version, base model; the fitted `temperature`, `top_label_calibration` and the data's `raw_labels`
+where there are) and, after training or evaluation, `metrics.json`. It loads directly with
 `TFBertForSequenceClassification.from_pretrained(dir)` and `AutoTokenizer.from_pretrained(dir)`.
 """
 
@@ -22,6 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from bm_ray.calibration import TopLabelMap
 from bm_ray.storage import exists, is_remote, read_json, redact_uri, resolve_uri
 from bm_ray.tf_runtime import import_tensorflow
 
@@ -286,13 +288,16 @@ class ModelInfo:
     base_model: str
     temperature: float | None = None
     """Temperature-scaling factor of the logits (:mod:`bm_ray.calibration`); None: plain softmax."""
+    top_label_calibration: TopLabelMap | None = None
+    """Map of each text's top score after the temperature (:class:`~bm_ray.calibration.TopLabelMap`);
+    None: the tempered probabilities as they are."""
     raw_labels: list[str] | None = None
     """The training data's label values in class order, where `labels` are names given to them
     (``--label-names``); None when the labels are the raw values themselves."""
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-able form written to labels.json (`temperature`/`raw_labels` only when set, so a model
-        without them keeps the labels.json it always had)."""
+        """JSON-able form written to labels.json (`temperature`, `top_label_calibration` and `raw_labels`
+        only when set, so a model without them keeps the labels.json it always had)."""
         data: dict[str, Any] = {
             "labels": self.labels,
             "max_length": self.max_length,
@@ -302,6 +307,8 @@ class ModelInfo:
         }
         if self.temperature is not None:
             data["temperature"] = self.temperature
+        if self.top_label_calibration is not None:
+            data["top_label_calibration"] = self.top_label_calibration.to_json()
         if self.raw_labels is not None:
             data["raw_labels"] = self.raw_labels
         return data
@@ -332,6 +339,7 @@ def read_model_info(model_dir: str | Path) -> ModelInfo:
     temperature = data.get("temperature")
     if temperature is not None and not float(temperature) > 0:
         raise ValueError(f"{path}: temperature {temperature!r} must be a positive number")
+    top_label = data.get("top_label_calibration")
     return ModelInfo(
         labels=[str(label) for label in data["labels"]],
         max_length=int(data.get("max_length", 128)),
@@ -339,6 +347,7 @@ def read_model_info(model_dir: str | Path) -> ModelInfo:
         version=str(data.get("version", "0")),
         base_model=str(data.get("base_model", "unknown")),
         temperature=None if temperature is None else float(temperature),
+        top_label_calibration=None if top_label is None else TopLabelMap.from_json(top_label, str(path)),
         raw_labels=None if raw_labels is None else [str(label) for label in raw_labels],
     )
 

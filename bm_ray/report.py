@@ -34,7 +34,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from bm_ray import commit, storage
-from bm_ray.calibration import ECE_BINS
+from bm_ray.calibration import ECE_BINS, ece_noise_floor
 from bm_ray.metrics import reliability_bins, risk_coverage
 from bm_ray.models import LABELS_FILE
 
@@ -685,12 +685,22 @@ def selective_sections(rows: pa.Table) -> Iterator[tuple[str, str, str]]:
         f"left means the scores rank the errors last. Area under the curve (AURC) {aurc:.4f}, lower is better.",
     )
     bins = reliability_bins(scores, correct, bins=ECE_BINS)
+    floor = ece_noise_floor(scores)
     chart = reliability_chart("reliability", bins, "reliability diagram")
     yield section(
         "calibration",
         "Calibration",
-        stats([("ece", "expected calibration error", bins["ece"])]) + chart,
-        "Bars on the diagonal mean the scores are calibrated probabilities; bars below it mean over-confidence.",
+        stats(
+            [
+                ("ece", "expected calibration error", bins["ece"]),
+                ("ece_floor", "ECE of perfect scores at this size", floor["mean"]),
+            ]
+        )
+        + chart,
+        "Bars on the diagonal mean the scores are calibrated probabilities; bars below it mean over-confidence. "
+        f"ECE is biased upwards on a finite set: perfectly calibrated scores would measure about "
+        f"{floor['mean']:.4f} ± {floor['std']:.4f} on these {len(scores):,} rows, so only the excess over "
+        "that is miscalibration.",
     )
     order = np.argsort(scores, kind="stable")
     by_confidence = order[::-1]

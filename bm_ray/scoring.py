@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from bm_ray.calibration import ECE_BINS
+from bm_ray.calibration import ECE_BINS, ece_noise_floor
 from bm_ray.engine import Predictor
 from bm_ray.metrics import (
     ConfusionMatrix,
@@ -105,6 +105,8 @@ def evaluate_batches(predictor: Predictor, batches: Any, log: PredictionLog | No
 
     Returns the metrics report plus `rows_evaluated`, `rows_rejected`, `rejected_by_reason`,
     `unknown_labels` (label → count), `log_loss`, `ece` (15 equal-width bins of the top score),
+    `ece_floor` / `ece_floor_std` (the ECE perfectly calibrated scores would show on this many rows:
+    :func:`bm_ray.calibration.ece_noise_floor`),
     `windows` (read in all) and `rows_windows_capped` (texts longer than `max_windows` windows).
     Rows may be labelled with the model's label names or with the raw values it was trained on
     (``--label-names``); both count as that name. Every evaluated row goes into `log` when given.
@@ -144,16 +146,20 @@ def evaluate_batches(predictor: Predictor, batches: Any, log: PredictionLog | No
             log.add(kept_ids, kept_labels, names, probs.max(axis=1), scored.windows, kept_texts)
         log_loss_sum += float(-np.log(np.clip(probs[np.arange(len(keep)), true_ids], 1e-12, 1.0)).sum())
     report = matrix.report()
+    all_top = np.concatenate(top_scores) if top_scores else np.zeros(0)
+    floor = ece_noise_floor(all_top)
     report.update(
         rows_evaluated=matrix.total,
         rows_rejected=sum(rejected.values()),
         rejected_by_reason=dict(rejected),
         unknown_labels=dict(unknown),
         log_loss=log_loss_sum / matrix.total if matrix.total else float("nan"),
-        ece=reliability_bins(np.concatenate(top_scores), np.concatenate(hits), bins=ECE_BINS)["ece"]
+        ece=reliability_bins(all_top, np.concatenate(hits), bins=ECE_BINS)["ece"]
         if top_scores
         else float("nan"),
         ece_bins=ECE_BINS,
+        ece_floor=floor["mean"],
+        ece_floor_std=floor["std"],
         windows=windows_total,
         rows_windows_capped=capped_total,
     )

@@ -230,8 +230,9 @@ class TrainSpec(StrictModel):
     )
     calibrate: bool = Field(
         default=True,
-        description="Fit temperature scaling on the validation split after model selection and store it in "
-        "labels.json (temperature), so scores are calibrated probabilities.",
+        description="Fit temperature scaling on the validation split after model selection, then a top-label "
+        "map of the top score when there are >= 200 validation rows, and store them in labels.json "
+        "(temperature, top_label_calibration), so scores are calibrated probabilities.",
     )
     max_failures: int = Field(default=3, ge=0, description="Worker/node failures survived (FailureConfig).")
     resume: bool = Field(

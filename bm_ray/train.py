@@ -825,15 +825,27 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     best_checkpoint, _ = max(result.best_checkpoints, key=lambda item: item[1]["val_macro_f1"])
     report = _finish(spec, data, rejects, best_checkpoint, result.metrics, local_output, started)
     if spec.refit:
-        report["refit"] = _refit(spec, data, config, report["best_epoch"], name, storage, local_output)
-        if report["calibration"] is not None:  # the refit's labels.json came from its checkpoint
-            from bm_ray.models import read_model_info, write_model_info
+        from bm_ray.models import read_model_info, write_model_info
 
-            temperature = report["calibration"]["temperature"]
-            write_model_info(replace(read_model_info(local_output), temperature=temperature), local_output)
-            report["calibration"]["note"] = (
+        selected = read_model_info(local_output)
+        report["refit"] = _refit(spec, data, config, report["best_epoch"], name, storage, local_output)
+        calibration = report["calibration"]
+        if calibration is not None:  # the refit's labels.json came from its checkpoint
+            refitted = read_model_info(local_output)
+            write_model_info(
+                replace(
+                    refitted,
+                    temperature=selected.temperature,
+                    top_label_calibration=selected.top_label_calibration,
+                ),
+                local_output,
+            )
+            refit_note = (
                 "fitted on the selection run's validation rows and applied to the refit weights, which "
                 "then trained on those rows: no held-out rows are left to fit it on"
+            )
+            calibration["note"] = (
+                f"{calibration['note']}; {refit_note}" if "note" in calibration else refit_note
             )
         report["elapsed_s"] = round(time.time() - started, 1)
         (local_output / "metrics.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
@@ -871,13 +883,20 @@ def _refit(
 
 
 def calibrate_model(predictor: Any, val_rows: Any, model_dir: Path) -> dict[str, Any]:
-    """Fit temperature scaling on the validation rows, store it in `model_dir`'s labels.json and in
-    `predictor`; returns the fit's report (temperature, ECE and log-loss before and after).
+    """Fit the calibration on the validation rows (temperature, then the top-label map when there are
+    :data:`~bm_ray.calibration.TOP_LABEL_MIN_ROWS` rows or more), store it in `model_dir`'s
+    labels.json and in `predictor`; returns the fit's report (ECE and log-loss before and after).
 
     The logits come through the engine the model is served with (same tokenisation and windows),
-    and the temperature is fitted on the aggregated probabilities it answers with.
+    and both stages are fitted on the aggregated probabilities it answers with.
     """
-    from bm_ray.calibration import calibration_report, fit_temperature
+    from bm_ray.calibration import (
+        TOP_LABEL_MIN_ROWS,
+        calibration_report,
+        fit_temperature,
+        fit_top_label_map,
+        temperature_softmax,
+    )
     from bm_ray.models import write_model_info
     from bm_ray.scoring import corpus_batches
 
@@ -894,13 +913,25 @@ def calibrate_model(predictor: Any, val_rows: Any, model_dir: Path) -> dict[str,
     ids = np.asarray(label_ids, dtype=np.int64)
     combine = functools.partial(predictor.combine_windows, counts=all_counts)
     temperature = fit_temperature(all_logits, ids, combine)
-    info = replace(predictor.info, temperature=temperature)
+    top_label = None
+    if len(ids) >= TOP_LABEL_MIN_ROWS:
+        tempered = combine(temperature_softmax(all_logits, temperature))
+        top_label = fit_top_label_map(tempered.max(axis=1), tempered.argmax(axis=1) == ids)
+    info = replace(predictor.info, temperature=temperature, top_label_calibration=top_label)
     write_model_info(info, model_dir)
     predictor.info = info
-    report = calibration_report(all_logits, ids, temperature, combine)
+    report = calibration_report(all_logits, ids, temperature, combine, top_label)
+    if top_label is None:
+        report["note"] = (
+            f"top-label map not fitted: {len(ids)} validation rows, it needs {TOP_LABEL_MIN_ROWS} "
+            "(--val-fraction or --val-data give more); the temperature alone calibrates the scores"
+            if len(ids) < TOP_LABEL_MIN_ROWS
+            else "top-label map not fitted: the validation scores do not rank right above wrong rows"
+        )
     logger.info(
-        "calibration: temperature %.3f, validation ECE %.4f -> %.4f, log-loss %.4f -> %.4f",
+        "calibration: temperature %.3f, top-label map %s, validation ECE %.4f -> %.4f, log-loss %.4f -> %.4f",
         temperature,
+        "fitted" if top_label else "not fitted",
         report["before"]["ece"],
         report["after"]["ece"],
         report["before"]["log_loss"],

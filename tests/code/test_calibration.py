@@ -15,15 +15,19 @@ import pytest
 from tiny_model import make_tiny_model
 
 from bm_ray.calibration import (
+    TopLabelMap,
     calibration_report,
+    ece_noise_floor,
     expected_calibration_error,
     fit_temperature,
+    fit_top_label_map,
     negative_log_likelihood,
     temperature_softmax,
 )
 from bm_ray.classify import classify
 from bm_ray.engine import Predictor, aggregate_windows
 from bm_ray.evaluate import evaluate
+from bm_ray.metrics import reliability_bins
 from bm_ray.models import LABELS_FILE, ModelInfo, read_model_info, write_model_info
 from bm_ray.serve.model import Classifier
 from bm_ray.specs import ClassifySpec, EvaluateSpec, IngestSpec, ServeSpec
@@ -33,6 +37,8 @@ NAMES = ["World", "Sports", "Business", "Sci/Tech"]
 TEMPERATURE = 0.25
 """Far from 1 so a path that forgot the temperature gives visibly different scores (tiny random
 models answer nearly flat; T < 1 sharpens them)."""
+TOP_LABEL = TopLabelMap(a=0.5, b=2.0, c=0.5)
+"""A map that moves the tiny model's top scores well away from their tempered values (0.5 -> 0.78)."""
 TEXTS = [
     "Rebels and government forces agreed to a ceasefire after weeks of fighting.",
     "The striker scored twice as the home side won the cup final.",
@@ -98,6 +104,87 @@ def test_fit_through_window_aggregation_minimises_the_aggregated_loss() -> None:
     assert expected_calibration_error(combine(temperature_softmax(logits, t)), text_labels) < 0.1
 
 
+def test_ece_noise_floor_is_what_perfect_scores_measure_at_that_size() -> None:
+    """ECE of calibrated-by-construction scores is sampling noise: the floor predicts it and shrinks as
+    1/sqrt(rows)."""
+    # One bin (every score 0.5): ECE = |mean of n fair coins - 0.5|, whose mean is 0.5 * sqrt(2 / (pi n)).
+    for rows in (400, 3600):
+        floor = ece_noise_floor(np.full(rows, 0.5))
+        assert floor["mean"] == pytest.approx(0.5 * np.sqrt(2 / (np.pi * rows)), rel=0.1), (rows, floor)
+    assert ece_noise_floor(np.ones(500)) == {"mean": 0.0, "std": 0.0, "draws": 200}  # never wrong, no noise
+    # Scores like a real model's: labels drawn from them measure an ECE inside the floor's spread.
+    rng = np.random.default_rng(3)
+    scores = 1 - rng.beta(0.5, 6.0, 3000) * 0.75  # most rows confident, a tail down to 0.25
+    floor = ece_noise_floor(scores)
+    measured = [reliability_bins(scores, rng.random(len(scores)) < scores, bins=15)["ece"] for _ in range(40)]
+    assert abs(np.mean(measured) - floor["mean"]) < floor["std"], (np.mean(measured), floor)
+    assert 0.004 < floor["mean"] < 0.02, floor
+    # A miscalibrated model (right 10 points less often than it says) lies far above the floor.
+    wrong = reliability_bins(scores, rng.random(len(scores)) < scores - 0.1, bins=15)["ece"]
+    assert wrong > floor["mean"] + 10 * floor["std"], (wrong, floor)
+
+
+def miscalibrated_scores(rows: int, truth: TopLabelMap, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """4-label probability rows whose top label is right with probability ``truth.top_score(top)``:
+    the shape of fine-tuned BERT (calibrated near 1, over-confident in the middle) when `truth` has a
+    slope above 1."""
+    rng = np.random.default_rng(seed)
+    top = 0.3 + 0.7 * rng.beta(4.0, 1.0, rows)  # mostly confident, a tail down to 0.3
+    rest = rng.dirichlet(np.ones(3), rows) * (1 - top)[:, None]
+    rest = np.minimum(rest, top[:, None] - 1e-3)  # the top label stays on top
+    probs = np.concatenate([top[:, None], rest], axis=1)
+    probs /= probs.sum(axis=1, keepdims=True)
+    correct = rng.random(rows) < truth.top_score(probs.max(axis=1))
+    return probs, correct
+
+
+def test_top_label_map_fixes_a_slope_that_one_temperature_cannot() -> None:
+    truth = TopLabelMap(a=0.5, b=1.6, c=-1.2)  # what the rows' correctness follows
+    probs, correct = miscalibrated_scores(20000, truth, seed=4)
+    recovered = fit_top_label_map(probs.max(axis=1), correct)
+    assert recovered is not None
+    grid = np.linspace(0.5, 0.995, 200)  # a and c trade off; the curve they draw is what is identified
+    assert np.abs(recovered.top_score(grid) - truth.top_score(grid)).max() < 0.03
+    # As training does it: the temperature first, then the map fitted on the tempered scores.
+    labels = np.where(correct, probs.argmax(axis=1), (probs.argmax(axis=1) + 1) % 4)
+    logits = np.log(probs)
+    t = fit_temperature(logits, labels)
+    tempered = temperature_softmax(logits, t)
+    fitted = fit_top_label_map(tempered.max(axis=1), tempered.argmax(axis=1) == labels)
+    assert fitted is not None
+    mapped = fitted.apply(tempered)
+    floor = ece_noise_floor(mapped.max(axis=1))["mean"]
+    assert expected_calibration_error(tempered, labels) > 3 * floor  # the best single T is still off
+    assert expected_calibration_error(mapped, labels) < floor * 1.5, floor
+    assert negative_log_likelihood(mapped, labels) < negative_log_likelihood(tempered, labels)
+    # The predicted label never changes, rows still sum to 1, the map itself is monotone.
+    assert (mapped.argmax(axis=1) == probs.argmax(axis=1)).all()
+    np.testing.assert_allclose(mapped.sum(axis=1), 1.0, atol=1e-5)
+    assert (np.diff(fitted.top_score(np.linspace(0.26, 0.999, 200))) > 0).all()
+    report = calibration_report(logits, labels, t, top_label=fitted)
+    assert report["after"]["ece"] < min(report["after_temperature"]["ece"], report["before"]["ece"])
+    assert report["top_label_calibration"] == {"method": "beta", **vars(fitted)}
+
+
+def test_top_label_map_keeps_the_label_when_it_softens_a_close_call() -> None:
+    softening = TopLabelMap(a=0.0, b=1.0, c=-3.0)  # pulls every top score far down
+    probs = np.array([[0.55, 0.44, 0.01, 0.0], [0.25, 0.25, 0.25, 0.25], [1.0, 0.0, 0.0, 0.0]], np.float32)
+    mapped = softening.apply(probs)
+    assert mapped.argmax(axis=1).tolist() == [0, 0, 0]
+    assert mapped[0, 0] > mapped[0, 1] and mapped[0, 0] < 0.55  # softened, never overtaken
+    assert mapped[2, 1] == mapped[2, 2] == mapped[2, 3] > 0  # no mass: the remainder shared equally
+    np.testing.assert_allclose(mapped.sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_top_label_fit_degenerate_cases() -> None:
+    rng = np.random.default_rng(5)
+    scores = rng.uniform(0.3, 1.0, 2000)
+    assert fit_top_label_map(scores, rng.random(2000) < 1.3 - scores) is None  # scores rank wrong above right
+    always = fit_top_label_map(scores, np.ones(2000, bool))  # every row right: finite, and more confident
+    assert always is not None and np.isfinite([always.a, always.b, always.c]).all()
+    assert (always.top_score(scores) > scores).all()
+
+
 def test_labels_json_round_trip_and_old_models_unchanged(tmp_path: Path, tokenizer_dir: str) -> None:
     model = make_tiny_model(tmp_path / "m", RAW, tokenizer_dir)
     old = json.loads((model / LABELS_FILE).read_text())
@@ -117,19 +204,36 @@ def test_labels_json_round_trip_and_old_models_unchanged(tmp_path: Path, tokeniz
     (model / LABELS_FILE).write_text(json.dumps({**named.to_json(), "temperature": 0}))
     with pytest.raises(ValueError, match="temperature 0 must be a positive number"):
         read_model_info(model)
+    mapped = ModelInfo(NAMES, 64, "tiny", "v1", "random", temperature=1.7, top_label_calibration=TOP_LABEL)
+    write_model_info(mapped, model)
+    assert json.loads((model / LABELS_FILE).read_text())["top_label_calibration"] == {
+        "method": "beta",
+        "a": 0.5,
+        "b": 2.0,
+        "c": 0.5,
+    }
+    assert read_model_info(model) == mapped
+    for broken, says in (
+        ({"method": "isotonic"}, "is not a beta map"),
+        ({"method": "beta", "a": -1, "b": 1, "c": 0}, "a, b >= 0"),
+    ):
+        (model / LABELS_FILE).write_text(json.dumps({**mapped.to_json(), "top_label_calibration": broken}))
+        with pytest.raises(ValueError, match=f"{LABELS_FILE}: top_label_calibration.*{says}"):
+            read_model_info(model)
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: str) -> dict[str, str]:
-    """The same tiny weights twice: as trained on raw labels (no temperature), and with label names
-    and a temperature in labels.json."""
+    """The same tiny weights twice: as trained on raw labels (no calibration), and with label names,
+    a temperature and a top-label map in labels.json."""
     root = tmp_path_factory.mktemp("calibrated")
     plain = make_tiny_model(root / "plain", RAW, tokenizer_dir, seed=3)
     calibrated = root / "calibrated"
     shutil.copytree(plain, calibrated)
     info = read_model_info(plain)
     write_model_info(ModelInfo(NAMES, info.max_length, info.name, info.version, info.base_model,
-                               temperature=TEMPERATURE, raw_labels=RAW), calibrated)  # fmt: skip
+                               temperature=TEMPERATURE, top_label_calibration=TOP_LABEL, raw_labels=RAW),
+                     calibrated)  # fmt: skip
     return {"plain": str(plain), "calibrated": str(calibrated)}
 
 
@@ -156,13 +260,80 @@ def test_engine_without_temperature_scores_as_before_and_with_it_per_window(mode
     assert counts.tolist()[:5] == [1] * 5 and counts[5] > 1
     np.testing.assert_allclose(logits, plain.unit_logits(TEXTS)[0], atol=1e-5)  # same weights
     np.testing.assert_allclose(
-        calibrated.predict_proba(short), temperature_softmax(np.log(before), TEMPERATURE), atol=1e-4
+        calibrated.predict_proba(short),
+        TOP_LABEL.apply(temperature_softmax(np.log(before), TEMPERATURE)),
+        atol=1e-4,
     )
-    # Long text: the temperature scales each window's logits, then the windows are aggregated.
-    expected = aggregate_windows(temperature_softmax(logits, TEMPERATURE), counts, "confidence")
+    # Long text: the temperature scales each window's logits, the windows are aggregated, then the
+    # top-label map moves each text's top score.
+    tempered = aggregate_windows(temperature_softmax(logits, TEMPERATURE), counts, "confidence")
+    expected = TOP_LABEL.apply(tempered)
     np.testing.assert_allclose(calibrated.predict_proba(TEXTS), expected, atol=1e-5)
+    assert np.abs(expected.max(axis=1) - tempered.max(axis=1)).min() > 0.05  # the map is visible
     assert not np.allclose(calibrated.predict_proba(TEXTS), plain.predict_proba(TEXTS), atol=1e-3)
     assert [p.label for p in calibrated.predict(TEXTS)] == [NAMES[int(k)] for k in expected.argmax(1)]
+
+
+def test_training_calibration_fits_the_map_only_with_enough_validation_rows(
+    ray_local: None, models: dict[str, str], tmp_path: Path
+) -> None:
+    """`calibrate_model` (training's last step) with the real engine: the temperature, then the top-label
+    map from TOP_LABEL_MIN_ROWS validation rows, stored in labels.json and answered with on reload."""
+    import ray
+
+    from bm_ray.calibration import TOP_LABEL_MIN_ROWS
+    from bm_ray.train import calibrate_model
+
+    words = [
+        "market",
+        "team",
+        "vote",
+        "rocket",
+        "bank",
+        "season",
+        "minister",
+        "chip",
+        "rally",
+        "court",
+        "storm",
+        "league",
+        "profit",
+        "data",
+    ]
+    rng = np.random.default_rng(6)
+    texts = [" ".join(rng.choice(words, 12)) for _ in range(TOP_LABEL_MIN_ROWS)]
+    probs = Predictor.load(models["plain"]).predict_proba(texts)
+    # Right exactly where the model is most sure: scores that rank right above wrong, too flat as they are.
+    sure = probs.max(axis=1) >= np.median(probs.max(axis=1))
+    labels = [RAW[k if ok else (k + 1) % 4] for k, ok in zip(probs.argmax(axis=1), sure, strict=True)]
+    rows = [{"id": f"v{i}", "text": t, "label": y, "reason": None} for i, (t, y) in enumerate(zip(texts, labels, strict=True))]  # fmt: skip
+    reports = {}
+    for name, count in (("fitted", TOP_LABEL_MIN_ROWS), ("too_few", TOP_LABEL_MIN_ROWS - 1)):
+        model_dir = tmp_path / name
+        shutil.copytree(models["plain"], model_dir)
+        predictor = Predictor.load(str(model_dir))
+        reports[name] = calibrate_model(predictor, ray.data.from_items(rows[:count]), model_dir)
+        stored = json.loads((model_dir / LABELS_FILE).read_text())
+        assert stored["temperature"] == reports[name]["temperature"]
+        assert stored.get("top_label_calibration") == reports[name]["top_label_calibration"]
+        # Reloaded, the engine answers exactly what the fit measured.
+        logits, counts = Predictor.load(str(model_dir)).unit_logits(texts[:count])
+        tempered = aggregate_windows(temperature_softmax(logits, stored["temperature"]), counts, "confidence")
+        info = read_model_info(model_dir)
+        expected = (
+            tempered if info.top_label_calibration is None else info.top_label_calibration.apply(tempered)
+        )
+        np.testing.assert_allclose(
+            Predictor.load(str(model_dir)).predict_proba(texts[:count]), expected, atol=1e-5
+        )
+    fitted, too_few = reports["fitted"], reports["too_few"]
+    assert fitted["top_label_calibration"]["method"] == "beta" and "note" not in fitted
+    assert (
+        fitted["after"]["log_loss"] < fitted["after_temperature"]["log_loss"] < fitted["before"]["log_loss"]
+    )
+    assert fitted["after"]["ece"] < fitted["after_temperature"]["ece"]
+    assert too_few["top_label_calibration"] is None and too_few["after"] == too_few["after_temperature"]
+    assert f"{TOP_LABEL_MIN_ROWS - 1} validation rows, it needs {TOP_LABEL_MIN_ROWS}" in too_few["note"]
 
 
 def write_labelled(path: Path, labels: list[str]) -> Path:

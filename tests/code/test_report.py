@@ -110,6 +110,9 @@ def test_browser_renders_every_report(outputs: dict[str, Path], tmp_path: Path) 
             else:
                 shown = page.inner_text('.stat[data-key="accuracy"] .v')
                 assert float(shown) == pytest.approx(data["accuracy"], rel=1e-3)
+                # The ECE a perfectly calibrated model would show on these rows, from the same scores.
+                floor = page.inner_text('.stat[data-key="ece_floor"] .v')
+                assert float(floor) == pytest.approx(data["ece_floor"], rel=1e-3) and data["ece_floor"] > 0
             charts = page.locator("svg.chart").all()
             assert {c.get_attribute("data-chart") for c in charts} == CHARTS[kind], kind
             for chart in charts:

@@ -20,6 +20,7 @@ import ray
 from ray.util.state import list_actors
 from tiny_model import make_tiny_model
 
+from bm_ray.calibration import TOP_LABEL_MIN_ROWS
 from bm_ray.engine import Predictor
 from bm_ray.models import load_classifier, read_model_info, save_model_dir, sha256_file
 from bm_ray.specs import IngestSpec, TrainSpec
@@ -395,8 +396,12 @@ def test_training_fits_and_reports_a_temperature(trained_named: dict) -> None:
     temperature = json.loads((output / "labels.json").read_text())["temperature"]
     assert calibration["temperature"] == temperature > 0
     assert calibration["rows"] == metrics["rows_evaluated"] and calibration["ece_bins"] == 15
-    for side in ("before", "after"):
+    for side in ("before", "after_temperature", "after"):
         assert set(calibration[side]) == {"ece", "log_loss"}
+    # 150 rows leave ~15 validation rows: too few for the top-label map, and the report says why.
+    assert calibration["rows"] < TOP_LABEL_MIN_ROWS and calibration["top_label_calibration"] is None
+    assert "top_label_calibration" not in json.loads((output / "labels.json").read_text())
+    assert f"it needs {TOP_LABEL_MIN_ROWS}" in calibration["note"]
     # Fitted on these rows: the log-loss cannot get worse, and the metrics are the calibrated model's.
     assert calibration["after"]["log_loss"] <= calibration["before"]["log_loss"] + 1e-9
     assert metrics["log_loss"] == pytest.approx(calibration["after"]["log_loss"], abs=1e-4)
