@@ -9,8 +9,8 @@ Two stages, both keeping every row's predicted label (so accuracy is unchanged):
    to the top score as in Gupta & Ramdas, "Top-label calibration", ICLR 2022): a monotone map of the
    top score ``s -> 1 / (1 + exp(-(a ln s - b ln(1 - s) + c)))`` fitted to whether the top label was
    right. One temperature scales every confidence alike; fine-tuned BERT is typically calibrated at
-   the top (scores ≥ 0.95) and over-confident in the middle (0.7–0.9 right half the time), a shape only
-   a map with a slope can fix. Measured on 3,001 held-out AG News rows (README, "Calibrated
+   the top and over-confident in the middle (held-out AG News rows scoring 0.67–0.87 were right 60% of
+   the time at a mean score of 0.79), a shape only a map with a slope can fix. Measured on 3,001 held-out AG News rows (README, "Calibrated
    scores"): fitted on 601 validation rows, temperature alone left ECE at 0.025 (already its
    optimum), the map took it to 0.0155; it is fitted from :data:`TOP_LABEL_MIN_ROWS` rows up.
 """
