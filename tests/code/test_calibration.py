@@ -312,7 +312,9 @@ def test_training_calibration_fits_the_map_only_with_enough_validation_rows(
         model_dir = tmp_path / name
         shutil.copytree(models["plain"], model_dir)
         predictor = Predictor.load(str(model_dir))
-        reports[name] = calibrate_model(predictor, ray.data.from_items(rows[:count]), model_dir)
+        reports[name] = calibrate_model(
+            predictor, ray.data.from_items(rows[:count], override_num_blocks=2), model_dir
+        )
         stored = json.loads((model_dir / LABELS_FILE).read_text())
         assert stored["temperature"] == reports[name]["temperature"]
         assert stored.get("top_label_calibration") == reports[name]["top_label_calibration"]
