@@ -38,7 +38,7 @@ TEMPERATURE = 0.25
 """Far from 1 so a path that forgot the temperature gives visibly different scores (tiny random
 models answer nearly flat; T < 1 sharpens them)."""
 TOP_LABEL = TopLabelMap(a=0.5, b=2.0, c=0.5)
-"""A map that moves the tiny model's top scores well away from their tempered values (0.5 -> 0.78)."""
+"""A map that moves the tiny model's top scores well away from their tempered values (0.5 -> 0.82)."""
 TEXTS = [
     "Rebels and government forces agreed to a ceasefire after weeks of fighting.",
     "The striker scored twice as the home side won the cup final.",
@@ -284,22 +284,7 @@ def test_training_calibration_fits_the_map_only_with_enough_validation_rows(
     from bm_ray.calibration import TOP_LABEL_MIN_ROWS
     from bm_ray.train import calibrate_model
 
-    words = [
-        "market",
-        "team",
-        "vote",
-        "rocket",
-        "bank",
-        "season",
-        "minister",
-        "chip",
-        "rally",
-        "court",
-        "storm",
-        "league",
-        "profit",
-        "data",
-    ]
+    words = ["market", "team", "vote", "rocket", "bank", "season", "minister", "chip", "rally", "court"]  # fmt: skip
     rng = np.random.default_rng(6)
     texts = [" ".join(rng.choice(words, 12)) for _ in range(TOP_LABEL_MIN_ROWS)]
     probs = Predictor.load(models["plain"]).predict_proba(texts)
