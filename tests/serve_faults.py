@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from bm_ray.engine import Predictor
+from bm_ray.model.engine import Predictor
 from bm_ray.serve.model import Classifier
 
 POISON = "POISON-TEXT"

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bm_ray.models import ModelInfo, save_model_dir
+from bm_ray.model.registry import ModelInfo, save_model_dir
 
 
 def make_tiny_model(

@@ -220,7 +220,7 @@ def input_manifest(source: IngestSpec | CorpusInfo) -> list[dict[str, Any]]:
     """Each input file's path, name (as in ids), size and modification time (ISO 8601), in listing order.
 
     A rerun into the same output compares its manifest with the stored one (see
-    :func:`bm_ray.commit.prepare_output`). pyarrow's filesystems expose no ETag, so object stores are
+    :func:`bm_ray.output.commit.prepare_output`). pyarrow's filesystems expose no ETag, so object stores are
     identified by size and LastModified, like local files. Paths are filesystem paths: credentials
     given in a URI are never part of them.
     """

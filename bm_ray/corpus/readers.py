@@ -471,7 +471,7 @@ def read_corpus(
     twice: a first pass, run here before returning, registers every ok row's id in a
     :class:`~bm_ray.corpus.dedupe.DedupeIndex` (on-disk shards, kept in ``CorpusInfo.dedupe``: call its
     ``close()`` when done), the returned dataset asks it which rows lost. `skip` (``{unit: [(first_row,
-    last_row)]}``, from :func:`bm_ray.commit.committed_rows`) lists rows that are not emitted at all
+    last_row)]}``, from :func:`bm_ray.output.commit.committed_rows`) lists rows that are not emitted at all
     (already committed by an earlier run); the first pass still sees them, so a resumed job keeps the
     same winners. `unit_ends` adds one :data:`~bm_ray.corpus.rows.UNIT_END` row after each file (its
     `_row` = the file's record count, counted as it was read: the commit protocol's accounting).

@@ -17,8 +17,15 @@ from ray.serve.deployment import Deployment
 from ray.serve.handle import DeploymentHandle
 
 import bm_ray
-from bm_ray.models import HUB_PREFIX, PRESETS, ModelRefError, is_remote, read_model_info, resolve_model
-from bm_ray.runtime import init_ray, runtime_env
+from bm_ray.model.registry import (
+    HUB_PREFIX,
+    PRESETS,
+    ModelRefError,
+    is_remote,
+    read_model_info,
+    resolve_model,
+)
+from bm_ray.runtime.ray_init import init_ray, runtime_env
 from bm_ray.serve.gateway import INGRESS_NUM_CPUS, ApiGateway, ingress_max_ongoing, read_api_key
 from bm_ray.serve.model import Classifier
 from bm_ray.specs import ServeSpec, SpecError, deep_merge, read_yaml, validate_spec

@@ -29,7 +29,7 @@ from ray.serve.metrics import Counter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import bm_ray
-from bm_ray.metrics import abstained
+from bm_ray.model.metrics import abstained
 from bm_ray.serve.model import GRACEFUL_SHUTDOWN_S, MODEL_DEPLOYMENT
 from bm_ray.serve.schemas import (
     CLASSIFY_BODY_POINTER,
@@ -113,8 +113,8 @@ def read_api_key(spec: ServeSpec) -> str | None:
 
 @functools.cache
 def playground_page() -> str:
-    """The endpoint playground (package data `bm_ray/serve_playground.html`), read once per process."""
-    return (resources.files("bm_ray") / "serve_playground.html").read_text(encoding="utf-8")
+    """The endpoint playground (package data `bm_ray/serve/playground.html`), read once per process."""
+    return (resources.files("bm_ray.serve") / "playground.html").read_text(encoding="utf-8")
 
 
 def admission_limit(spec: ServeSpec, model_replicas: int, gateway_replicas: int) -> int:

@@ -1,4 +1,4 @@
-"""The model deployment: one warm :class:`~bm_ray.engine.Predictor` per replica, batched continuously.
+"""The model deployment: one warm :class:`~bm_ray.model.engine.Predictor` per replica, batched continuously.
 
 Every HTTP request is one call here, so the ongoing requests Serve's autoscaler counts on these
 replicas are the real backlog. Calls that arrive while a forward pass runs are merged into the next
@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 from ray import serve
 from ray.serve.metrics import Counter, Histogram
 
-from bm_ray.engine import Prediction, Predictor
-from bm_ray.models import ModelInfo
+from bm_ray.model.engine import Prediction, Predictor
+from bm_ray.model.registry import ModelInfo
 from bm_ray.serve.schemas import ModelNotReadyError, TextFailedError
 from bm_ray.specs import ServeSpec
 

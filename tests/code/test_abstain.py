@@ -14,11 +14,11 @@ from test_classify import LABELS, fault_and_good_options, ids_exactly_once, read
 from tiny_model import make_tiny_model
 from typer.testing import CliRunner
 
-from bm_ray.classify import classify, summary_table
-from bm_ray.cli import app
+from bm_ray.cli.main import app
 from bm_ray.corpus import ok_rows, read_corpus
-from bm_ray.engine import Predictor
-from bm_ray.metrics import threshold_curve, threshold_for_accuracy
+from bm_ray.jobs.classify import classify, summary_table
+from bm_ray.model.engine import Predictor
+from bm_ray.model.metrics import threshold_curve, threshold_for_accuracy
 from bm_ray.specs import ClassifySpec, IngestSpec
 
 

@@ -14,7 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from tiny_model import make_tiny_model
 
-from bm_ray.calibration import (
+from bm_ray.jobs.classify import classify
+from bm_ray.jobs.evaluate import evaluate
+from bm_ray.model.calibration import (
     TopLabelMap,
     calibration_report,
     ece_noise_floor,
@@ -24,11 +26,9 @@ from bm_ray.calibration import (
     negative_log_likelihood,
     temperature_softmax,
 )
-from bm_ray.classify import classify
-from bm_ray.engine import Predictor, aggregate_windows
-from bm_ray.evaluate import evaluate
-from bm_ray.metrics import reliability_bins
-from bm_ray.models import LABELS_FILE, ModelInfo, read_model_info, write_model_info
+from bm_ray.model.engine import Predictor, aggregate_windows
+from bm_ray.model.metrics import reliability_bins
+from bm_ray.model.registry import LABELS_FILE, ModelInfo, read_model_info, write_model_info
 from bm_ray.serve.model import Classifier
 from bm_ray.specs import ClassifySpec, EvaluateSpec, IngestSpec, ServeSpec
 
@@ -281,8 +281,8 @@ def test_training_calibration_fits_the_map_only_with_enough_validation_rows(
     map from TOP_LABEL_MIN_ROWS validation rows, stored in labels.json and answered with on reload."""
     import ray
 
-    from bm_ray.calibration import TOP_LABEL_MIN_ROWS
-    from bm_ray.train import calibrate_model
+    from bm_ray.jobs.train.job import calibrate_model
+    from bm_ray.model.calibration import TOP_LABEL_MIN_ROWS
 
     words = ["market", "team", "vote", "rocket", "bank", "season", "minister", "chip", "rally", "court"]  # fmt: skip
     rng = np.random.default_rng(6)
@@ -375,7 +375,7 @@ def test_classify_evaluate_and_serve_answer_the_same_calibrated_named_scores(
         assert row["score"] == pytest.approx(engine[row["id"]].score, abs=1e-5)
     top = np.array([engine[f"t{i}"].score for i in range(len(TEXTS))])
     hits = np.array([engine[f"t{i}"].label == NAMES[RAW.index(r)] for i, r in enumerate(true_raw)])
-    from bm_ray.metrics import reliability_bins
+    from bm_ray.model.metrics import reliability_bins
 
     assert reports["raw"]["ece"] == pytest.approx(reliability_bins(top, hits, bins=15)["ece"])
 

@@ -23,12 +23,12 @@ from drivers import start_bm_ray
 from fault_corpus import FaultCorpus, write_fault_corpus
 from tiny_model import make_tiny_model
 
-from bm_ray.classify import classify, precision_agreement
 from bm_ray.corpus import ok_rows, read_corpus
-from bm_ray.engine import Predictor
-from bm_ray.metrics import ConfusionMatrix
-from bm_ray.models import read_model_info
-from bm_ray.scoring import corpus_batches, evaluate_batches
+from bm_ray.jobs.classify import classify, precision_agreement
+from bm_ray.jobs.scoring import corpus_batches, evaluate_batches
+from bm_ray.model.engine import Predictor
+from bm_ray.model.metrics import ConfusionMatrix
+from bm_ray.model.registry import read_model_info
 from bm_ray.specs import ClassifySpec, IngestSpec
 
 LABELS = ["x", "y", "z"]
@@ -291,7 +291,7 @@ def test_precision_agreement_of_fp32_with_itself_is_exact(tiny_model: str) -> No
 
 
 def test_block_size_spreads_a_small_corpus_over_every_actor() -> None:
-    from bm_ray.classify import BLOCKS_PER_ACTOR, CLASSIFY_BLOCK_BYTES, MIN_BLOCK_BYTES, block_bytes
+    from bm_ray.jobs.classify import BLOCKS_PER_ACTOR, CLASSIFY_BLOCK_BYTES, MIN_BLOCK_BYTES, block_bytes
 
     sample = 100 * 1024  # the demo's 406-row sample corpus
     assert sample // block_bytes(sample, 2) >= 2 * BLOCKS_PER_ACTOR - 1  # ~4 blocks per actor, not 1 block

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from bm_ray import cli
+from bm_ray.cli import main as cli
 
 # One value per shared corpus option (cli.CORPUS_OPTIONS), and the IngestSpec value it must become.
 CORPUS_ARGS: dict[str, tuple[list[str], Any]] = {
@@ -57,17 +57,22 @@ NO_KEEP = [n for n in ALL if n != "keep_fields"]
 @pytest.mark.parametrize(
     ("argv", "target", "names", "ingest_of"),
     [
-        (["ingest", "--input", "c.csv", "--output", "out"], "bm_ray.ingest.ingest", ALL, lambda s: s),
+        (["ingest", "--input", "c.csv", "--output", "out"], "bm_ray.jobs.ingest.ingest", ALL, lambda s: s),
         (
             ["classify", "--model", "m", "--input", "c.csv", "--output", "out"],
-            "bm_ray.classify.classify",
+            "bm_ray.jobs.classify.classify",
             ALL,
             lambda s: s.input,
         ),
-        (["train", "--data", "c.csv", "--output", "m"], "bm_ray.train.train", NO_KEEP, lambda s: s.data),
+        (
+            ["train", "--data", "c.csv", "--output", "m"],
+            "bm_ray.jobs.train.job.train",
+            NO_KEEP,
+            lambda s: s.data,
+        ),
         (
             ["evaluate", "--model", "m", "--data", "c.csv"],
-            "bm_ray.evaluate.evaluate",
+            "bm_ray.jobs.evaluate.evaluate",
             NO_KEEP,
             lambda s: s.data,
         ),
@@ -100,8 +105,11 @@ WINDOW_ARGS = [
 @pytest.mark.parametrize(
     ("argv", "target"),
     [
-        (["classify", "--model", "m", "--input", "c.csv", "--output", "out"], "bm_ray.classify.classify"),
-        (["evaluate", "--model", "m", "--data", "c.csv"], "bm_ray.evaluate.evaluate"),
+        (
+            ["classify", "--model", "m", "--input", "c.csv", "--output", "out"],
+            "bm_ray.jobs.classify.classify",
+        ),
+        (["evaluate", "--model", "m", "--data", "c.csv"], "bm_ray.jobs.evaluate.evaluate"),
     ],
     ids=["classify", "evaluate"],
 )
@@ -132,7 +140,7 @@ def test_commands_without_per_row_output_do_not_offer_keep_fields() -> None:
 def test_train_validation_corpus_is_read_with_the_same_options(monkeypatch: pytest.MonkeyPatch) -> None:
     spec = _captured_spec(
         monkeypatch,
-        "bm_ray.train.train",
+        "bm_ray.jobs.train.job.train",
         ["train", "--data", "c.csv", "--val-data", "v.csv", "--output", "m"],
         ["format", "text_fields", "csv_header"],
     )
@@ -147,10 +155,13 @@ def test_train_validation_corpus_is_read_with_the_same_options(monkeypatch: pyte
 @pytest.mark.parametrize(
     ("argv", "target"),
     [
-        (["classify", "--model", "m", "--input", "c.csv", "--output", "out"], "bm_ray.classify.classify"),
+        (
+            ["classify", "--model", "m", "--input", "c.csv", "--output", "out"],
+            "bm_ray.jobs.classify.classify",
+        ),
         (
             ["compare", "--model", "a", "--model", "b", "--input", "c.csv", "--output", "out"],
-            "bm_ray.compare.compare",
+            "bm_ray.jobs.compare.compare",
         ),
     ],
     ids=["classify", "compare"],

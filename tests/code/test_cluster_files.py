@@ -12,7 +12,7 @@ import pytest
 import ray
 import yaml
 
-from bm_ray.runtime import SERVE_NODE_ENV_VARS, node_env
+from bm_ray.runtime.ray_init import SERVE_NODE_ENV_VARS, node_env
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "cluster"

@@ -21,10 +21,10 @@ from test_classify import LABELS, ids_exactly_once, write_good_rows
 from tiny_model import make_tiny_model
 from typer.testing import CliRunner
 
-from bm_ray.cli import app
-from bm_ray.compare import compare, compare_tables
+from bm_ray.cli.main import app
 from bm_ray.corpus import ok_rows, read_corpus
-from bm_ray.engine import Predictor
+from bm_ray.jobs.compare import compare, compare_tables
+from bm_ray.model.engine import Predictor
 from bm_ray.specs import CompareSpec, IngestSpec
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from bm_ray.demo import Demo, StageResult
+from bm_ray.cli.demo import Demo, StageResult
 
 
 def test_summary_table_fits_80_columns_one_line_per_stage(tmp_path, monkeypatch) -> None:

@@ -15,8 +15,8 @@ from cluster_fixtures import local_cluster  # noqa: F401  (pytest fixture)
 from tiny_model import make_tiny_model
 from typer.testing import CliRunner
 
-from bm_ray.cli import app
-from bm_ray.jobs import (
+from bm_ray.cli.main import app
+from bm_ray.deploy.submit import (
     JobFailedError,
     JobsError,
     job_logs,
@@ -32,7 +32,7 @@ from bm_ray.jobs import (
     validate_job_file,
     wait_job,
 )
-from bm_ray.runtime import free_port
+from bm_ray.runtime.ray_init import free_port
 from bm_ray.specs import ClassifySpec, CompareSpec, ServeSpec, SpecError, TrainSpec, parse_set_option
 
 JOBS = Path(__file__).resolve().parents[2] / "jobs"

@@ -7,8 +7,9 @@ import logging
 import pytest
 from typer.testing import CliRunner
 
-from bm_ray.cli import app
-from bm_ray.runtime import LOG_LEVEL_ENV, runtime_env
+from bm_ray.cli.main import app
+from bm_ray.runtime.logs import LOG_LEVEL_ENV
+from bm_ray.runtime.ray_init import runtime_env
 
 
 @pytest.mark.parametrize(("flag", "level"), [("--quiet", "WARNING"), ("--verbose", "DEBUG"), (None, "INFO")])
@@ -37,7 +38,7 @@ def test_ray_data_prints_no_progress_or_info_lines_off_a_terminal(ray_local, cap
 
     import ray
 
-    from bm_ray.runtime import quiet_ray_data_console
+    from bm_ray.runtime.logs import quiet_ray_data_console
 
     quiet_ray_data_console()  # what init_ray does in every bm-ray driver
     ray.data.range(2000, override_num_blocks=4).map_batches(lambda b: b).materialize()
@@ -82,7 +83,7 @@ def test_ray_train_report_lines_are_dropped_unless_verbose(
     """Ray Train's per-report INFO line comes from the logger its module really uses (named by its file)."""
     from ray.train.v2._internal.execution import context
 
-    from bm_ray.runtime import quiet_ray_train_reports
+    from bm_ray.runtime.logs import quiet_ray_train_reports
 
     monkeypatch.setenv(LOG_LEVEL_ENV, level)
     monkeypatch.setattr(context.logger, "level", logging.NOTSET)  # restored after the test
@@ -97,7 +98,7 @@ def test_ray_serve_driver_info_lines_are_dropped_unless_verbose(
     """Serve's driver-side logger (what `serve.start`/`serve.run` log through) is at WARNING unless --verbose."""
     from ray.serve._private.constants import SERVE_LOGGER_NAME
 
-    from bm_ray.runtime import quiet_ray_serve_console
+    from bm_ray.runtime.logs import quiet_ray_serve_console
 
     serve_logger = logging.getLogger(SERVE_LOGGER_NAME)
     monkeypatch.setenv(LOG_LEVEL_ENV, level)

@@ -7,7 +7,7 @@ from math import comb
 import numpy as np
 import pytest
 
-from bm_ray.metrics import (
+from bm_ray.model.metrics import (
     abstained,
     mcnemar_exact_p,
     plot_threshold_curve,

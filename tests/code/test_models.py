@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 from tiny_model import make_tiny_model
 
-from bm_ray.models import (
+from bm_ray.model.registry import (
     LABELS_FILE,
     PRESETS,
     READY_MARKER,
@@ -93,7 +93,7 @@ def sha256_file_hash(path: Path) -> str:
 FILL_SCRIPT = """
 import sys, time
 from pathlib import Path
-from bm_ray.models import fill_cache_entry
+from bm_ray.model.registry import fill_cache_entry
 
 def fill(tmp):
     for i in range(20):  # slow enough that the two processes overlap
@@ -148,8 +148,8 @@ def test_credentials_are_redacted_from_uris() -> None:
 
 def test_optimizer_state_round_trip(tmp_path: Path, tokenizer_dir: str) -> None:
     """Slots and iterations saved from a trained optimizer come back equal in a fresh one."""
-    from bm_ray.train import compile_classifier
-    from bm_ray.train_resume import restore_optimizer_state, save_optimizer_state
+    from bm_ray.jobs.train.job import compile_classifier
+    from bm_ray.jobs.train.resume import restore_optimizer_state, save_optimizer_state
 
     labels = ["x", "y"]
     base = make_tiny_model(tmp_path / "base", labels, tokenizer_dir, hidden=16, layers=1)

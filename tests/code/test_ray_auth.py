@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bm_ray import runtime
-from bm_ray.runtime import RayAuthError, ray_auth_headers, ray_auth_token
+from bm_ray.runtime import auth
+from bm_ray.runtime.auth import RayAuthError, ray_auth_headers, ray_auth_token
 
 
 def test_token_sources_follow_rays_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -15,7 +15,7 @@ def test_token_sources_follow_rays_precedence(tmp_path: Path, monkeypatch: pytes
     token_file.write_text("from-file\n", encoding="utf-8")
     default = tmp_path / "default"
     default.write_text("from-default", encoding="utf-8")
-    monkeypatch.setattr(runtime, "DEFAULT_TOKEN_PATH", default)
+    monkeypatch.setattr(auth, "DEFAULT_TOKEN_PATH", default)
     assert ray_auth_token({"RAY_AUTH_TOKEN": "env", "RAY_AUTH_TOKEN_PATH": str(token_file)}) == "env"
     assert ray_auth_token({"RAY_AUTH_TOKEN_PATH": str(token_file)}) == "from-file"
     assert ray_auth_token({"RAY_AUTH_MODE": "token"}) == "from-default"

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import typer.main
 
-from bm_ray.cli import app
+from bm_ray.cli.main import app
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")

@@ -17,13 +17,13 @@ import pytest
 from browser import browser_page
 from tiny_model import make_tiny_model
 
-from bm_ray.classify import classify
-from bm_ray.evaluate import evaluate
-from bm_ray.ingest import ingest
-from bm_ray.metrics import reliability_bins, risk_coverage
-from bm_ray.report import REPORT_FILE, OutputDir, build_report, detect_kind
+from bm_ray.jobs.classify import classify
+from bm_ray.jobs.evaluate import evaluate
+from bm_ray.jobs.ingest import ingest
+from bm_ray.jobs.train.job import train
+from bm_ray.model.metrics import reliability_bins, risk_coverage
+from bm_ray.report.pages import REPORT_FILE, OutputDir, build_report, detect_kind
 from bm_ray.specs import ClassifySpec, EvaluateSpec, IngestSpec, TrainSpec
-from bm_ray.train import train
 
 LABELS = ["x", "y", "z"]
 WORDS = ["markets", "rally", "as", "central", "bank", "signals", "pause", "while", "tech", "earnings"]

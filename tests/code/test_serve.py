@@ -25,7 +25,7 @@ from serve_faults import HANG, PACE, POISON, SLOW, FaultyClassifier
 from tiny_model import make_tiny_model
 from typer.testing import CliRunner
 
-from bm_ray.bench_serve import (
+from bm_ray.bench.serve import (
     BARE_ROWS,
     CpuPerRequest,
     bare_forward,
@@ -39,10 +39,10 @@ from bm_ray.bench_serve import (
     text_shots,
     wait_replaced,
 )
-from bm_ray.cli import app as cli_app
-from bm_ray.engine import Predictor
-from bm_ray.models import LABELS_FILE, fetch_preset, read_model_info
-from bm_ray.runtime import free_port
+from bm_ray.cli.main import app as cli_app
+from bm_ray.model.engine import Predictor
+from bm_ray.model.registry import LABELS_FILE, fetch_preset, read_model_info
+from bm_ray.runtime.ray_init import free_port
 from bm_ray.serve import (
     INGRESS_DEPLOYMENT,
     MODEL_DEPLOYMENT,

@@ -9,8 +9,8 @@ import sys
 import pytest
 import ray
 
-from bm_ray.runtime import WORKER_ENV_VARS
-from bm_ray.tf_runtime import NO_GPU_NOISE, STARTUP_NOISE, filtered_native_stderr, gpus_hidden
+from bm_ray.runtime.ray_init import WORKER_ENV_VARS
+from bm_ray.runtime.tf import NO_GPU_NOISE, STARTUP_NOISE, filtered_native_stderr, gpus_hidden
 
 SCRIPT_OP = "tf.constant([1.0]) + 1.0; print('ok')"
 
@@ -36,12 +36,12 @@ def test_tensorflow_starts_without_native_noise_on_a_cpu_only_machine() -> None:
     if not _noise(bare):
         pytest.skip("this TensorFlow build prints no start-up noise here: nothing to filter")
     ours = _stderr_of(
-        f"from bm_ray.tf_runtime import import_tensorflow; tf = import_tensorflow(); {SCRIPT_OP}"
+        f"from bm_ray.runtime.tf import import_tensorflow; tf = import_tensorflow(); {SCRIPT_OP}"
     )
     assert _noise(ours) == [], ours
     # A library importing TF first (Ray Train's TensorFlow backend does) goes the same way once routed.
     routed = _stderr_of(
-        "from bm_ray.tf_runtime import route_tensorflow_import; route_tensorflow_import(); "
+        "from bm_ray.runtime.tf import route_tensorflow_import; route_tensorflow_import(); "
         f"import ray.train.tensorflow; import tensorflow as tf; {SCRIPT_OP}"
     )
     assert _noise(routed) == [], routed
@@ -85,7 +85,7 @@ def test_tensorflow_refuses_to_start_beside_pytorch() -> None:
     """TF and PyTorch in one process segfault: a clear error instead (checked in a fresh process)."""
     code = (
         "import sys, types; sys.modules['torch'] = types.ModuleType('torch')\n"
-        "from bm_ray.tf_runtime import import_tensorflow\n"
+        "from bm_ray.runtime.tf import import_tensorflow\n"
         "try:\n    import_tensorflow()\nexcept RuntimeError as err:\n    print('refused:', err)\n"
         "print('tensorflow' in sys.modules)"
     )

@@ -20,12 +20,12 @@ import ray
 from ray.util.state import list_actors
 from tiny_model import make_tiny_model
 
-from bm_ray.calibration import TOP_LABEL_MIN_ROWS
-from bm_ray.engine import Predictor
-from bm_ray.models import load_classifier, read_model_info, save_model_dir, sha256_file
+from bm_ray.jobs.train.job import TrainError, prepare_data, resolve_label_names, run_name, train
+from bm_ray.jobs.train.resume import OPTIMIZER_STATE_FILE, ResumeError, prepare_train_output, record_labels
+from bm_ray.model.calibration import TOP_LABEL_MIN_ROWS
+from bm_ray.model.engine import Predictor
+from bm_ray.model.registry import load_classifier, read_model_info, save_model_dir, sha256_file
 from bm_ray.specs import IngestSpec, TrainSpec
-from bm_ray.train import TrainError, prepare_data, resolve_label_names, run_name, train
-from bm_ray.train_resume import OPTIMIZER_STATE_FILE, ResumeError, prepare_train_output, record_labels
 
 LABELS = ["alpha", "beta", "gamma"]
 TOPIC_WORDS = {
@@ -320,7 +320,7 @@ def test_refit_trains_on_all_rows_and_keeps_selection_metrics(
 def test_background_rows_join_training_only_with_the_flat_target_id(
     ray_local: None, tiny_base: Path, tmp_path: Path
 ) -> None:
-    from bm_ray.background import BACKGROUND_LABEL_ID
+    from bm_ray.jobs.train.background import BACKGROUND_LABEL_ID
 
     data = write_synthetic(tmp_path / "d.jsonl", 60)
     plain = prepare_data(spec_for(data, tmp_path / "out", tiny_base))
@@ -335,8 +335,8 @@ def test_background_rows_join_training_only_with_the_flat_target_id(
 def test_boilerplate_rows_are_training_copies_in_a_page_with_their_own_label(
     ray_local: None, tiny_base: Path, tmp_path: Path
 ) -> None:
-    from bm_ray.background import BACKGROUND_PHRASES, behind_boilerplate
-    from bm_ray.train import with_boilerplate
+    from bm_ray.jobs.train.background import BACKGROUND_PHRASES, behind_boilerplate
+    from bm_ray.jobs.train.job import with_boilerplate
 
     rows = [{"id": f"r{i}", "text": f"story number {i}", "label": LABELS[i % len(LABELS)]} for i in range(40)]
     spec = spec_for(tmp_path / "d.jsonl", tmp_path / "out", tiny_base, boilerplate_rows=15)
@@ -409,7 +409,7 @@ def test_training_fits_and_reports_a_temperature(trained_named: dict) -> None:
 
 
 def test_evaluate_takes_raw_or_named_labels(trained_named: dict, tmp_path: Path) -> None:
-    from bm_ray.evaluate import evaluate
+    from bm_ray.jobs.evaluate import evaluate
     from bm_ray.specs import EvaluateSpec
 
     raw = write_synthetic(tmp_path / "raw.jsonl", 60, seed=5)
@@ -484,8 +484,8 @@ def test_step_progress_is_a_line_per_tenth_of_an_epoch_at_most_every_ten_seconds
 ) -> None:
     """A short epoch (the demo's 12 steps of 1.5 s) logs about every 10 s and its last step, not every
     step; a long one (85 steps of 1.7 s, the README command) still logs every tenth of the epoch."""
-    import bm_ray.train as train_module
-    from bm_ray.runtime import PROGRESS_LOG_S
+    import bm_ray.jobs.train.job as train_module
+    from bm_ray.runtime.logs import PROGRESS_LOG_S
 
     def steps_logged(steps: int, step_s: float) -> list[int]:
         clock = iter(np.arange(0, (steps + 2) * step_s, step_s))
@@ -493,7 +493,7 @@ def test_step_progress_is_a_line_per_tenth_of_an_epoch_at_most_every_ten_seconds
         progress = train_module.EpochProgress(rank=0, epoch=0, epochs=1, steps=steps, global_batch=32)
         progress.on_epoch_begin(0)
         caplog.clear()
-        with caplog.at_level("INFO", logger="bm_ray.train"):
+        with caplog.at_level("INFO", logger="bm_ray.jobs.train.job"):
             for batch in range(steps):
                 progress.on_train_batch_end(batch)
         return [int(re.search(r"step (\d+)/", r.getMessage()).group(1)) for r in caplog.records]

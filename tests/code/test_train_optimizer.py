@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bm_ray.train_optimizer import LayerDecayAdamWeightDecay, create_optimizer, layer_lr_factor
+from bm_ray.jobs.train.optimizer import LayerDecayAdamWeightDecay, create_optimizer, layer_lr_factor
 
 LAYERS = 3
 DECAY = 0.5

@@ -11,7 +11,7 @@ from test_train import LABELS, write_synthetic
 from tiny_model import make_tiny_model
 from typer.testing import CliRunner
 
-from bm_ray.cli import app
+from bm_ray.cli.main import app
 from bm_ray.specs import TrainSpec, load_spec_file
 
 

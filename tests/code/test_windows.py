@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 from tiny_model import make_tiny_model
 
-from bm_ray import bench_windows
-from bm_ray.classify import classify
-from bm_ray.engine import Predictor, aggregate_windows, window_confidence
-from bm_ray.preprocess import TextEncoder, length_batches, padded_length, window_starts
-from bm_ray.scoring import PredictionLog, evaluate_batches
+from bm_ray.bench import windows as bench_windows
+from bm_ray.jobs.classify import classify
+from bm_ray.jobs.scoring import PredictionLog, evaluate_batches
+from bm_ray.model.engine import Predictor, aggregate_windows, window_confidence
+from bm_ray.model.preprocess import TextEncoder, length_batches, padded_length, window_starts
 from bm_ray.specs import ClassifySpec, IngestSpec, LongTextOptions
 
 LABELS = ["x", "y", "z"]
@@ -234,8 +234,8 @@ def test_bench_rows_skip_the_training_rows_and_their_descriptions(tmp_path: Path
 def test_classifier_loss_is_cross_entropy_smoothed_and_uniform_for_background() -> None:
     import tensorflow as tf
 
-    from bm_ray.background import BACKGROUND_LABEL_ID
-    from bm_ray.train import classifier_loss
+    from bm_ray.jobs.train.background import BACKGROUND_LABEL_ID
+    from bm_ray.jobs.train.job import classifier_loss
 
     flat_target_loss = classifier_loss(3, 0.0)
 
@@ -256,7 +256,7 @@ def test_classifier_loss_is_cross_entropy_smoothed_and_uniform_for_background() 
 
 
 def test_training_background_shares_no_phrase_with_the_benchmark_pages() -> None:
-    from bm_ray.background import BACKGROUND_PHRASES, background_texts
+    from bm_ray.jobs.train.background import BACKGROUND_PHRASES, background_texts
 
     bench_phrases = {phrase for kind in bench_windows.BOILERPLATE.values() for phrase in kind}
     assert not bench_phrases & set(BACKGROUND_PHRASES)

@@ -11,11 +11,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from bm_ray import commit
 from bm_ray.corpus import BLANK_LINE, read_corpus, row_schema
 from bm_ray.corpus.listing import input_manifest
 from bm_ray.corpus.rows import UNIT_END
-from bm_ray.ingest import ingest
+from bm_ray.jobs.ingest import ingest
+from bm_ray.output import commit
 from bm_ray.specs import IngestSpec
 
 

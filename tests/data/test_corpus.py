@@ -19,7 +19,7 @@ from bm_ray.corpus import (
     list_corpus,
     read_corpus,
 )
-from bm_ray.ingest import ingest
+from bm_ray.jobs.ingest import ingest
 from bm_ray.specs import IngestSpec
 
 

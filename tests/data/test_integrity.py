@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bm_ray import commit
 from bm_ray.corpus.readers import LONG_LINE_KEPT_BYTES, _iter_lines
-from bm_ray.ingest import ingest
+from bm_ray.jobs.ingest import ingest
+from bm_ray.output import commit
 from bm_ray.specs import IngestSpec
 
 

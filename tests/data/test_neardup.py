@@ -13,8 +13,8 @@ import ray
 from tiny_model import make_tiny_model
 from typer.testing import CliRunner
 
-from bm_ray import neardup
-from bm_ray.cli import app
+from bm_ray.cli.main import app
+from bm_ray.corpus import neardup
 
 LABELS = ["a", "b", "c"]
 
@@ -114,8 +114,8 @@ def test_cluster_split_is_deterministic_and_seeded(ray_local: None) -> None:
 
 def test_a_grouped_split_with_no_room_for_validation_refuses(ray_local: None) -> None:
     """One cluster holding every row cannot be split: a clear error, never a run validated on 0 rows."""
+    from bm_ray.jobs.train.job import split_rows
     from bm_ray.specs import TrainSpec
-    from bm_ray.train import split_rows
 
     text = "the central bank signals a pause while markets rally on tech earnings"
     rows = [{"id": f"r{i}", "text": f"{text} {i}", "label": LABELS[i % len(LABELS)]} for i in range(30)]

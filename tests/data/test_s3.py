@@ -26,12 +26,12 @@ import pyarrow.parquet as pq
 import pytest
 from tiny_model import make_tiny_model
 
-from bm_ray.evaluate import evaluate
-from bm_ray.ingest import ingest
-from bm_ray.models import resolve_model
-from bm_ray.runtime import free_port
+from bm_ray.jobs.evaluate import evaluate
+from bm_ray.jobs.ingest import ingest
+from bm_ray.jobs.train.job import train
+from bm_ray.model.registry import resolve_model
+from bm_ray.runtime.ray_init import free_port
 from bm_ray.specs import EvaluateSpec, IngestSpec, ServeSpec, TrainSpec
-from bm_ray.train import train
 
 BUCKET = "bm-ray-test"
 KEY_ID, SECRET = "AKIAMOTOKEYID0001", "motoSecretValue0001"
@@ -178,7 +178,7 @@ def test_ingest_and_train_write_everything_to_the_bucket(s3: S3, trained: dict) 
 
 
 def test_finished_remote_output_refuses_a_rerun(s3: S3, trained: dict) -> None:
-    from bm_ray.train_resume import ResumeError
+    from bm_ray.jobs.train.resume import ResumeError
 
     with pytest.raises(ResumeError, match="already holds a finished model"):
         train(trained["spec"])

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from bm_ray.classify import precision_agreement
-from bm_ray.demo import sample_corpus_spec
-from bm_ray.engine import Predictor
+from bm_ray.cli.demo import sample_corpus_spec
+from bm_ray.jobs.classify import precision_agreement
+from bm_ray.model.engine import Predictor
 from bm_ray.specs import TrainSpec
 
 pytestmark = pytest.mark.slow
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def demo_model(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> str:
     """The demo's model: minilm-l6, 2 Ray Train workers, 3 epochs on the bundled sample corpus."""
-    from bm_ray.train import train
+    from bm_ray.jobs.train.job import train
 
     output = tmp_path_factory.mktemp("demo") / "model"
     spec = TrainSpec(

@@ -139,11 +139,11 @@ spec:
         - {name: TF_USE_LEGACY_KERAS, value: "1"}
         - {name: TF_CPP_MIN_LOG_LEVEL, value: "2"}
         - {name: TOKENIZERS_PARALLELISM, value: "false"}
-        # Zero-GPU Ray workers see no GPU (bm_ray.runtime.WORKER_ENV_VARS): TF in a CPU actor leaves GPU memory alone.
+        # Zero-GPU Ray workers see no GPU (bm_ray.runtime.ray_init.WORKER_ENV_VARS): TF in a CPU actor leaves GPU memory alone.
         - {name: RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO, value: "1"}
         - {name: RAY_USAGE_STATS_ENABLED, value: "0"}
         - {name: BM_RAY_OFFLINE, value: {{ ternary "1" "0" $v.offline | quote }}}
-        # Serve's throughput mode, keeping the HTTP proxy (bm_ray.runtime.SERVE_NODE_ENV_VARS).
+        # Serve's throughput mode, keeping the HTTP proxy (bm_ray.runtime.ray_init.SERVE_NODE_ENV_VARS).
         - {name: RAY_SERVE_THROUGHPUT_OPTIMIZED, value: "1"}
         - {name: RAY_SERVE_ENABLE_DIRECT_INGRESS, value: "0"}
         {{- include "bm-ray.writableEnv" .root | nindent 8 }}

@@ -1,0 +1,1 @@
+"""The `train` job: data preparation, the Ray Train loop, the driver, resume and the optimizer."""
