@@ -104,7 +104,9 @@ class IngestSpec(StrictModel):
     csv_columns: CommaList | None = Field(
         default=None, description="Column names for headerless CSV (e.g. class,title,description)."
     )
-    csv_delimiter: str = Field(default=",", min_length=1, max_length=1)
+    csv_delimiter: str = Field(
+        default=",", min_length=1, max_length=1, description="Field delimiter of CSV files (one character)."
+    )
     max_text_chars: int = Field(
         default=100_000,
         gt=0,
@@ -144,7 +146,10 @@ class TrainSpec(StrictModel):
     """`bm-ray train`: fine-tune TFBertForSequenceClassification with Ray Train."""
 
     kind: Literal["train"] = "train"
-    data: IngestSpec
+    data: IngestSpec = Field(
+        description="Training corpus: files, directories, globs or URIs (comma-separated), read with the "
+        "corpus options."
+    )
     val_data: IngestSpec | None = Field(
         default=None, description="Validation corpus; else a stratified split."
     )
@@ -161,14 +166,20 @@ class TrainSpec(StrictModel):
         default=DEFAULT_MODEL, description="Preset name, local dir, s3:// / gs:// URI or hf:ORG/NAME hub id."
     )
     output: str = Field(description="Model directory to write (local path, s3:// or gs://).")
-    workers: int = Field(default=2, ge=1)
-    cpus_per_worker: float = Field(default=1, gt=0)
-    gpus_per_worker: float = Field(default=0, ge=0)
-    epochs: int = Field(default=3, ge=1)
+    workers: int = Field(
+        default=2, ge=1, description="Ray Train workers (data-parallel replicas of the model)."
+    )
+    cpus_per_worker: float = Field(default=1, gt=0, description="CPUs each Ray Train worker holds.")
+    gpus_per_worker: float = Field(default=0, ge=0, description="GPUs each Ray Train worker holds.")
+    epochs: int = Field(default=3, ge=1, description="Passes over the training rows.")
     batch_size: int = Field(default=32, ge=1, description="Global batch size (split across workers).")
-    learning_rate: float = Field(default=1e-4, gt=0)
-    warmup_fraction: float = Field(default=0.1, ge=0, lt=1)
-    weight_decay: float = Field(default=0.01, ge=0)
+    learning_rate: float = Field(
+        default=1e-4, gt=0, description="Peak learning rate of the fine-tuning (AdamW)."
+    )
+    warmup_fraction: float = Field(
+        default=0.1, ge=0, lt=1, description="Fraction of the steps the learning rate warms up linearly."
+    )
+    weight_decay: float = Field(default=0.01, ge=0, description="AdamW weight decay.")
     layer_lr_decay: float = Field(
         default=1.0,
         gt=0,
@@ -190,7 +201,9 @@ class TrainSpec(StrictModel):
         "frozen) at head_learning_rate, before the full fine-tuning (0: none).",
     )
     head_learning_rate: float = Field(default=1e-3, gt=0, description="Learning rate of the head warm-up.")
-    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    label_smoothing: float = Field(
+        default=0.0, ge=0, lt=1, description="Label smoothing of the cross-entropy loss (0: none)."
+    )
     dropout: float | None = Field(
         default=None,
         ge=0,
@@ -202,7 +215,7 @@ class TrainSpec(StrictModel):
         description="After selecting the best epoch on the validation split, retrain that configuration on "
         "train + validation rows for the final model (metrics.json keeps the selection run's metrics).",
     )
-    seed: int = 42
+    seed: int = Field(default=42, description="Seed of the split, the shuffling and the initialisation.")
     mixed_precision: bool = Field(default=False, description="mixed_float16 on GPU, mixed_bfloat16 on CPU.")
     keep_checkpoints: int = Field(default=2, ge=1, description="Best checkpoints kept (by val macro-F1).")
     background_rows: int = Field(
@@ -283,7 +296,9 @@ class TuneSpec(StrictModel):
         description="Values to try per option; trials are the grid of all combinations (x num_samples)."
     )
     num_samples: int = Field(default=1, ge=1, description="Repeats of the grid.")
-    metric: Literal["val_accuracy", "val_macro_f1"] = "val_accuracy"
+    metric: Literal["val_accuracy", "val_macro_f1"] = Field(
+        default="val_accuracy", description="Validation metric the search maximises."
+    )
     grace_period: int = Field(
         default=1, ge=1, description="ASHA: epochs every trial runs before it can be stopped."
     )
@@ -305,8 +320,8 @@ class TuneSpec(StrictModel):
 class ActorsSpec(StrictModel):
     """Size of the predictor actor pool: fixed (min == max) or autoscaling."""
 
-    min: int = Field(default=1, ge=1)
-    max: int = Field(default=1, ge=1)
+    min: int = Field(default=1, ge=1, description="Predictor actors at least.")
+    max: int = Field(default=1, ge=1, description="Predictor actors at most.")
 
     @model_validator(mode="before")
     @classmethod
@@ -365,17 +380,23 @@ class ClassifySpec(LongTextOptions):
 
     kind: Literal["classify"] = "classify"
     model: str = Field(description="Model directory or URI (a `bm-ray train` output).")
-    input: IngestSpec
-    output: str
+    input: IngestSpec = Field(
+        description="Corpus to classify: files, directories, globs or URIs (comma-separated), read with "
+        "the corpus options."
+    )
+    output: str = Field(description="Output directory (predictions/, rejects/, summary.json).")
     batch_size: int = Field(default=32, ge=1, description="Rows per forward pass (length-bucketed).")
     actors: ActorsSpec | None = Field(
         default=None, description="N or MIN,MAX; sized to the cluster when omitted."
     )
-    cpus_per_actor: float = Field(default=1, gt=0)
-    gpus_per_actor: float = Field(default=0, ge=0)
-    precision: Precision = "auto"
+    cpus_per_actor: float = Field(default=1, gt=0, description="CPUs each predictor actor holds.")
+    gpus_per_actor: float = Field(default=0, ge=0, description="GPUs each predictor actor holds.")
+    precision: Precision = Field(
+        default="auto",
+        description="Inference precision: auto (fp16 on a GPU, fp32 on CPU), fp32, bf16 or fp16.",
+    )
     overwrite: bool = Field(default=False, description="Start afresh instead of resuming into output.")
-    address: str | None = None
+    address: str | None = Field(default=None, description="Ray address; embedded local Ray when omitted.")
     min_score: MinScore = None
 
 
@@ -388,7 +409,10 @@ class CompareSpec(LongTextOptions):
         max_length=2,
         description="Model A (e.g. the serving one), then model B (the candidate): directories or URIs.",
     )
-    input: IngestSpec
+    input: IngestSpec = Field(
+        description="Corpus both models classify: files, directories, globs or URIs (comma-separated), read "
+        "with the corpus options."
+    )
     output: str = Field(description="a/ and b/ (each a classify output), flips/ and compare.json.")
     # Both legs are classify jobs: these are ClassifySpec's own fields (same defaults and checks).
     batch_size: int = ClassifySpec.model_fields["batch_size"]
@@ -413,8 +437,11 @@ class EvaluateSpec(LongTextOptions):
     """`bm-ray evaluate`: metrics and plots of a model on a labelled corpus."""
 
     kind: Literal["evaluate"] = "evaluate"
-    model: str
-    data: IngestSpec
+    model: str = Field(description="Model directory or URI (a `bm-ray train` output).")
+    data: IngestSpec = Field(
+        description="Labelled corpus to evaluate on: files, directories, globs or URIs (comma-separated), "
+        "read with the corpus options."
+    )
     train_data: IngestSpec | None = Field(
         default=None,
         description="Training corpus: report evaluation rows with an exact or near duplicate in it (leakage).",
@@ -422,8 +449,11 @@ class EvaluateSpec(LongTextOptions):
     duplicate_threshold: float = Field(
         default=0.3, gt=0, le=1, description="Word-5-gram Jaccard at which two rows are near-duplicates."
     )
-    output: str | None = None
-    batch_size: int = Field(default=32, ge=1)
+    output: str | None = Field(
+        default=None,
+        description="Where metrics.json, predictions.parquet and the plots go; none when omitted.",
+    )
+    batch_size: int = Field(default=32, ge=1, description="Rows per forward pass (length-bucketed).")
     min_score: MinScore = None
     target_accuracy: float | None = Field(
         default=None,
@@ -436,12 +466,12 @@ class EvaluateSpec(LongTextOptions):
 class ServeSpec(LongTextOptions):
     """Arguments of the Ray Serve application (`bm_ray.serve:build_app`) and `bm-ray serve`."""
 
-    model: str
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=1, le=65535)
-    route_prefix: str = "/"
-    min_replicas: int = Field(default=1, ge=0)
-    max_replicas: int = Field(default=2, ge=1)
+    model: str = Field(description="Model directory or URI (a `bm-ray train` output).")
+    host: str = Field(default="127.0.0.1", description="HTTP host the endpoint listens on.")
+    port: int = Field(default=8000, ge=1, le=65535, description="HTTP port of the endpoint.")
+    route_prefix: str = Field(default="/", description="URL path the application is served under.")
+    min_replicas: int = Field(default=1, ge=0, description="Model replicas at least (autoscaling).")
+    max_replicas: int = Field(default=2, ge=1, description="Model replicas at most (autoscaling).")
     target_ongoing_requests: float = Field(
         default=16,
         gt=0,
@@ -455,7 +485,9 @@ class ServeSpec(LongTextOptions):
         default=2, ge=1, description="Ingress replicas (two: no single point of failure)."
     )
     request_timeout_s: float = Field(default=30, gt=0, description="Longer requests get 504.")
-    max_ongoing_requests: int = Field(default=64, ge=1)
+    max_ongoing_requests: int = Field(
+        default=64, ge=1, description="Requests one model replica takes at once; more wait in the queue."
+    )
     max_queued_requests: int = Field(default=256, ge=-1, description="Beyond this, 503 with Retry-After.")
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After (seconds) sent with 503 answers.")
     max_batch_size: int = Field(
@@ -470,18 +502,22 @@ class ServeSpec(LongTextOptions):
         description="Rows per forward pass: a model pass is sorted by token length and run this many rows "
         "at a time, so short texts are not padded to the pass's longest.",
     )
-    max_texts_per_request: int = Field(default=256, ge=1)
+    max_texts_per_request: int = Field(
+        default=256, ge=1, description="A request with more texts is refused with 422."
+    )
     max_text_chars: int = Field(default=100_000, ge=1, description="Longer texts are refused with 422.")
-    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(
+        default=10 * 1024 * 1024, ge=1024, description="Larger request bodies are refused with 413."
+    )
     api_key_env: str | None = Field(default=None, description="Env var holding the Bearer API key.")
     api_key_file: str | None = Field(
         default=None,
         description="File holding the Bearer API key (e.g. a mounted Kubernetes Secret); a missing file fails "
         "the replica instead of opening the endpoint.",
     )
-    cpus_per_replica: float = Field(default=1, gt=0)
-    gpus_per_replica: float = Field(default=0, ge=0)
-    precision: Precision = "auto"
+    cpus_per_replica: float = Field(default=1, gt=0, description="CPUs each model replica holds.")
+    gpus_per_replica: float = Field(default=0, ge=0, description="GPUs each model replica holds.")
+    precision: Precision = ClassifySpec.model_fields["precision"]
     min_score: MinScore = Field(
         default=None, description="Default abstention threshold of a request (a request's min_score wins)."
     )
@@ -559,12 +595,3 @@ def parse_set_option(assignment: str) -> dict[str, Any]:
     for part in reversed(key.split(".")):
         value = {part: value}
     return value
-
-
-SPEC_KINDS: dict[str, type[StrictModel]] = {
-    "train": TrainSpec,
-    "classify": ClassifySpec,
-    "evaluate": EvaluateSpec,
-    "tune": TuneSpec,
-    "compare": CompareSpec,
-}

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -35,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from bm_ray.specs import ClassifySpec, IngestSpec
+from bm_ray.bench.memory import PeakMemory
+from bm_ray.specs import ClassifySpec, IngestSpec, Precision
 
 NAIVE_BATCH_SIZE = 32
 AGREEMENT_ROWS = 500
@@ -85,36 +85,17 @@ def _timed(fn: Any) -> float:
     return time.perf_counter() - start
 
 
-class PeakRSS:
-    """Peak summed RSS of this process and all its descendants (Ray's raylet, workers, actors)."""
+def precision_agreement(
+    model: str, texts: Sequence[str], precision: Precision, batch_size: int = 32
+) -> float:
+    """Fraction of `texts` whose predicted label at `precision` equals the fp32 one (1.0 when no texts)."""
+    from bm_ray.model.engine import Predictor
 
-    def __init__(self, interval_s: float = 0.2) -> None:
-        self.interval_s = interval_s
-        self.peak_bytes = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        import psutil
-
-        me = psutil.Process()
-        while not self._stop.is_set():
-            total = 0
-            for proc in [me, *me.children(recursive=True)]:
-                try:
-                    total += proc.memory_info().rss
-                except psutil.Error:
-                    continue
-            self.peak_bytes = max(self.peak_bytes, total)
-            self._stop.wait(self.interval_s)
-
-    def __enter__(self) -> PeakRSS:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    if not texts:
+        return 1.0
+    reference = Predictor.load(model, batch_size, "fp32").predict_proba(texts).argmax(axis=1)
+    reduced = Predictor.load(model, batch_size, precision).predict_proba(texts).argmax(axis=1)
+    return float(np.mean(reference == reduced))
 
 
 def _classify_spec(
@@ -157,7 +138,7 @@ def bench_classify(
     gflops_vs_peak, padding_waste (engine; ray_padding_waste for the job), bf16_agreement and, with
     `memory`, peak_rss_mb_n, peak_rss_mb_10n and rss_ratio.
     """
-    from bm_ray.jobs.classify import classify, precision_agreement
+    from bm_ray.jobs.classify import classify
     from bm_ray.model.engine import Predictor
     from bm_ray.model.preprocess import PaddingStats
     from bm_ray.model.registry import load_classifier, resolve_model
@@ -223,7 +204,7 @@ def _memory(
     peaks = {}
     for factor in (1, MEMORY_FACTOR):
         corpus = write_jsonl(texts * factor, tmp / f"rows-x{factor}.jsonl")
-        with PeakRSS() as rss:
+        with PeakMemory() as rss:
             classify(_classify_spec(model_dir, corpus, tmp / f"out-x{factor}", batch_size, rows_per_block))
         peaks[factor] = rss.peak_bytes / 2**20
     return {

@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import random
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from bm_ray.bench.memory import PeakMemory
 
 WORDS = [
     "markets",
@@ -51,59 +52,6 @@ def write_corpus(root: Path, rows: int, seed: int = 7) -> list[str]:
     return paths
 
 
-class PeakPerProcess:
-    """Peak RSS and peak USS of each process in this process's tree (sampled), and the largest of them.
-
-    RSS counts the shared object-store pages a Ray worker has touched (plasma is mmapped into every
-    worker that writes or reads a block); USS is the process's private memory alone, what grows when a
-    process itself holds more as the corpus grows. Both are reported.
-    """
-
-    def __init__(self, interval_s: float = 0.2) -> None:
-        self.interval_s = interval_s
-        self.peaks: dict[int, tuple[int, str]] = {}
-        self.uss_peaks: dict[int, tuple[int, str]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        import psutil
-
-        me = psutil.Process()
-        while not self._stop.is_set():
-            for proc in [me, *me.children(recursive=True)]:
-                try:
-                    memory = proc.memory_full_info()
-                    name = " ".join(proc.cmdline()[:1]) or proc.name()
-                    title = proc.name()
-                except psutil.Error:
-                    continue
-                label = title if title.startswith("ray::") else name.rsplit("/", 1)[-1]
-                if memory.rss > self.peaks.get(proc.pid, (0, ""))[0]:
-                    self.peaks[proc.pid] = (memory.rss, label)
-                if memory.uss > self.uss_peaks.get(proc.pid, (0, ""))[0]:
-                    self.uss_peaks[proc.pid] = (memory.uss, label)
-            self._stop.wait(self.interval_s)
-
-    def largest(self) -> tuple[float, str]:
-        """(peak RSS in MiB, process name) of the process with the largest peak."""
-        rss, name = max(self.peaks.values())
-        return rss / 2**20, name
-
-    def largest_private(self) -> tuple[float, str]:
-        """(peak USS in MiB, process name) of the process with the largest private-memory peak."""
-        uss, name = max(self.uss_peaks.values())
-        return uss / 2**20, name
-
-    def __enter__(self) -> PeakPerProcess:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def bench_ingest(sizes: list[int], dedupe: str = "ids", json_path: str | None = None) -> dict[str, Any]:
     """Run the ingest benchmark for each row count in `sizes` (each on its own fresh embedded Ray)."""
     import ray
@@ -121,7 +69,7 @@ def bench_ingest(sizes: list[int], dedupe: str = "ids", json_path: str | None = 
             # fresh per size, so every process's peak belongs to this run; no dashboard: not needed here
             init_ray("local", num_cpus=2, include_dashboard=False)
             try:
-                with PeakPerProcess() as peaks:
+                with PeakMemory(per_process=True) as peaks:
                     started = time.perf_counter()
                     summary = ingest(
                         IngestSpec(input=[str(corpus)], dedupe=dedupe), str(Path(tmp) / f"out-{rows}")

@@ -1,192 +1,33 @@
-"""Benchmarks of the Serve endpoint over loopback HTTP: batching on/off, malformed-traffic load, model replica kill.
+"""`bm-ray bench serve`: the Serve endpoint over loopback HTTP with batching on and off, against its floors.
 
-Every run is bounded: a fixed request count per load and a client timeout per request.
+Per concurrency level: rows/s, latency percentiles and errors of one-text requests (the load of
+:mod:`bm_ray.bench.load`), with the CPU each process of the endpoint spent per request; next to them the
+bare forward pass in one process (what batching can gain at most) and Serve's own floor (a no-op app on
+the same proxy, :mod:`bm_ray.bench.serve_floor`), and the targets the endpoint is held to.
+The malformed-traffic load is :func:`bm_ray.bench.load.load_run`; the model replica kill
+:func:`bm_ray.bench.serve_faults.fault_run`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import math
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import psutil
-import ray
 from ray import serve
 
+from bm_ray.bench.load import Outcome, Shot, bench_spec, deployed, drive, summarize, text_shots
 from bm_ray.bench.serve_floor import NoopGateway, NoopModel
-from bm_ray.serve import APP_NAME, INGRESS_NUM_CPUS, MODEL_DEPLOYMENT, app_url, deploy
-from bm_ray.specs import IngestSpec, ServeSpec
-
-REQUEST_TIMEOUT_S = 60.0
-DEFAULT_PORT = 8131
-
-
-@dataclass(frozen=True)
-class Shot:
-    """One HTTP request to send to /v1/classify and the status it must get."""
-
-    kind: str
-    content: bytes
-    content_type: str = "application/json"
-    expect: int = 200
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What one request got (status 0: no HTTP answer)."""
-
-    kind: str
-    status: int
-    expect: int
-    latency_s: float
-    body: Any = None
-
-
-def read_texts(path: str, text_fields: Sequence[str] = ("text",), limit: int = 2000) -> list[str]:
-    """The first `limit` non-empty texts of a corpus, read through :func:`bm_ray.corpus.read_corpus`."""
-    from bm_ray.corpus import ok_rows, read_corpus
-
-    ds, _ = read_corpus(IngestSpec(input=[path], text_fields=list(text_fields)), dedupe=False)
-    texts = [row["text"] for row in ok_rows(ds, ["text"]).take(limit)]
-    if not texts:
-        raise ValueError(f"{path}: no texts in fields {', '.join(text_fields)}")
-    return texts
-
-
-def text_shots(texts: Sequence[str], n: int) -> list[Shot]:
-    """`n` well-formed requests, one text each, cycling through `texts`."""
-    return [
-        Shot("ok", json.dumps({"texts": [text]}).encode())
-        for text in itertools.islice(itertools.cycle(texts), n)
-    ]
-
-
-def malformed_shots(spec: ServeSpec) -> list[Shot]:
-    """One request per way of being malformed, each with the 4xx it must get."""
-
-    def body(data: Any) -> bytes:
-        return json.dumps(data).encode()
-
-    return [
-        Shot("empty_list", body({"texts": []}), expect=422),
-        Shot("non_string", body({"texts": ["fine", 7]}), expect=422),
-        Shot("blank_text", body({"texts": ["  \n "]}), expect=422),
-        Shot("too_many", body({"texts": ["a"] * (spec.max_texts_per_request + 1)}), expect=422),
-        Shot("too_long", body({"texts": ["x" * (spec.max_text_chars + 1)]}), expect=422),
-        Shot("both", body({"texts": ["a"], "instances": [{"text": "a"}]}), expect=422),
-        Shot("neither", body({}), expect=422),
-        Shot("bad_json", b'{"texts": ["a"', expect=422),
-        Shot("not_json", b"texts=a", content_type="text/plain", expect=415),
-        Shot("too_big", b" " * (spec.max_body_bytes + 1), expect=413),
-    ]
-
-
-async def drive(
-    url: str,
-    shots: Sequence[Shot],
-    concurrency: int,
-    headers: dict[str, str] | None = None,
-    on_outcome: Callable[[Outcome], None] | None = None,
-) -> list[Outcome]:
-    """Send `shots` to `url`/v1/classify from `concurrency` concurrent clients; outcomes in shot order.
-
-    `on_outcome` is called with each outcome as it arrives (e.g. to act mid-load).
-    """
-    outcomes: list[Outcome | None] = [None] * len(shots)
-    queue = iter(enumerate(shots))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=REQUEST_TIMEOUT_S) as client:
-
-        async def worker() -> None:
-            for i, shot in queue:
-                started = time.perf_counter()
-                try:
-                    response = await client.post(
-                        "/v1/classify",
-                        content=shot.content,
-                        headers={"content-type": shot.content_type, **(headers or {})},
-                    )
-                    status, body = response.status_code, _json_or_text(response)
-                except httpx.HTTPError as err:
-                    status, body = 0, repr(err)
-                outcomes[i] = outcome = Outcome(
-                    shot.kind, status, shot.expect, time.perf_counter() - started, body
-                )
-                if on_outcome is not None:
-                    on_outcome(outcome)
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return [o for o in outcomes if o is not None]
-
-
-def _json_or_text(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return response.text
-
-
-def summarize(outcomes: Sequence[Outcome], wall_s: float) -> dict[str, Any]:
-    """Rows/s, latency percentiles (ms) and error count of a load of one-text requests."""
-    latencies = np.array([o.latency_s for o in outcomes]) * 1000
-    ok = sum(o.status == 200 for o in outcomes)
-    p50, p95, p99 = (float(np.percentile(latencies, q)) for q in (50, 95, 99))
-    return {
-        "requests": len(outcomes),
-        "rows_per_s": ok / wall_s,
-        "p50_ms": p50,
-        "p95_ms": p95,
-        "p99_ms": p99,
-        "errors": len(outcomes) - ok,
-    }
-
-
-async def _timed(url: str, shots: Sequence[Shot], concurrency: int) -> tuple[list[Outcome], float]:
-    started = time.perf_counter()
-    outcomes = await drive(url, shots, concurrency)
-    return outcomes, time.perf_counter() - started
-
-
-@contextmanager
-def deployed(spec: ServeSpec) -> Iterator[str]:
-    """The app deployed on loopback for the block (its URL), deleted after it."""
-    deploy(spec)
-    try:
-        yield app_url(spec)
-    finally:
-        serve.delete(APP_NAME)
-
-
-def _bench_spec(model: str, spec: ServeSpec | None, **overrides: Any) -> ServeSpec:
-    base = spec or ServeSpec(
-        model=model, port=DEFAULT_PORT, min_replicas=1, max_replicas=1, cpus_per_replica=2
-    )
-    return fit_to_cluster(base.model_copy(update={"model": model, **overrides}))
-
-
-def fit_to_cluster(spec: ServeSpec) -> ServeSpec:
-    """`spec` with `cpus_per_replica` lowered (if needed) so max_replicas model replicas and the gateways fit.
-
-    A bench asking for the whole machine (e.g. 2 replicas of 1 CPU on 2 cores) would otherwise leave a
-    model replica or the ingress pending forever.
-    """
-    ingress = INGRESS_NUM_CPUS * spec.gateway_replicas
-    room = (ray.cluster_resources().get("CPU", 0.0) - ingress) / spec.max_replicas
-    if room <= 0 or spec.cpus_per_replica <= room:
-        return spec
-    return spec.model_copy(update={"cpus_per_replica": math.floor(room * 100) / 100})
-
+from bm_ray.serve import APP_NAME, app_url
+from bm_ray.specs import ServeSpec
 
 BARE_ROWS = 256
 
@@ -266,6 +107,12 @@ class CpuPerRequest:
     def per_request_ms(self, requests: int) -> dict[str, float]:
         """Milliseconds of CPU per request, by role, largest first."""
         return {role: 1000 * s / requests for role, s in self.seconds.most_common()}
+
+
+async def _timed(url: str, shots: Sequence[Shot], concurrency: int) -> tuple[list[Outcome], float]:
+    started = time.perf_counter()
+    outcomes = await drive(url, shots, concurrency)
+    return outcomes, time.perf_counter() - started
 
 
 def load_levels(
@@ -369,7 +216,7 @@ def bench_serve(
     Needs Ray initialised; deploys on loopback, prints a table and the targets of :func:`targets`,
     writes `json_path` (records, targets, bare forward, CPU per request by role) and leaves the app deleted.
     """
-    base = _bench_spec(model, spec)
+    base = bench_spec(model, spec)
     shots = text_shots(corpus_texts, requests)
     bare = bare_forward(model, corpus_texts, base)
     top = max(concurrencies)
@@ -440,194 +287,3 @@ def _table(records: Sequence[dict[str, Any]]) -> str:
             f"{r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['errors']:>6}"
         )
     return "\n".join(lines)
-
-
-def mixed_shots(texts: Sequence[str], spec: ServeSpec, n: int, malformed_every: int = 10) -> list[Shot]:
-    """`n` requests, every `malformed_every`-th one malformed (cycling through the kinds)."""
-    bad = itertools.cycle(malformed_shots(spec))
-    good = iter(text_shots(texts, n))
-    return [next(bad) if i % malformed_every == malformed_every - 1 else next(good) for i in range(n)]
-
-
-def status_report(outcomes: Sequence[Outcome]) -> dict[str, Any]:
-    """Counts per status, and how many requests got another status than their kind must get."""
-    return {
-        "requests": len(outcomes),
-        "by_status": dict(sorted(Counter(o.status for o in outcomes).items())),
-        "unexpected": sum(o.status != o.expect for o in outcomes),
-        "server_errors": sum(o.status >= 500 or o.status == 0 for o in outcomes),
-    }
-
-
-def load_test(
-    url: str, texts: Sequence[str], spec: ServeSpec, requests: int = 5000, concurrency: int = 32
-) -> dict:
-    """`requests` requests (10% malformed) from `concurrency` clients against a running endpoint."""
-    outcomes = asyncio.run(drive(url, mixed_shots(texts, spec, requests), concurrency))
-    return status_report(outcomes)
-
-
-def load_run(
-    model: str,
-    texts: Sequence[str],
-    requests: int = 5000,
-    concurrency: int = 32,
-    spec: ServeSpec | None = None,
-) -> dict[str, Any]:
-    """Deploy on loopback, run :func:`load_test`, delete the app."""
-    run_spec = _bench_spec(model, spec)
-    with deployed(run_spec) as url:
-        return load_test(url, texts, run_spec, requests, concurrency)
-
-
-def replica_actor_names(
-    app_name: str = APP_NAME, deployment: str = MODEL_DEPLOYMENT
-) -> list[tuple[str, str]]:
-    """(name, namespace) of the live replica actors of `deployment` (the model, by default) in `app_name`.
-
-    Serve has no API to address one replica; its fault-tolerance guide kills one by this actor name
-    (``SERVE_REPLICA::<app>#<deployment>#<id>``), found through Ray's public named-actor listing.
-    """
-    return sorted(
-        (actor["name"], actor["namespace"])
-        for actor in ray.util.list_named_actors(all_namespaces=True)
-        if actor["name"].startswith("SERVE_REPLICA::") and f"{app_name}#{deployment}#" in actor["name"]
-    )
-
-
-def running_replicas(app_name: str = APP_NAME, deployment: str = MODEL_DEPLOYMENT) -> int:
-    """How many replicas of `deployment` Serve reports RUNNING (0 when the app or deployment is absent)."""
-    app = serve.status().applications.get(app_name)
-    if app is None or deployment not in app.deployments:
-        return 0
-    return sum(n for state, n in app.deployments[deployment].replica_states.items() if state == "RUNNING")
-
-
-def wait_replaced(
-    killed: str, replicas: int, app_name: str = APP_NAME, timeout_s: float = 180.0
-) -> float | None:
-    """Seconds until `replicas` model replicas other than the actor `killed` exist and are RUNNING.
-
-    None on timeout. Both conditions matter: Serve's status counts a killed replica as RUNNING until
-    its controller notices the death, and creates the replacement's actor only after that.
-    """
-    started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
-        others = [name for name, _ in replica_actor_names(app_name) if name != killed]
-        if len(others) >= replicas and running_replicas(app_name) >= replicas:
-            return time.monotonic() - started
-        time.sleep(0.5)
-    return None
-
-
-def _ongoing(actor: ray.actor.ActorHandle) -> int:
-    # Serve has no public per-replica load; its replica actor's own method (private API) answers from a
-    # separate thread even while the replica is busy; -1 if it fails.
-    try:
-        return int(ray.get(actor.get_num_ongoing_requests.remote(), timeout=5))
-    except Exception:
-        return -1
-
-
-def kill_busy_replica(app_name: str = APP_NAME, attempts: int = 50) -> tuple[str, int]:
-    """Kill the model replica actor with the most calls in flight; (its name, that count).
-
-    Polls up to `attempts` times for a replica with at least one call in flight, so the kill lands
-    mid-request rather than between two batches.
-    """
-    best: tuple[int, str, ray.actor.ActorHandle] | None = None
-    for _ in range(attempts):
-        for name, namespace in replica_actor_names(app_name):
-            actor = ray.get_actor(name, namespace=namespace)
-            ongoing = _ongoing(actor)
-            if best is None or ongoing > best[0]:
-                best = (ongoing, name, actor)
-        if best is not None and best[0] > 0:
-            break
-        time.sleep(0.02)
-    if best is None:
-        raise RuntimeError(f"no replica of {MODEL_DEPLOYMENT} in app {app_name} to kill")
-    ongoing, name, actor = best
-    ray.kill(actor, no_restart=True)
-    return name, ongoing
-
-
-async def load_with_kill(
-    url: str, shots: Sequence[Shot], concurrency: int, kill_after: float = 0.3, app_name: str = APP_NAME
-) -> tuple[list[Outcome], dict[str, Any]]:
-    """Run `shots` and kill the busiest model replica actor once a `kill_after` fraction is answered.
-
-    Returns the outcomes and the kill: ``{"replica", "in_flight", "answered_before", "at"}`` (calls —
-    gateway batches of requests — in flight on the killed replica just before the kill, requests
-    answered before it, its ``time.monotonic()``).
-    """
-    answered = 0
-    kill_at = max(1, min(len(shots), math.ceil(len(shots) * kill_after)))
-    reached = asyncio.Event()
-
-    def count(_: Outcome) -> None:
-        nonlocal answered
-        answered += 1
-        if answered >= kill_at:
-            reached.set()
-
-    load = asyncio.create_task(drive(url, shots, concurrency, on_outcome=count))
-    waiter = asyncio.create_task(reached.wait())
-    await asyncio.wait({load, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    waiter.cancel()
-    answered_before = answered
-    name, in_flight = await asyncio.to_thread(kill_busy_replica, app_name)
-    kill = {
-        "replica": name,
-        "in_flight": in_flight,
-        "answered_before": answered_before,
-        "at": time.monotonic(),
-    }
-    return await load, kill
-
-
-def wait_ready(url: str, timeout_s: float = 120.0) -> bool:
-    """Poll /readyz until it answers 200 (True) or `timeout_s` passes (False)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=10).status_code == 200:
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    return False
-
-
-def fault_run(
-    model: str,
-    texts: Sequence[str],
-    requests: int = 1000,
-    concurrency: int = 32,
-    kill_after: float = 0.3,
-    spec: ServeSpec | None = None,
-) -> dict[str, Any]:
-    """Two model replicas under load; one model replica actor is killed once `kill_after` of the load is answered.
-
-    Reports the success rate, the model replicas before and after (waiting, bounded, for Serve's
-    replacement to be RUNNING), how long the replacement took and whether the endpoint is healthy after.
-    """
-    run_spec = _bench_spec(model, spec, min_replicas=2, max_replicas=2, cpus_per_replica=1)
-    with deployed(run_spec) as url:
-        before = running_replicas()
-        outcomes, kill = asyncio.run(
-            load_with_kill(url, text_shots(texts, requests), concurrency, kill_after)
-        )
-        report = status_report(outcomes)
-        replaced = wait_replaced(kill["replica"], before) is not None
-        healthy = wait_ready(url) and asyncio.run(drive(url, text_shots(texts, 1), 1))[0].status == 200
-        return {
-            **report,
-            "killed_replica_in_flight": kill["in_flight"],
-            "answered_before_kill": kill["answered_before"],
-            "success_rate": report["by_status"].get(200, 0) / len(outcomes),
-            "replicas_before": before,
-            "replicas_after": running_replicas(),
-            "replaced_after_s": round(time.monotonic() - kill["at"], 1) if replaced else None,
-            "healthy_after": healthy,
-        }

@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from ray.data.expressions import col
 
+from bm_ray.model.preprocess import PaddingStats, length_batches, padded_length
 from bm_ray.runtime.tf import import_tensorflow
 from bm_ray.specs import IngestSpec, TrainSpec
 
@@ -38,7 +40,8 @@ def _keras_fit_rows_per_s(
     """Plain Keras `model.fit` in one process with `cores` threads; rows/s of epochs after the first."""
     tf = import_tensorflow()
 
-    from bm_ray.jobs.train.job import batch_signature, compile_classifier, epoch_batches
+    from bm_ray.jobs.train.batches import batch_signature, epoch_batches
+    from bm_ray.jobs.train.loop import compile_classifier
     from bm_ray.model.engine import configure_threads
     from bm_ray.model.preprocess import TextEncoder
     from bm_ray.model.registry import resolve_model
@@ -64,6 +67,21 @@ def _keras_fit_rows_per_s(
     return {"keras_rows_per_s": steps * spec["batch_size"] * len(steady) / sum(steady)}
 
 
+def padding_stats(
+    lengths: Sequence[int] | np.ndarray, batch_size: int, fixed_width: int | None = None
+) -> PaddingStats:
+    """Padding of our bucketed batches, or of in-order batches padded to `fixed_width` when given."""
+    lengths = np.asarray(lengths)
+    stats = PaddingStats()
+    if fixed_width is not None:
+        for start in range(0, len(lengths), batch_size):
+            stats.add(lengths[start : start + batch_size], fixed_width)
+        return stats
+    for batch in length_batches(lengths, batch_size):
+        stats.add(lengths[batch], padded_length(lengths[batch].max()))
+    return stats
+
+
 def bench_train(
     data: IngestSpec,
     base_model: str = "minilm-l6",
@@ -77,7 +95,7 @@ def bench_train(
     import ray
 
     from bm_ray.jobs.train.job import train
-    from bm_ray.model.preprocess import TextEncoder, padding_stats
+    from bm_ray.model.preprocess import TextEncoder
     from bm_ray.model.registry import resolve_model
     from bm_ray.runtime.ray_init import init_ray
 
@@ -190,7 +208,8 @@ def bench_quality(spec: TrainSpec, json_path: str | None = None) -> dict[str, An
     """
     import ray
 
-    from bm_ray.jobs.train.job import _read_rows, split_rows, train
+    from bm_ray.jobs.train.data import read_labelled_corpus, split_rows
+    from bm_ray.jobs.train.job import train
     from bm_ray.runtime.ray_init import init_ray
 
     init_ray(spec.address)
@@ -198,7 +217,7 @@ def bench_quality(spec: TrainSpec, json_path: str | None = None) -> dict[str, An
     report = train(spec)
     bm_ray_s = time.perf_counter() - started
     labels = list(report["confusion_matrix"]["labels"])
-    ok = _read_rows(spec.data, "data")[0].select_columns(["id", "text", "label"])
+    ok = read_labelled_corpus(spec.data, "data")[0].select_columns(["id", "text", "label"])
     train_rows, val_rows, _, leakage = split_rows(ok, spec)  # deterministic: the split bm-ray used
     seed_task = ray.remote(num_cpus=spec.workers * spec.cpus_per_worker)(_seed_recipe_fit)
     seed = ray.get(

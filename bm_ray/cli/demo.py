@@ -4,7 +4,7 @@ fetch weights → ingest (rejects shown) → train (2 Ray Train workers) → eva
 (Ray Data) → serve (Ray Serve) and query it over loopback HTTP → shut everything down.
 By default it runs on the bundled sample corpus (`bm_ray/data/sample_news.jsonl`: original short
 news-style articles in the four AG News categories, plus a few broken rows); `--data` runs the same
-flow on any corpus.
+flow on any corpus. The `demo` command itself is at the end.
 """
 
 from __future__ import annotations
@@ -15,12 +15,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 from rich.console import Console
 from rich.table import Table
 
-from bm_ray.specs import ClassifySpec, EvaluateSpec, IngestSpec, ServeSpec, TrainSpec
+from bm_ray.cli.main import app
+from bm_ray.cli.options import corpus_options, option_group, spec_options
+from bm_ray.cli.output import JsonOpt, command_output, json_text
+from bm_ray.specs import ClassifySpec, EvaluateSpec, IngestSpec, ServeSpec, TrainSpec, validate_spec
 
 SAMPLE_CORPUS = "sample_news.jsonl"
 SAMPLE_TEXT_FIELDS = ["title", "body"]
@@ -194,3 +198,32 @@ def summary_rows(results: list[StageResult]) -> list[dict[str, Any]]:
         {"stage": r.stage, "seconds": round(r.seconds, 1), "rows": r.rows, "output": r.output, "note": r.note}
         for r in results
     ]
+
+
+@app.command("demo")
+@corpus_options()
+@option_group(spec_options(TrainSpec, ["base_model", "epochs"]), "train_flags")
+def demo_command(
+    data: Annotated[
+        str | None, typer.Option("--data", help="Corpus to use instead of the bundled sample.")
+    ] = None,
+    workdir: Annotated[Path, typer.Option("--workdir", help="Where every stage writes.")] = Path(
+        "bm-ray-demo"
+    ),
+    port: Annotated[int, typer.Option("--port", help="Loopback port of the demo endpoint.")] = 8000,
+    json_file: Annotated[
+        Path | None, typer.Option("--json-file", help="Also write the stage summary to this JSON file.")
+    ] = None,
+    as_json: JsonOpt = False,
+    train_flags: dict[str, Any] | None = None,
+    corpus_flags: dict[str, Any] | None = None,
+) -> None:
+    """Fetch weights, ingest, train (2 workers), evaluate, bulk-classify and serve on an embedded local Ray."""
+    spec = None
+    if data is not None:
+        spec = validate_spec(IngestSpec, {**(corpus_flags or {}), "input": data}, "command line")
+    with command_output(as_json) as out:
+        rows = summary_rows(run_demo(workdir, spec, port=port, **(train_flags or {})))
+        if json_file:
+            json_file.write_text(json_text(rows), encoding="utf-8")
+        out.result(rows)

@@ -9,11 +9,10 @@ normalised rows. It starts no Ray (callers do) and knows no model.
 
 from bm_ray.corpus.listing import CorpusFile, CorpusInfo, infer_format, input_manifest, list_corpus, unit_key
 from bm_ray.corpus.readers import CorpusDatasource, ok_rows, read_corpus
-from bm_ray.corpus.rows import BLANK_LINE, REJECT_REASONS, ROW_COLUMNS, clean_text, row_schema
+from bm_ray.corpus.rows import BLANK_LINE, ROW_COLUMNS, clean_text, row_schema
 
 __all__ = [
     "BLANK_LINE",
-    "REJECT_REASONS",
     "ROW_COLUMNS",
     "CorpusDatasource",
     "CorpusFile",

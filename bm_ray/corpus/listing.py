@@ -69,7 +69,20 @@ class CorpusInfo:
     files: list[CorpusFile]
     ignored_files: list[str] = field(default_factory=list)
     dedupe: Any = None
-    """The :class:`~bm_ray.corpus.dedupe.DedupeIndex` of a deduplicating read (close it when done)."""
+    """The :class:`~bm_ray.corpus.dedupe.DedupeIndex` of a deduplicating read: its shard actors live
+    until :meth:`close` (or the end of a ``with info:`` block), after the dataset has been consumed."""
+
+    def close(self) -> None:
+        """End the dedupe shard actors of this read, if any (idempotent)."""
+        if self.dedupe is not None:
+            self.dedupe.close()
+            self.dedupe = None
+
+    def __enter__(self) -> CorpusInfo:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def total_bytes(self) -> int:

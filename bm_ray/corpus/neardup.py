@@ -371,19 +371,17 @@ def split_by_cluster(ds: Any, fraction: float, seed: int) -> tuple[Any, Any]:
 
 
 def grouped_split(
-    ds: Any, fraction: float, seed: int, threshold: float = DEFAULT_THRESHOLD, key_column: str = "id"
-) -> tuple[Any, Any, DuplicateClusters]:
-    """(train, val, clusters): a split of labelled rows (`key_column`, `text`, `label`, ...) with every
-    exact/near-duplicate cluster entirely on one side (see :func:`find_clusters`, :func:`split_by_cluster`).
-    """
-    found = find_clusters(ds, threshold, key_column)
+    ds: Any, clusters: DuplicateClusters, fraction: float, seed: int, key_column: str = "id"
+) -> tuple[Any, Any]:
+    """(train, val): a split of labelled rows (`key_column`, `text`, `label`, ...) with every
+    exact/near-duplicate cluster of `clusters` (from :func:`find_clusters`) entirely on one side
+    (see :func:`split_by_cluster`)."""
     with_cluster = ds.map_batches(
         assign_clusters,
-        fn_kwargs={"cluster_of": found.cluster_of, "key_column": key_column},
+        fn_kwargs={"cluster_of": clusters.cluster_of, "key_column": key_column},
         batch_format="pyarrow",
     )
-    train, val = split_by_cluster(with_cluster, fraction, seed)
-    return train, val, found
+    return split_by_cluster(with_cluster, fraction, seed)
 
 
 def _mark_val(batch: pa.Table, val_clusters: set[str]) -> pa.Table:

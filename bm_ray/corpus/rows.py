@@ -28,17 +28,6 @@ import pyarrow as pa
 
 from bm_ray.specs import IngestSpec
 
-REJECT_REASONS = (
-    "empty_text",
-    "not_a_string",
-    "missing_field",
-    "malformed_record",
-    "invalid_utf8",
-    "too_long",
-    "duplicate_id",
-)
-"""Fixed vocabulary of `reason` for rejected rows (blank lines carry ``"blank_line"``, not a reject)."""
-
 UNIT_END = "unit_end"
 """`reason` of the bookkeeping row a reader adds after each file when asked (``unit_ends``): its `_row` is
 the number of records read from the file. Never a row read; the commit protocol checks the counts."""

@@ -31,7 +31,9 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 from ray.serve.schema import ServeApplicationSchema, ServeDeploySchema
 
 import bm_ray
+from bm_ray.layout import SERVE_IMPORT_PATH
 from bm_ray.runtime.auth import RayAuthError, ray_auth_headers
+from bm_ray.runtime.compat import serve_submission_client
 from bm_ray.runtime.ray_init import WORKER_ENV_VARS, WORKER_SETUP_HOOK
 from bm_ray.specs import (
     ClassifySpec,
@@ -47,7 +49,6 @@ from bm_ray.specs import (
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 SPEC_FILE = "spec.yaml"
-SERVE_IMPORT_PATH = "bm_ray.serve:build_app"
 JOB_KINDS: dict[str, type[TrainSpec | ClassifySpec | TuneSpec | CompareSpec]] = {
     "train": TrainSpec,
     "classify": ClassifySpec,
@@ -163,7 +164,7 @@ def _client(address: str) -> JobSubmissionClient:
 
 
 def _is_auth_refusal(line: str) -> bool:
-    # Ray's SDK words its 401 / 403 answers so (ray._private.authentication.http_token_authentication).
+    # Ray's SDK words its 401 / 403 answers so (a private wording: see bm_ray.runtime.compat).
     return line.startswith(("Authentication required", "Authentication failed"))
 
 
@@ -251,18 +252,9 @@ def _call(method: Callable[[str], Any], submission_id: str) -> Any:
         raise JobsError(f"job {submission_id}: {_first_line(err)}") from None
 
 
-def _serve_client(address: str) -> Any:
-    # The Serve REST API (PUT/GET /api/serve/applications/) is public, but Ray has no public Python
-    # client for it: this is the one `serve deploy` uses, and it adds Ray's token-auth header (on by
-    # default since Ray 2.5x) that a plain HTTP call would have to rebuild from Ray's private modules.
-    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
-
-    return ServeSubmissionClient(address, headers=_auth_headers())
-
-
 def _serve_call(address: str, method: str, *args: Any) -> Any:
     try:
-        return getattr(_serve_client(address), method)(*args)
+        return getattr(serve_submission_client(address, _auth_headers()), method)(*args)
     except Exception as err:  # connection errors and RuntimeError("... status code ...") alike
         raise JobsError(f"Serve API at {address}: {_first_line(err)}") from None
 

@@ -3,7 +3,7 @@
 One streaming pass: :func:`bm_ray.corpus.read_corpus` (ok rows, rejects and blank lines together,
 committed rows skipped) → one ``map_batches`` over an actor pool of :class:`ClassifyProcessor`, which
 loads the :class:`~bm_ray.model.engine.Predictor` once per actor, predicts the ok rows of each batch in one
-engine call and commits every run through :class:`~bm_ray.output.commit.CommitProcessor`::
+engine call and commits every run through :class:`~bm_ray.output.CommitProcessor`::
 
     DIR/predictions/<run>.parquet   id, label, score, scores (map<string, float>), abstained (with
                                     min_score), windows, model, keep_fields
@@ -37,16 +37,17 @@ import pyarrow as pa
 import ray
 
 from bm_ray.corpus import ROW_COLUMNS, list_corpus
+from bm_ray.layout import PREDICTIONS_DIR
 from bm_ray.model.engine import Predictor
 from bm_ray.model.metrics import abstained
 from bm_ray.model.registry import read_model_info, resolve_model
-from bm_ray.output import commit
-from bm_ray.report.pages import try_build_report
+from bm_ray.output.commit import CommitProcessor
+from bm_ray.output.driver import commit_corpus
+from bm_ray.report import try_build_report
 from bm_ray.runtime.ray_init import init_ray
 from bm_ray.specs import ClassifySpec, LongTextOptions, Precision
 from bm_ray.storage import redact_uri
 
-PREDICTIONS_DIR = "predictions"
 ABSTAINED_COLUMN = "abstained"
 PROBS_COLUMN = "_probs"
 WINDOWS_COLUMN = "_windows"
@@ -77,10 +78,10 @@ READ_ARGS = {"num_cpus": 0}
 holding every CPU would otherwise starve the reads (they cannot fuse into an explicit-batch_size map)."""
 
 
-class ClassifyProcessor(commit.CommitProcessor):
+class ClassifyProcessor(CommitProcessor):
     """Ray Data callable class: predict the ok rows of a block with the engine, then commit its runs.
 
-    Returns one count row per commit (:data:`bm_ray.output.commit.PROGRESS_SCHEMA`) plus ``windows`` and
+    Returns one count row per commit (:data:`bm_ray.output.PROGRESS_SCHEMA`) plus ``windows`` and
     ``rows_windows_capped`` of that commit's texts, and ``real_tokens`` and ``padded_tokens`` of the
     block's forward passes (on its first commit) for the padding accounting.
     """
@@ -186,7 +187,7 @@ def actor_pool(spec: ClassifySpec) -> tuple[int, int]:
 def classify(spec: ClassifySpec) -> dict[str, Any]:
     """Run the classify job; returns the summary also written to ``output/summary.json``.
 
-    Keys (beyond :func:`bm_ray.output.commit.summarize`, whose rows_abstained counts the committed predictions
+    Keys (beyond :func:`bm_ray.output.summarize`, whose rows_abstained counts the committed predictions
     below ``min_score`` when one is set): rows_classified, min_score, elapsed_s, rows_per_s (rows read by
     this run / its wall time), rows_this_run, padding_waste, model (name, version, path), precision,
     actors, batch_size, long_text (the options), windows (read by this run) and rows_windows_capped (rows
@@ -250,7 +251,7 @@ def classify(spec: ClassifySpec) -> dict[str, Any]:
         }
 
     try:
-        summary = commit.commit_corpus(
+        summary = commit_corpus(
             spec.input,
             spec.output,
             predict_and_commit,
@@ -270,17 +271,6 @@ def classify(spec: ClassifySpec) -> dict[str, Any]:
         context.target_max_block_size = previous_block_size
     try_build_report(spec.output)
     return summary
-
-
-def precision_agreement(
-    model: str, texts: Sequence[str], precision: Precision, batch_size: int = 32
-) -> float:
-    """Fraction of `texts` whose predicted label at `precision` equals the fp32 one (1.0 when no texts)."""
-    if not texts:
-        return 1.0
-    reference = Predictor.load(model, batch_size, "fp32").predict_proba(texts).argmax(axis=1)
-    reduced = Predictor.load(model, batch_size, precision).predict_proba(texts).argmax(axis=1)
-    return float(np.mean(reference == reduced))
 
 
 def summary_table(summary: dict[str, Any]) -> Any:

@@ -37,10 +37,10 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from bm_ray.corpus import ok_rows, read_corpus
-from bm_ray.jobs.classify import PREDICTIONS_DIR
 from bm_ray.jobs.classify import classify as classify_corpus
+from bm_ray.layout import COMPARE_FILE, COMPARE_LEGS, FLIPS_DIR, FLIPS_FILE, PREDICTIONS_DIR
 from bm_ray.model.metrics import mcnemar_exact_p
-from bm_ray.report.pages import COMPARE_FILE, try_build_report
+from bm_ray.report import try_build_report
 from bm_ray.runtime.ray_init import init_ray
 from bm_ray.specs import ClassifySpec, CompareSpec
 from bm_ray.storage import (
@@ -53,9 +53,6 @@ from bm_ray.storage import (
     write_parquet_atomic,
 )
 
-LEGS = ("a", "b")
-FLIPS_DIR = "flips"
-FLIPS_FILE = "flips.parquet"
 SIGNIFICANCE = 0.05
 """McNemar p-value under which the summary table calls the accuracy difference significant."""
 
@@ -63,7 +60,7 @@ SIGNIFICANCE = 0.05
 def leg_spec(spec: CompareSpec, leg: str) -> ClassifySpec:
     """The classify spec of one leg: model A (``a``) or B (``b``) into ``output/<leg>``, every other option shared."""
     shared = spec.model_dump(exclude={"kind", "models", "output"})
-    model = spec.models[LEGS.index(leg)]
+    model = spec.models[COMPARE_LEGS.index(leg)]
     return ClassifySpec.model_validate({**shared, "model": model, "output": join_uri(spec.output, leg)})
 
 
@@ -79,11 +76,8 @@ def committed_predictions(output: str, leg: str) -> pa.Table:
 def true_labels(spec: CompareSpec) -> pa.Table:
     """id, label of the corpus's ok rows (a model-free read with the legs' ingestion options)."""
     ds, info = read_corpus(spec.input)
-    try:
+    with info:
         tables = list(ok_rows(ds, ["id", "label"]).iter_batches(batch_format="pyarrow", batch_size=None))
-    finally:
-        if info.dedupe is not None:
-            info.dedupe.close()
     schema = pa.schema([("id", pa.string()), ("label", pa.string())])
     return pa.concat_tables([schema.empty_table(), *(table.cast(schema) for table in tables)])
 
@@ -149,9 +143,9 @@ def compare(spec: CompareSpec) -> dict[str, Any]:
     """
     started = time.monotonic()
     init_ray(spec.address)
-    summaries = {leg: classify_corpus(leg_spec(spec, leg)) for leg in LEGS}
+    summaries = {leg: classify_corpus(leg_spec(spec, leg)) for leg in COMPARE_LEGS}
     result, flips = compare_tables(
-        *(committed_predictions(join_uri(spec.output, leg), leg) for leg in LEGS), true_labels(spec)
+        *(committed_predictions(join_uri(spec.output, leg), leg) for leg in COMPARE_LEGS), true_labels(spec)
     )
     fs, root = resolve_uri(spec.output)
     flips_dir = join(root, FLIPS_DIR)
@@ -161,14 +155,14 @@ def compare(spec: CompareSpec) -> dict[str, Any]:
         if info.base_name != FLIPS_FILE and not info.base_name.startswith("."):
             fs.delete_file(info.path)
     result = {
-        "models": {leg: summaries[leg]["model"] for leg in LEGS},
+        "models": {leg: summaries[leg]["model"] for leg in COMPARE_LEGS},
         **result,
         "legs": {
             leg: {
                 "output": summaries[leg]["output"],
                 **{k: summaries[leg][k] for k in ("rows_read", "rows_rejected", "rows_resumed")},
             }
-            for leg in LEGS
+            for leg in COMPARE_LEGS
         },
         "elapsed_s": round(time.monotonic() - started, 3),
         "output": redact_uri(spec.output),
@@ -185,7 +179,7 @@ def summary_table(result: dict[str, Any], top_flips: int = 5) -> Any:
     table = Table(title=f"bm-ray compare → {result['output']}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
-    for leg in LEGS:
+    for leg in COMPARE_LEGS:
         model = result["models"][leg]
         table.add_row(f"model {leg.upper()}", f"{model['name']} {model['version']} ({model['path']})")
     legs = result["legs"]["a"]

@@ -17,7 +17,7 @@ from typing import Any
 
 from bm_ray.jobs.scoring import PredictionLog, corpus_batches, evaluate_batches, write_report
 from bm_ray.model.engine import Predictor
-from bm_ray.report.pages import try_build_report
+from bm_ray.report import try_build_report
 from bm_ray.specs import EvaluateSpec, IngestSpec
 from bm_ray.storage import is_remote, redact, redact_uri, upload_dir
 
@@ -38,11 +38,8 @@ def evaluate(spec: EvaluateSpec) -> dict[str, Any]:
     ds, info = read_corpus(spec.data)
     ingest_rejects: Counter[str] = Counter()
     log = PredictionLog(spec.min_score)
-    try:
+    with info:
         report = evaluate_batches(predictor, corpus_batches(ds, ingest_rejects), log)
-    finally:
-        if info.dedupe is not None:
-            info.dedupe.close()
     for reason, count in ingest_rejects.items():
         report["rejected_by_reason"][reason] = report["rejected_by_reason"].get(reason, 0) + count
     report["rows_rejected"] += sum(ingest_rejects.values())
@@ -83,8 +80,11 @@ def corpus_leakage(train: IngestSpec, data: IngestSpec, threshold: float) -> dic
     from bm_ray.corpus import ok_rows, read_corpus
     from bm_ray.corpus.neardup import leakage_report, leakage_warning
 
-    train_rows, eval_rows = (ok_rows(read_corpus(spec)[0], ["id", "text"]) for spec in (train, data))
-    report = leakage_report(train_rows, eval_rows, threshold)
+    (train_ds, train_info), (eval_ds, eval_info) = read_corpus(train), read_corpus(data)
+    with train_info, eval_info:
+        report = leakage_report(
+            ok_rows(train_ds, ["id", "text"]), ok_rows(eval_ds, ["id", "text"]), threshold
+        )
     warning = leakage_warning(report)
     if warning:
         print(f"[bm-ray] {warning}", file=sys.stderr, flush=True)

@@ -10,24 +10,20 @@ import pyarrow as pa
 import ray
 
 from bm_ray.corpus import ROW_COLUMNS
-from bm_ray.output import commit as commit_protocol
-from bm_ray.report.pages import try_build_report
+from bm_ray.layout import NEAR_DUPLICATES_DIR, OK_COLUMNS, SUMMARY_FILE
+from bm_ray.output.commit import CommitProcessor
+from bm_ray.output.driver import commit_corpus
+from bm_ray.report import try_build_report
 from bm_ray.runtime.ray_init import init_ray
 from bm_ray.specs import IngestSpec
 from bm_ray.storage import join, resolve_uri, write_json_atomic
-
-NEAR_DUPLICATES_DIR = "near_duplicates"
-"""Subdirectory of an ingest output holding (id, cluster) of every ok row (``--near-duplicates``)."""
-
-OK_COLUMNS = ("id", "text", "label", "source", "truncated", "utf8_repaired")
-"""Columns of ``output/ok/`` (+ keep_fields)."""
 
 
 def _ok_table(columns: list[str], rows: pa.Table) -> pa.Table:
     return rows.select(columns)
 
 
-def _commit(batch: pa.Table, processor: commit_protocol.CommitProcessor) -> pa.Table:
+def _commit(batch: pa.Table, processor: CommitProcessor) -> pa.Table:
     return processor(batch)
 
 
@@ -47,7 +43,7 @@ def ingest(
     ok_fn = functools.partial(_ok_table, ok_columns)
 
     def commit(ds: ray.data.Dataset, lease_token: str) -> ray.data.Dataset:
-        processor = commit_protocol.CommitProcessor(output, ok_fn, lease_token=lease_token)
+        processor = CommitProcessor(output, ok_fn, lease_token=lease_token)
         return ds.map_batches(
             _commit,
             fn_kwargs={"processor": processor},
@@ -57,7 +53,7 @@ def ingest(
         )
 
     init_ray()
-    summary = commit_protocol.commit_corpus(
+    summary = commit_corpus(
         spec,
         output,
         commit,
@@ -68,7 +64,7 @@ def ingest(
     if near_duplicates:
         summary["near_duplicates"] = write_near_duplicates(output)
         fs, root = resolve_uri(output)
-        write_json_atomic(fs, join(root, commit_protocol.SUMMARY_FILE), summary)
+        write_json_atomic(fs, join(root, SUMMARY_FILE), summary)
     try_build_report(output)
     return summary
 

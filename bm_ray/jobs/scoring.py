@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from bm_ray.layout import CURVE_FILE, PREDICTIONS_FILE
 from bm_ray.model.calibration import ECE_BINS, ece_noise_floor
 from bm_ray.model.engine import Predictor
 from bm_ray.model.metrics import (
@@ -24,13 +25,11 @@ from bm_ray.model.metrics import (
     threshold_curve,
     threshold_for_accuracy,
 )
-from bm_ray.report.pages import PREDICTIONS_FILE
 
 UNKNOWN_LABEL = "unknown_label"
 MISSING_LABEL = "missing_label"
 TEXT_SNIPPET_CHARS = 500
 """Characters of each text kept in predictions.parquet: enough to eyeball an example in the report."""
-CURVE_FILE = "risk_coverage.json"
 CURVE_PLOT = "risk_coverage.png"
 
 

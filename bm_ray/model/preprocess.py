@@ -212,18 +212,3 @@ class PaddingStats:
     def waste(self) -> float:
         """Padded tokens per real token (1.0 = no padding at all)."""
         return self.padded_tokens / self.real_tokens if self.real_tokens else 1.0
-
-
-def padding_stats(
-    lengths: Sequence[int] | np.ndarray, batch_size: int, fixed_width: int | None = None
-) -> PaddingStats:
-    """Padding of our bucketed batches, or of in-order batches padded to `fixed_width` when given."""
-    lengths = np.asarray(lengths)
-    stats = PaddingStats()
-    if fixed_width is not None:
-        for start in range(0, len(lengths), batch_size):
-            stats.add(lengths[start : start + batch_size], fixed_width)
-        return stats
-    for batch in length_batches(lengths, batch_size):
-        stats.add(lengths[batch], padded_length(lengths[batch].max()))
-    return stats

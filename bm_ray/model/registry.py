@@ -23,16 +23,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from bm_ray.layout import LABELS_FILE, WEIGHT_FILES
 from bm_ray.model.calibration import TopLabelMap
 from bm_ray.runtime.tf import import_tensorflow
 from bm_ray.storage import exists, is_remote, read_json, redact_uri, resolve_uri
 
-LABELS_FILE = "labels.json"
 READY_MARKER = "bm-ray-ready.json"
 OFFLINE_ENV = "BM_RAY_OFFLINE"
 HUB_PREFIX = "hf:"
-WEIGHT_FILES = ("tf_model.h5", "model.safetensors", "pytorch_model.bin")
-"""Weight files a model directory may hold; their content hash is the model version."""
 
 
 class ModelRefError(ValueError):

@@ -1,6 +1,6 @@
 """The exactly-once commit protocol, shared by `ingest` and bulk classification: units, temp + rename,
-commit records, the input manifest, the output lease, accounting, summary, and the driver of one
-resumable pass (:func:`commit_corpus`).
+commit records, resume preparation, accounting and the summary. The driver of one resumable pass is
+:func:`bm_ray.output.driver.commit_corpus`; the lease is :mod:`bm_ray.output.lease`.
 
 Rows arrive in batches carrying the bookkeeping columns ``_unit`` (input unit: one file), ``_row``
 (0-based record index within the unit) and ``reason`` (null when ok, ``blank_line`` for blank lines,
@@ -22,23 +22,14 @@ Accounting: the readers count each file's records as they read them (the ``unit_
 stored as ``unit_rows`` in the commit record that carries it). :func:`summarize` checks that every
 input file's rows are covered by commits from 0 to that count without a gap or an overlap, that
 ``rows_read`` (the readers' counts minus blank lines) equals ``rows_ok + rows_rejected``, and that
-every commit's data files exist: a row read but never committed fails the job loudly.
-
-Output lease: ``_lease.json`` (owner, host, pid, heartbeat) while a job runs, see :class:`OutputLease`.
-"""
+every commit's data files exist: a row read but never committed fails the job loudly."""
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import itertools
 import json
 import logging
-import os
-import socket
-import threading
-import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -46,20 +37,26 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
-import ray
 
-from bm_ray.corpus import BLANK_LINE, CorpusInfo, list_corpus, read_corpus, unit_key
-from bm_ray.corpus.listing import input_manifest
+from bm_ray.corpus import BLANK_LINE, unit_key
 from bm_ray.corpus.rows import UNIT_END
-from bm_ray.runtime.logs import PROGRESS_LOG_S
-from bm_ray.specs import IngestSpec
+from bm_ray.layout import (
+    COMMITS_DIR,
+    JOB_FILE,
+    LEASE_FILE,
+    MANIFEST_KEY,
+    REJECT_COLUMNS,
+    REJECTS_DIR,
+    SUMMARY_FILE,
+)
+from bm_ray.output.identity import identity_differences, manifest_changes
+from bm_ray.output.lease import OutputInUseError
 from bm_ray.storage import (
     TMP_PREFIX,
     exists,
     join,
     list_files,
     read_json,
-    redact,
     redact_uri,
     resolve_uri,
     write_json_atomic,
@@ -67,33 +64,6 @@ from bm_ray.storage import (
 )
 
 logger = logging.getLogger(__name__)
-
-COMMITS_DIR = "_commits"
-REJECTS_DIR = "rejects"
-JOB_FILE = "_job.json"
-SUMMARY_FILE = "summary.json"
-LEASE_FILE = "_lease.json"
-MANIFEST_KEY = "inputs_manifest"
-"""Key of the input manifest in ``_job.json`` and ``summary.json``."""
-REJECT_COLUMNS = ("id", "source", "reason", "raw")
-"""Columns of the rejects tables."""
-
-LEASE_HEARTBEAT_S = 10.0
-"""How often a running job renews its lease."""
-LEASE_STALE_S = 60.0
-"""A lease whose heartbeat is older than this is stale: its job is taken to be dead and the lease is
-taken over. A lease of a process on this host that no longer exists is stale at once."""
-
-REJECT_CHECK_MIN_ROWS = 1000
-"""Rows a run reads before ``max_reject_fraction`` is checked (it is checked again at the end)."""
-
-
-class OutputInUseError(ValueError):
-    """Another live job holds the output's lease."""
-
-
-class TooManyRejectsError(ValueError):
-    """More than ``max_reject_fraction`` of the rows read were rejected: the job stopped early."""
 
 
 def run_name(unit: str, first_row: int, last_row: int) -> str:
@@ -119,7 +89,7 @@ def _runs(units: list[str], rows: list[int]) -> Iterator[tuple[int, int]]:
             start = i
 
 
-def _load_commits(fs: pafs.FileSystem, root: str) -> list[tuple[str, dict[str, Any]]]:
+def load_commits(fs: pafs.FileSystem, root: str) -> list[tuple[str, dict[str, Any]]]:
     """(name, record) of every commit record, sorted by name."""
     out = []
     for info in sorted(list_files(fs, join(root, COMMITS_DIR)), key=lambda i: i.path):
@@ -133,7 +103,9 @@ def _data_files(fs: pafs.FileSystem, root: str, dirs: set[str]) -> set[str]:
     return {f"{d}/{info.base_name}" for d in dirs for info in list_files(fs, join(root, d))}
 
 
-# ------------------------------------------------------------------------------------------ the output
+class OutputRefusedError(ValueError):
+    """The output holds something else (not a bm-ray output, another job's, a different run's inputs):
+    refused, nothing written; the message says how to start afresh or where else to write."""
 
 
 def is_bm_ray_output(output: str) -> bool:
@@ -143,75 +115,49 @@ def is_bm_ray_output(output: str) -> bool:
 
 
 def refuse_foreign_overwrite(output: str) -> None:
-    """Raise ValueError if `output` is a non-empty directory that is not a bm-ray output."""
+    """Raise :class:`OutputRefusedError` if `output` is a file or a non-empty directory that is not a bm-ray output."""
     fs, root = resolve_uri(output)
     if fs.get_file_info(root).type == pafs.FileType.File:
-        raise ValueError(f"--output {redact_uri(output)} is a file, not a directory")
+        raise OutputRefusedError(f"--output {redact_uri(output)} is a file, not a directory")
     entries = [
         info
         for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
         if info.base_name != LEASE_FILE  # the job's own lease, taken before its output is prepared
     ]
     if entries and not is_bm_ray_output(output):
-        raise ValueError(
+        raise OutputRefusedError(
             f"refusing to overwrite {redact_uri(output)}: it is not empty and holds no bm-ray output "
             f"({JOB_FILE}, {COMMITS_DIR}/); choose an empty or new --output"
         )
 
 
-def _manifest_changes(previous: list[dict[str, Any]], current: list[dict[str, Any]]) -> list[str]:
-    """Human-readable differences between two input manifests (by path)."""
-    before = {m["path"]: m for m in previous}
-    now = {m["path"]: m for m in current}
-    changes = [f"{p} was added" for p in now if p not in before]
-    changes += [f"{p} is gone" for p in before if p not in now]
-    for path in now.keys() & before.keys():
-        old, new = before[path], now[path]
-        what = [
-            f"{k} {old.get(k)} → {new.get(k)}" for k in ("size", "mtime", "etag") if old.get(k) != new.get(k)
-        ]
-        if what:
-            changes.append(f"{path} changed ({', '.join(what)})")
-    return sorted(changes)
-
-
 def check_job_identity(output: str, previous: dict[str, Any], current: dict[str, Any]) -> None:
-    """Raise ValueError if resuming `current` into an output made by `previous` is unsafe.
+    """Raise :class:`OutputRefusedError` if resuming `current` into an output made by `previous` is unsafe.
 
-    Every key is compared generically (spec fields, model version, ...): differing keys are named; the
-    input manifest is compared file by file and the changed, added or removed files are named.
+    Every key is compared generically (spec fields, model version, ...) by
+    :func:`~bm_ray.output.identity.identity_differences`, which names each old and new value; the input
+    manifest is compared file by file and the changed, added or removed files are named.
     """
-    keys = sorted(
-        k for k in set(previous) | set(current) if k != MANIFEST_KEY and previous.get(k) != current.get(k)
+    differences = identity_differences(
+        {k: v for k, v in previous.items() if k != MANIFEST_KEY},
+        {k: v for k, v in current.items() if k != MANIFEST_KEY},
     )
-    if keys:
-        differences = ", ".join(_difference(k, previous.get(k), current.get(k)) for k in keys)
-        raise ValueError(
-            f"{redact_uri(output)} holds the output of a different job (differs in: {differences}); "
+    if differences:
+        raise OutputRefusedError(
+            f"{redact_uri(output)} holds the output of a different job (differs in: {'; '.join(differences)}); "
             "pass overwrite (--overwrite) to start afresh or choose another output"
         )
-    changes = _manifest_changes(previous.get(MANIFEST_KEY) or [], current.get(MANIFEST_KEY) or [])
+    changes = manifest_changes(previous.get(MANIFEST_KEY) or [], current.get(MANIFEST_KEY) or [])
     if changes:
-        shown = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
-        raise ValueError(
-            f"the inputs changed since the job into {redact_uri(output)} started: {shown}. Resuming would skip or "
+        listed = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
+        raise OutputRefusedError(
+            f"the inputs changed since the job into {redact_uri(output)} started: {listed}. Resuming would skip or "
             "repeat the wrong rows; pass overwrite (--overwrite) to start afresh or choose another output"
         )
 
 
-SHOWN_VALUE_CHARS = 80
-"""Identity values up to this long are shown in a resume refusal (e.g. both model versions); longer ones are named only."""
-
-
-def _difference(key: str, previous: Any, current: Any) -> str:
-    """`key` (was X, now Y) for short scalar values, else just `key` (spec sections, lists)."""
-    scalars = all(v is None or isinstance(v, str | int | float | bool) for v in (previous, current))
-    if scalars and max(len(repr(previous)), len(repr(current))) <= SHOWN_VALUE_CHARS:
-        return f"{key} (was {previous}, now {current})"
-    return key
-
-
-def _stored_identity(output: str) -> dict[str, Any] | None:
+def stored_identity(output: str) -> dict[str, Any] | None:
+    """The job identity stored in `output` (``_job.json``), or None when there is none yet."""
     fs, root = resolve_uri(output)
     path = join(root, JOB_FILE)
     return read_json(fs, path) if fs.get_file_info(path).type == pafs.FileType.File else None
@@ -243,13 +189,13 @@ def prepare_output(
                 fs.delete_dir(info.path)
             else:
                 fs.delete_file(info.path)
-    elif job is not None and (previous := _stored_identity(output)) is not None:
+    elif job is not None and (previous := stored_identity(output)) is not None:
         check_job_identity(output, previous, json.loads(json.dumps(job)))
     for sub in (ok_dir, REJECTS_DIR, COMMITS_DIR):
         fs.create_dir(join(root, sub), recursive=True)
-    if job is not None and _stored_identity(output) is None:
+    if job is not None and stored_identity(output) is None:
         write_json_atomic(fs, join(root, JOB_FILE), job)
-    commits = _load_commits(fs, root)
+    commits = load_commits(fs, root)
     present = _data_files(fs, root, {ok_dir, REJECTS_DIR})
     valid = set()
     for name, record in commits:
@@ -275,113 +221,12 @@ def committed_rows(output: str) -> dict[str, list[tuple[int, int]]]:
     """Committed row intervals per unit: `{unit: [(first_row, last_row), ...]}` (inclusive, sorted)."""
     fs, root = resolve_uri(output)
     intervals: dict[str, list[tuple[int, int]]] = {}
-    for _, record in _load_commits(fs, root):
+    for _, record in load_commits(fs, root):
         for unit, first, last in record["spans"]:
             intervals.setdefault(unit, []).append((first, last))
     for spans in intervals.values():
         spans.sort()
     return intervals
-
-
-# ------------------------------------------------------------------------------------------- the lease
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class OutputLease:
-    """``_lease.json`` in an output while a job writes it: owner, host, pid, started, heartbeat.
-
-    :meth:`acquire` refuses (:class:`OutputInUseError`, naming the owner) while another job's lease is
-    live; a stale one (heartbeat older than :data:`LEASE_STALE_S`, or a dead process on this host) is
-    taken over. A daemon thread renews the heartbeat every :data:`LEASE_HEARTBEAT_S`; :meth:`release`
-    deletes the lease. Writes are whole-file replacements, so on object stores (no create-if-absent)
-    two jobs starting in the same instant are caught by the read-back after writing, not excluded.
-    """
-
-    def __init__(self, output: str, kind: str) -> None:
-        self.output = output
-        self.fs, root = resolve_uri(output)
-        self.root = root
-        self.path = join(root, LEASE_FILE)
-        self.token = uuid.uuid4().hex
-        self.record = {
-            "owner": f"{getpass.getuser()}@{socket.gethostname()} ({kind}, pid {os.getpid()})",
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "kind": kind,
-            "token": self.token,
-            "started": time.time(),
-            "heartbeat": time.time(),
-        }
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.lost = False
-
-    def _read(self) -> dict[str, Any] | None:
-        try:
-            return read_json(self.fs, self.path)
-        except (FileNotFoundError, OSError, ValueError):
-            return None
-
-    @staticmethod
-    def is_live(lease: dict[str, Any]) -> bool:
-        """Whether a lease's job may still be running."""
-        if lease.get("host") == socket.gethostname() and not _pid_alive(int(lease.get("pid", 0))):
-            return False
-        return time.time() - float(lease.get("heartbeat", 0)) < LEASE_STALE_S
-
-    def acquire(self) -> None:
-        """Take the lease, or raise :class:`OutputInUseError` naming the live owner."""
-        self.fs.create_dir(self.root, recursive=True)
-        current = self._read()
-        if current is not None and current.get("token") != self.token:
-            if self.is_live(current):
-                age = time.time() - float(current.get("heartbeat", 0))
-                raise OutputInUseError(
-                    f"{redact_uri(self.output)} is in use by {current.get('owner')}, last heartbeat {age:.0f} s ago; "
-                    f"wait for that job to end (a dead job's lease goes stale {LEASE_STALE_S:.0f} s after "
-                    "its last heartbeat) or choose another output"
-                )
-            logger.warning(
-                "%s: taking over the stale lease of %s", redact_uri(self.output), current.get("owner")
-            )
-        self._write()
-        if (self._read() or {}).get("token") != self.token:
-            raise OutputInUseError(
-                f"{redact_uri(self.output)}: another job took the lease at the same moment"
-            )
-        self._thread = threading.Thread(target=self._beat, name="bm-ray-lease", daemon=True)
-        self._thread.start()
-
-    def _write(self) -> None:
-        self.record["heartbeat"] = time.time()
-        write_json_atomic(self.fs, self.path, self.record)
-
-    def _beat(self) -> None:
-        while not self._stop.wait(LEASE_HEARTBEAT_S):
-            if (self._read() or {}).get("token") != self.token:
-                self.lost = True
-                return
-            self._write()
-
-    def release(self) -> None:
-        """Stop the heartbeat and delete the lease (if it is still ours)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        if (self._read() or {}).get("token") == self.token:
-            self.fs.delete_file(self.path)
-
-
-# ---------------------------------------------------------------------------------------- committing
 
 
 class CommitProcessor:
@@ -569,7 +414,7 @@ def summarize(
     flags: Counter[str] = Counter()
     spans: dict[str, list[tuple[int, int]]] = {}
     unit_rows: dict[str, int] = {}
-    commits = _load_commits(fs, root)
+    commits = load_commits(fs, root)
     present = _data_files(fs, root, {f.split("/", 1)[0] for _, r in commits for f in r["files"]})
     for name, record in commits:
         for f in record["files"]:
@@ -614,118 +459,3 @@ def summarize(
     if write:
         write_json_atomic(fs, join(root, SUMMARY_FILE), summary)
     return summary
-
-
-# ------------------------------------------------------------------------------------------ the driver
-
-IGNORED_FILES_LISTED = 100
-"""Ignored (non-article) files listed by name in the summary; all are counted."""
-
-IDENTITY_EXCLUDED = {"rows_per_block", "max_reject_fraction"}
-"""IngestSpec fields that do not change a job's rows, so a resume may change them."""
-
-
-def job_identity(kind: str, spec: IngestSpec, info: CorpusInfo, **fields: Any) -> dict[str, Any]:
-    """The identity stored in ``_job.json``: kind, the ingestion spec, extra `fields` (e.g. the model and
-    its version; compared generically on resume) and the input manifest."""
-    return {
-        "kind": kind,
-        "input": redact(spec.model_dump(mode="json", exclude=IDENTITY_EXCLUDED)),  # no credentials on disk
-        **fields,
-        MANIFEST_KEY: input_manifest(info),
-    }
-
-
-def _reject_check(spec: IngestSpec, output: str, totals: Counter[str], final: bool) -> None:
-    limit = spec.max_reject_fraction
-    read, rejected = totals["rows_committed"], totals["rows_rejected"]
-    if limit is None or read == 0 or (read < REJECT_CHECK_MIN_ROWS and not final) or rejected <= limit * read:
-        return
-    fs, root = resolve_uri(output)
-    reasons: Counter[str] = Counter()
-    for _, record in _load_commits(fs, root):
-        reasons.update(record["rejected_by_reason"])
-    top = ", ".join(f"{k} {v:,}" for k, v in reasons.most_common(3))
-    raise TooManyRejectsError(
-        f"stopped: {rejected:,} of the {read:,} rows read ({rejected / read:.0%}) were rejected ({top}), "
-        f"more than max_reject_fraction {limit}. Check the ingestion options (e.g. a typo in --text-fields "
-        f"rejects every row as missing_field); see {redact_uri(output)}/rejects/. Rerun with the same options and "
-        "--max-reject-fraction 1 to go on anyway"
-    )
-
-
-def commit_corpus(
-    spec: IngestSpec,
-    output: str,
-    commit: Callable[[ray.data.Dataset, str], ray.data.Dataset],
-    *,
-    kind: str,
-    identity: dict[str, Any] | None = None,
-    ok_dir: str = "ok",
-    overwrite: bool = False,
-    read_args: dict[str, Any] | None = None,
-    extra: Callable[[Counter[str]], dict[str, Any]] | None = None,
-    ok_alias: str | None = None,
-) -> dict[str, Any]:
-    """Drive one resumable, exactly-once pass of a corpus through a commit stage (ingest, classify).
-
-    Needs a running Ray. Lists the inputs; refuses (nothing written) a resume whose job identity
-    (:func:`job_identity` with `identity`'s extra fields) or input manifest differs; takes the output's
-    lease; prepares `output` (:func:`prepare_output`); reads the rows not committed yet (with unit ends
-    and duplicate-id detection per ``spec.dedupe``); applies `commit` ((dataset, lease token) → dataset of
-    count rows, at least :data:`PROGRESS_SCHEMA`, e.g. a `map_batches` over a :class:`CommitProcessor`
-    given that `lease_token`) and drains
-    it, logging progress and stopping early on too many rejects (:class:`TooManyRejectsError`); then
-    writes the summary (:func:`summarize` with `extra(totals)`, the totals of every integer column of
-    this run's count rows) and releases the lease. Returns the summary.
-    """
-    started = time.monotonic()
-    if overwrite:
-        refuse_foreign_overwrite(output)
-    info = list_corpus(spec)
-    job = job_identity(kind, spec, info, **(identity or {}))
-    if not overwrite and (previous := _stored_identity(output)) is not None:
-        check_job_identity(output, previous, json.loads(json.dumps(job)))
-    lease = OutputLease(output, kind)
-    lease.acquire()
-    totals: Counter[str] = Counter()
-    try:
-        prepare_output(output, ok_dir=ok_dir, overwrite=overwrite, job=job)
-        skip = committed_rows(output)
-        fs, root = resolve_uri(output)
-        resumed = sum(r["rows_committed"] for _, r in _load_commits(fs, root))
-        ds, read_info = read_corpus(spec, skip=skip, unit_ends=True, ray_remote_args=read_args)
-        try:
-            last_log = time.monotonic()
-            for batch in commit(ds, lease.token).iter_batches(batch_format="pyarrow", batch_size=None):
-                for name, column in zip(batch.column_names, batch.columns, strict=True):
-                    if pa.types.is_integer(column.type):
-                        totals[name] += int(pc.sum(column).as_py() or 0)
-                if lease.lost:
-                    raise OutputInUseError(
-                        f"{redact_uri(output)}: this job lost its lease to another job; stopping"
-                    )
-                _reject_check(spec, output, totals, final=False)
-                if time.monotonic() - last_log > PROGRESS_LOG_S:
-                    last_log = time.monotonic()
-                    rate = totals["rows_committed"] / (last_log - started)
-                    logger.info(
-                        "%s: %d rows committed so far (%.1f rows/s)", kind, totals["rows_committed"], rate
-                    )
-        finally:
-            if read_info.dedupe is not None:
-                read_info.dedupe.close()
-        _reject_check(spec, output, totals, final=True)
-        details = {
-            "format": info.format,
-            "inputs": redact(info.inputs),
-            "files": len(info.files),
-            "ignored_files": redact(info.ignored_files[:IGNORED_FILES_LISTED]),
-            "ignored_files_count": len(info.ignored_files),
-            "rows_resumed": resumed,
-            MANIFEST_KEY: job[MANIFEST_KEY],
-            **(extra(totals) if extra else {}),
-        }
-        return summarize(output, details, ok_alias=ok_alias)
-    finally:
-        lease.release()

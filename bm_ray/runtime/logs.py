@@ -1,11 +1,14 @@
 """bm-ray's logging, configured once per process, and the console levels of Ray's own libraries.
 
-A leaf module (no Ray, no TensorFlow import): every other layer may log through it."""
+A leaf module (no Ray, no TensorFlow import; of bm_ray only :mod:`bm_ray.runtime.compat`, itself a leaf):
+every other layer may log through it."""
 
 from __future__ import annotations
 
 import logging
 import os
+
+from bm_ray.runtime.compat import RAY_TRAIN_REPORT_MODULE
 
 LOG_LEVEL_ENV = "BM_RAY_LOG_LEVEL"
 """Level of bm-ray's own log lines (DEBUG, INFO, WARNING, ...): set by the CLI's --verbose/--quiet and
@@ -74,10 +77,6 @@ def quiet_ray_serve_console() -> None:
     """
     if not verbose():
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
-
-
-RAY_TRAIN_REPORT_MODULE = "ray.train.v2._internal.execution.context"
-"""The Ray Train module that logs every ``ray.train.report`` call (see :func:`quiet_ray_train_reports`)."""
 
 
 def quiet_ray_train_reports() -> None:

@@ -11,7 +11,6 @@
 
 from bm_ray.serve.app import (
     APP_NAME,
-    IMPORT_PATH,
     DeployFailedError,
     ModelRefError,
     app_url,
@@ -27,7 +26,6 @@ from bm_ray.serve.model import MODEL_DEPLOYMENT
 
 __all__ = [
     "APP_NAME",
-    "IMPORT_PATH",
     "INGRESS_DEPLOYMENT",
     "INGRESS_NUM_CPUS",
     "MODEL_DEPLOYMENT",

@@ -17,6 +17,7 @@ from ray.serve.deployment import Deployment
 from ray.serve.handle import DeploymentHandle
 
 import bm_ray
+from bm_ray.layout import SERVE_IMPORT_PATH
 from bm_ray.model.registry import (
     HUB_PREFIX,
     PRESETS,
@@ -25,13 +26,13 @@ from bm_ray.model.registry import (
     read_model_info,
     resolve_model,
 )
+from bm_ray.runtime.compat import versioned_options
 from bm_ray.runtime.ray_init import init_ray, runtime_env
 from bm_ray.serve.gateway import INGRESS_NUM_CPUS, ApiGateway, ingress_max_ongoing, read_api_key
 from bm_ray.serve.model import Classifier
 from bm_ray.specs import ServeSpec, SpecError, deep_merge, read_yaml, validate_spec
 
 APP_NAME = "bm-ray"
-IMPORT_PATH = "bm_ray.serve:build_app"
 AUTOSCALING_LOOK_BACK_S = 15.0
 """Window over which Serve averages the ongoing requests it scales on (Serve's default is 30 s; it must
 exceed Serve's 10 s metrics interval): the replica count follows a change of load soon after the delays."""
@@ -70,12 +71,12 @@ def compose_app(spec: ServeSpec, model: Deployment = Classifier) -> serve.Applic
     """The application for `spec`: the gateway bound to `model` (the ``Classifier`` deployment, or a subclass of it)."""
     check_model_ref(spec.model)
     backpressure = BackpressureConfig(status_code=503, retry_after_s=spec.retry_after_s)
-    # `version` keeps a model change an in-place `reconfigure` of the running replicas (no restart)
-    # when the app is redeployed with `serve.run`. Serve's public `options()` refuses `version` (its
-    # declarative deploys version apps themselves), and no public API gives `serve.run` a stable
-    # version, hence `_internal=True`.
+    # A fixed `version` keeps a model change an in-place `reconfigure` of the running replicas (no
+    # restart) when the app is redeployed; Serve's public `options()` refuses it (see versioned_options).
     version = _code_version(spec)
-    model_app = model.options(
+    model_app = versioned_options(
+        model,
+        version,
         autoscaling_config={
             "min_replicas": spec.min_replicas,
             "max_replicas": spec.max_replicas,
@@ -93,19 +94,17 @@ def compose_app(spec: ServeSpec, model: Deployment = Classifier) -> serve.Applic
             "runtime_env": runtime_env(),
         },
         user_config={"model": spec.model},
-        version=version,
-        _internal=True,
     ).bind(spec)
     ingress_slots = ingress_max_ongoing(spec)
-    return ApiGateway.options(
+    return versioned_options(
+        ApiGateway,
+        version,
         num_replicas=spec.gateway_replicas,
         max_ongoing_requests=ingress_slots,
         # A last line of defence only (the proxy's plain-text 503): the gateway's own bound fills first.
         max_queued_requests=ingress_slots,
         backpressure_config=backpressure,
         ray_actor_options={"num_cpus": INGRESS_NUM_CPUS, "runtime_env": runtime_env()},
-        version=version,
-        _internal=True,
     ).bind(spec, model_app)
 
 
@@ -129,9 +128,9 @@ def load_serve_spec(config: str | Path | None, flags: dict[str, Any]) -> ServeSp
         return validate_spec(ServeSpec, flags, "command line")
     data = read_yaml(config)
     if "applications" in data:
-        apps = [a for a in data["applications"] or [] if a.get("import_path") == IMPORT_PATH]
+        apps = [a for a in data["applications"] or [] if a.get("import_path") == SERVE_IMPORT_PATH]
         if not apps:
-            raise SpecError(f"{config}: no application with import_path {IMPORT_PATH}")
+            raise SpecError(f"{config}: no application with import_path {SERVE_IMPORT_PATH}")
         http = data.get("http_options") or {}
         data = {
             **{key: http[key] for key in ("host", "port") if key in http},

@@ -16,6 +16,7 @@ from tiny_model import make_tiny_model
 
 from bm_ray.jobs.classify import classify
 from bm_ray.jobs.evaluate import evaluate
+from bm_ray.layout import LABELS_FILE
 from bm_ray.model.calibration import (
     TopLabelMap,
     calibration_report,
@@ -28,7 +29,7 @@ from bm_ray.model.calibration import (
 )
 from bm_ray.model.engine import Predictor, aggregate_windows
 from bm_ray.model.metrics import reliability_bins
-from bm_ray.model.registry import LABELS_FILE, ModelInfo, read_model_info, write_model_info
+from bm_ray.model.registry import ModelInfo, read_model_info, write_model_info
 from bm_ray.serve.model import Classifier
 from bm_ray.specs import ClassifySpec, EvaluateSpec, IngestSpec, ServeSpec
 
@@ -281,7 +282,7 @@ def test_training_calibration_fits_the_map_only_with_enough_validation_rows(
     map from TOP_LABEL_MIN_ROWS validation rows, stored in labels.json and answered with on reload."""
     import ray
 
-    from bm_ray.jobs.train.job import calibrate_model
+    from bm_ray.jobs.train.calibrate import calibrate_model
     from bm_ray.model.calibration import TOP_LABEL_MIN_ROWS
 
     words = ["market", "team", "vote", "rocket", "bank", "season", "minister", "chip", "rally", "court"]  # fmt: skip

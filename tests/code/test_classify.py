@@ -23,8 +23,9 @@ from drivers import start_bm_ray
 from fault_corpus import FaultCorpus, write_fault_corpus
 from tiny_model import make_tiny_model
 
+from bm_ray.bench.classify import precision_agreement
 from bm_ray.corpus import ok_rows, read_corpus
-from bm_ray.jobs.classify import classify, precision_agreement
+from bm_ray.jobs.classify import classify
 from bm_ray.jobs.scoring import corpus_batches, evaluate_batches
 from bm_ray.model.engine import Predictor
 from bm_ray.model.metrics import ConfusionMatrix
@@ -276,7 +277,7 @@ def test_resume_refuses_another_model_version_at_the_same_path(
     new = read_model_info(model_dir).version
     assert new != old
     with pytest.raises(
-        ValueError, match=rf"different job \(differs in: model_version \(was {old}, now {new}\)\).*overwrite"
+        ValueError, match=rf"different job \(differs in: model_version: {old} → {new}\).*overwrite"
     ):
         classify(spec)
     fresh = classify(spec.model_copy(update={"overwrite": True}))

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from bm_ray.cli import main as cli
+from bm_ray.cli import app, options
 
-# One value per shared corpus option (cli.CORPUS_OPTIONS), and the IngestSpec value it must become.
+# One value per shared corpus option (options.CORPUS_OPTIONS), and the IngestSpec value it must become.
 CORPUS_ARGS: dict[str, tuple[list[str], Any]] = {
     "format": (["--format", "csv"], "csv"),
     "text_fields": (["--text-fields", "Title,Description"], ["Title", "Description"]),
@@ -28,8 +28,8 @@ CORPUS_ARGS: dict[str, tuple[list[str], Any]] = {
 def test_the_shared_table_is_the_whole_ingest_spec() -> None:
     from bm_ray.specs import IngestSpec
 
-    assert set(CORPUS_ARGS) == set(cli.CORPUS_OPTIONS)
-    assert set(cli.CORPUS_OPTIONS) <= set(IngestSpec.model_fields)
+    assert set(CORPUS_ARGS) == set(options.CORPUS_OPTIONS)
+    assert set(options.CORPUS_OPTIONS) <= set(IngestSpec.model_fields)
 
 
 def _captured_spec(monkeypatch: pytest.MonkeyPatch, target: str, argv: list[str], names: list[str]) -> Any:
@@ -45,7 +45,7 @@ def _captured_spec(monkeypatch: pytest.MonkeyPatch, target: str, argv: list[str]
 
     monkeypatch.setattr(target, keep)
     extra = [arg for name in names for arg in CORPUS_ARGS[name][0]]
-    result = CliRunner().invoke(cli.app, argv + extra)
+    result = CliRunner().invoke(app, argv + extra)
     assert isinstance(result.exception, Stop), result.output
     return seen[0]
 
@@ -117,8 +117,8 @@ def test_every_long_text_option_reaches_the_job_spec(
     monkeypatch: pytest.MonkeyPatch, argv: list[str], target: str
 ) -> None:
     spec = _captured_spec(monkeypatch, target, argv + WINDOW_ARGS, ["format"])
-    assert set(cli.LONG_TEXT_OPTIONS) <= set(type(spec).model_fields)
-    got = {name: getattr(spec, name) for name in cli.LONG_TEXT_OPTIONS}
+    assert set(options.LONG_TEXT_OPTIONS) <= set(type(spec).model_fields)
+    got = {name: getattr(spec, name) for name in options.LONG_TEXT_OPTIONS}
     assert got == {
         "long_text": "window",
         "window_stride": 16,
@@ -130,9 +130,7 @@ def test_every_long_text_option_reaches_the_job_spec(
 
 
 def test_commands_without_per_row_output_do_not_offer_keep_fields() -> None:
-    result = CliRunner().invoke(
-        cli.app, ["train", "--data", "c.csv", "--output", "m", "--keep-fields", "url"]
-    )
+    result = CliRunner().invoke(app, ["train", "--data", "c.csv", "--output", "m", "--keep-fields", "url"])
     assert result.exit_code != 0
     assert "--keep-fields" in result.output
 
@@ -171,7 +169,7 @@ def test_every_actor_pool_option_reaches_the_job_spec(
 ) -> None:
     pool = ["--batch-size", "48", "--actors", "1,3", "--cpus-per-actor", "0.5", "--gpus-per-actor", "0"]
     spec = _captured_spec(monkeypatch, target, argv + pool + ["--precision", "bf16"], ["format"])
-    assert set(cli.ACTOR_POOL_OPTIONS) <= set(type(spec).model_fields)
+    assert set(options.ACTOR_POOL_OPTIONS) <= set(type(spec).model_fields)
     assert (spec.batch_size, spec.actors.min, spec.actors.max) == (48, 1, 3)
     assert (spec.cpus_per_actor, spec.gpus_per_actor, spec.precision) == (0.5, 0, "bf16")
     assert spec.input.format == "csv"

@@ -1,4 +1,4 @@
-"""Cluster launcher configs and the cluster image agree with Ray's schema and with pyproject.toml's pins."""
+"""Cluster launcher configs and the cluster image agree with Ray's schema and with the tested versions (constraints.txt)."""
 
 from __future__ import annotations
 
@@ -20,12 +20,12 @@ PINNED = ("ray", "tensorflow", "tf-keras", "transformers")
 
 
 def _pins() -> dict[str, str]:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    """The tested versions (constraints.txt; pyproject.toml holds ranges), by normalised name (`tf-keras`)."""
     pins = {}
-    for requirement in project["dependencies"]:
-        match = re.fullmatch(r"([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?==([\w.]+)", requirement)
+    for line in (ROOT / "constraints.txt").read_text(encoding="utf-8").splitlines():
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)==([\w.]+)", line.strip())
         if match:
-            pins[match[1]] = match[2]
+            pins[re.sub(r"[-_.]+", "-", match[1]).lower()] = match[2]
     return pins
 
 
@@ -45,7 +45,7 @@ def test_dockerfile_versions_match_pyproject() -> None:
     assert set(PINNED) <= set(pins)
     for package in PINNED:
         found = set(re.findall(rf"\b{re.escape(package)}(?:\[[^\]]*\])?==([\w.]*\w)", dockerfile))
-        assert found == {pins[package]}, f"{package}: Dockerfile {found} vs pyproject.toml {pins[package]}"
+        assert found == {pins[package]}, f"{package}: Dockerfile {found} vs constraints.txt {pins[package]}"
     bases = re.findall(r"rayproject/ray:([\w.]+)-py(\d)(\d+)-(cpu|gpu)", dockerfile)
     assert {base[3] for base in bases} == {"cpu", "gpu"}
     assert {base[0] for base in bases} == {pins["ray"]}

@@ -15,8 +15,8 @@ import pytest
 import tensorflow as tf
 from tiny_model import make_tiny_model
 
+from bm_ray.layout import LABELS_FILE
 from bm_ray.model.registry import (
-    LABELS_FILE,
     PRESETS,
     READY_MARKER,
     ModelRefError,
@@ -148,7 +148,7 @@ def test_credentials_are_redacted_from_uris() -> None:
 
 def test_optimizer_state_round_trip(tmp_path: Path, tokenizer_dir: str) -> None:
     """Slots and iterations saved from a trained optimizer come back equal in a fresh one."""
-    from bm_ray.jobs.train.job import compile_classifier
+    from bm_ray.jobs.train.loop import compile_classifier
     from bm_ray.jobs.train.resume import restore_optimizer_state, save_optimizer_state
 
     labels = ["x", "y"]

@@ -21,8 +21,10 @@ from bm_ray.jobs.classify import classify
 from bm_ray.jobs.evaluate import evaluate
 from bm_ray.jobs.ingest import ingest
 from bm_ray.jobs.train.job import train
+from bm_ray.layout import REPORT_FILE
 from bm_ray.model.metrics import reliability_bins, risk_coverage
-from bm_ray.report.pages import REPORT_FILE, OutputDir, build_report, detect_kind
+from bm_ray.report import build_report
+from bm_ray.report.outputs import OutputDir, detect_kind
 from bm_ray.specs import ClassifySpec, EvaluateSpec, IngestSpec, TrainSpec
 
 LABELS = ["x", "y", "z"]

@@ -25,23 +25,13 @@ from serve_faults import HANG, PACE, POISON, SLOW, FaultyClassifier
 from tiny_model import make_tiny_model
 from typer.testing import CliRunner
 
-from bm_ray.bench.serve import (
-    BARE_ROWS,
-    CpuPerRequest,
-    bare_forward,
-    drive,
-    load_test,
-    load_with_kill,
-    process_role,
-    replica_actor_names,
-    running_replicas,
-    targets,
-    text_shots,
-    wait_replaced,
-)
+from bm_ray.bench.load import drive, load_test, text_shots
+from bm_ray.bench.serve import BARE_ROWS, CpuPerRequest, bare_forward, process_role, targets
+from bm_ray.bench.serve_faults import load_with_kill, replica_actor_names, running_replicas, wait_replaced
 from bm_ray.cli.main import app as cli_app
+from bm_ray.layout import LABELS_FILE
 from bm_ray.model.engine import Predictor
-from bm_ray.model.registry import LABELS_FILE, fetch_preset, read_model_info
+from bm_ray.model.registry import fetch_preset, read_model_info
 from bm_ray.runtime.ray_init import free_port
 from bm_ray.serve import (
     INGRESS_DEPLOYMENT,

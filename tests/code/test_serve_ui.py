@@ -17,7 +17,8 @@ from browser import browser_page
 from ray import serve
 from tiny_model import make_tiny_model
 
-from bm_ray.model.registry import LABELS_FILE, fetch_preset
+from bm_ray.layout import LABELS_FILE
+from bm_ray.model.registry import fetch_preset
 from bm_ray.runtime.ray_init import free_port
 from bm_ray.serve import app_url, deploy
 from bm_ray.specs import ServeSpec

@@ -8,6 +8,8 @@ import os
 import random
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -20,8 +22,10 @@ import ray
 from ray.util.state import list_actors
 from tiny_model import make_tiny_model
 
-from bm_ray.jobs.train.job import TrainError, prepare_data, resolve_label_names, run_name, train
-from bm_ray.jobs.train.resume import OPTIMIZER_STATE_FILE, ResumeError, prepare_train_output, record_labels
+from bm_ray.jobs.train.data import TrainError, prepare_data, resolve_label_names
+from bm_ray.jobs.train.job import run_name, train
+from bm_ray.jobs.train.resume import ResumeError, prepare_train_output, record_labels
+from bm_ray.layout import OPTIMIZER_STATE_FILE
 from bm_ray.model.calibration import TOP_LABEL_MIN_ROWS
 from bm_ray.model.engine import Predictor
 from bm_ray.model.registry import load_classifier, read_model_info, save_model_dir, sha256_file
@@ -221,9 +225,7 @@ def test_resume_refuses_a_changed_spec_or_changed_data(trained_with_fault: dict,
     original = data.read_bytes()
     try:
         data.write_bytes(original + b'{"id": "extra", "text": "one more row", "label": "alpha"}\n')
-        with pytest.raises(
-            ResumeError, match=r"data: file changed \(size or modification time\): .*train\.jsonl"
-        ):
+        with pytest.raises(ResumeError, match=r"manifest\.data: .*train\.jsonl changed \("):
             train(spec_for(data, output, tiny_base, resume=True))
     finally:
         data.write_bytes(original)
@@ -299,6 +301,14 @@ def test_spec_rejects_batch_smaller_than_workers(tmp_path: Path) -> None:
         TrainSpec(data=IngestSpec(input=["x.jsonl"]), output=str(tmp_path), workers=4, batch_size=2)
 
 
+def test_train_job_imports_without_tensorflow() -> None:
+    """`import bm_ray.jobs.train` and its job module leave TensorFlow unimported (it starts in the workers)."""
+    probe = "import sys, bm_ray.jobs.train.job, bm_ray.jobs.train; print('tensorflow' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
 def test_refit_trains_on_all_rows_and_keeps_selection_metrics(
     ray_local: None, tiny_base: Path, tmp_path: Path
 ) -> None:
@@ -336,7 +346,7 @@ def test_boilerplate_rows_are_training_copies_in_a_page_with_their_own_label(
     ray_local: None, tiny_base: Path, tmp_path: Path
 ) -> None:
     from bm_ray.jobs.train.background import BACKGROUND_PHRASES, behind_boilerplate
-    from bm_ray.jobs.train.job import with_boilerplate
+    from bm_ray.jobs.train.data import with_boilerplate
 
     rows = [{"id": f"r{i}", "text": f"story number {i}", "label": LABELS[i % len(LABELS)]} for i in range(40)]
     spec = spec_for(tmp_path / "d.jsonl", tmp_path / "out", tiny_base, boilerplate_rows=15)

@@ -235,7 +235,7 @@ def test_classifier_loss_is_cross_entropy_smoothed_and_uniform_for_background() 
     import tensorflow as tf
 
     from bm_ray.jobs.train.background import BACKGROUND_LABEL_ID
-    from bm_ray.jobs.train.job import classifier_loss
+    from bm_ray.jobs.train.loop import classifier_loss
 
     flat_target_loss = classifier_loss(3, 0.0)
 

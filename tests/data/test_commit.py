@@ -15,8 +15,18 @@ from bm_ray.corpus import BLANK_LINE, read_corpus, row_schema
 from bm_ray.corpus.listing import input_manifest
 from bm_ray.corpus.rows import UNIT_END
 from bm_ray.jobs.ingest import ingest
-from bm_ray.output import commit
+from bm_ray.layout import MANIFEST_KEY
+from bm_ray.output.commit import (
+    PROGRESS_SCHEMA,
+    CommitProcessor,
+    commit_name,
+    committed_rows,
+    prepare_output,
+    summarize,
+)
+from bm_ray.output.lease import OutputInUseError, OutputLease
 from bm_ray.specs import IngestSpec
+from bm_ray.storage import write_json_atomic
 
 
 def make_batch(rows: list[tuple[str, int, str | None]]) -> pa.Table:
@@ -48,16 +58,16 @@ def listing(out: Path) -> dict[str, bytes]:
 
 def test_processor_commits_batches_and_retries_are_idempotent(tmp_path: Path) -> None:
     out = str(tmp_path / "out")
-    commit.prepare_output(out)
+    prepare_output(out)
     first = make_batch([("u1", 0, None), ("u1", 1, None), ("u1", 2, BLANK_LINE), ("u1", 3, "empty_text")])
     second = make_batch([("u1", 4, None), ("u1", 5, "too_long"), ("u1", 6, UNIT_END), ("u2", 0, BLANK_LINE)])
-    processor = commit.CommitProcessor(out)
+    processor = CommitProcessor(out)
     progress = processor(first)
-    assert progress.schema == commit.PROGRESS_SCHEMA
+    assert progress.schema == PROGRESS_SCHEMA
     assert progress.to_pylist() == [{"rows_committed": 3, "rows_ok": 2, "rows_rejected": 1, "blank_lines": 1}]
     processor(second)
     files = listing(tmp_path / "out")
-    name2 = commit.commit_name([("u1", 4, 6), ("u2", 0, 0)])
+    name2 = commit_name([("u1", 4, 6), ("u2", 0, 0)])
     assert name2.startswith("u1-000000000004-000000000006-and-1-")
     assert sorted(files) == sorted(
         [
@@ -75,12 +85,12 @@ def test_processor_commits_batches_and_retries_are_idempotent(tmp_path: Path) ->
 
     processor(second)  # a retried task: same names, same contents, nothing added
     assert listing(tmp_path / "out") == files
-    assert commit.committed_rows(out) == {"u1": [(0, 3), (4, 6)], "u2": [(0, 0)]}
+    assert committed_rows(out) == {"u1": [(0, 3), (4, 6)], "u2": [(0, 0)]}
     # u2 (one blank line) was never read to its end: its unit end is missing
     with pytest.raises(RuntimeError, match="u2 was never read to its end"):
-        commit.summarize(out)
+        summarize(out)
     processor(make_batch([("u2", 1, UNIT_END)]))
-    summary = commit.summarize(out, {"format": "jsonl"})
+    summary = summarize(out, {"format": "jsonl"})
     counts = (summary["rows_read"], summary["rows_ok"], summary["rows_rejected"], summary["blank_lines"])
     assert counts == (5, 3, 2, 2) and summary["format"] == "jsonl" and summary["commits"] == 3
 
@@ -88,21 +98,21 @@ def test_processor_commits_batches_and_retries_are_idempotent(tmp_path: Path) ->
 def test_a_worker_of_a_job_whose_lease_was_taken_over_commits_nothing(tmp_path: Path) -> None:
     """Fencing: a worker left running by a killed driver must not commit into the resumed job's output."""
     out = str(tmp_path / "out")
-    commit.prepare_output(out)
-    old = commit.OutputLease(out, "classify")
+    prepare_output(out)
+    old = OutputLease(out, "classify")
     old.acquire()
-    orphan = commit.CommitProcessor(out, lease_token=old.token)
+    orphan = CommitProcessor(out, lease_token=old.token)
     orphan(make_batch([("u1", 0, None)]))  # while its job holds the lease it commits
     old._stop.set()  # the driver dies: no more heartbeats, no release
-    new = commit.OutputLease(out, "classify")
+    new = OutputLease(out, "classify")
     new.record["heartbeat"] = new.record["started"]
-    commit.write_json_atomic(new.fs, new.path, new.record)  # the resumed job took the lease over
-    with pytest.raises(commit.OutputInUseError, match="no longer holds the output's lease"):
+    write_json_atomic(new.fs, new.path, new.record)  # the resumed job took the lease over
+    with pytest.raises(OutputInUseError, match="no longer holds the output's lease"):
         orphan(make_batch([("u1", 1, None)]))
     assert [p.name for p in (tmp_path / "out" / "_commits").iterdir()] == [
         "u1-000000000000-000000000000.json"
     ]
-    commit.CommitProcessor(out, lease_token=new.token)(make_batch([("u1", 1, None)]))
+    CommitProcessor(out, lease_token=new.token)(make_batch([("u1", 1, None)]))
     assert len(list((tmp_path / "out" / "_commits").iterdir())) == 2
 
 
@@ -111,44 +121,46 @@ def test_a_row_lost_between_read_and_commit_fails_the_accounting(ray_local, tmp_
     a gap between that count and the committed spans, and the summary refuses it."""
     spec, _ = write_dup_corpus(tmp_path)
     out = str(tmp_path / "out")
-    commit.prepare_output(out)
+    prepare_output(out)
     ds, info = read_corpus(spec, unit_ends=True, dedupe=False)
     lost = ds.filter(lambda row: row["source"] != "a.jsonl:5")  # a bug that drops one row
-    processor = commit.CommitProcessor(out)
+    processor = CommitProcessor(out)
     for batch in lost.iter_batches(batch_format="pyarrow", batch_size=None):
         processor(batch)
     with pytest.raises(RuntimeError, match=r"rows 4\.\.4 of a\.jsonl were read but never committed"):
-        commit.summarize(out, {commit.MANIFEST_KEY: input_manifest(info)})
+        summarize(out, {MANIFEST_KEY: input_manifest(info)})
 
     # the same rows, none lost: the accounting holds
     clean = str(tmp_path / "clean")
-    commit.prepare_output(clean)
-    processor = commit.CommitProcessor(clean)
+    prepare_output(clean)
+    processor = CommitProcessor(clean)
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         processor(batch)
-    summary = commit.summarize(clean, {commit.MANIFEST_KEY: input_manifest(info)})
+    summary = summarize(clean, {MANIFEST_KEY: input_manifest(info)})
     assert summary["rows_read"] == 49 == summary["rows_ok"] + summary["rows_rejected"]
 
 
 def test_prepare_output_removes_debris_and_refuses_other_jobs(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    commit.prepare_output(str(out), job={"kind": "ingest", "input": ["a"]})
-    commit.CommitProcessor(str(out))(make_batch([("u1", 0, None), ("u1", 1, "empty_text")]))
+    prepare_output(str(out), job={"kind": "ingest", "input": ["a"]})
+    CommitProcessor(str(out))(make_batch([("u1", 0, None), ("u1", 1, "empty_text")]))
     (out / "ok" / "u9-000000000000-000000000009.parquet").write_bytes(b"half-written")
     (out / "rejects" / ".tmp-u1-000000000000-000000000001.parquet-1234").write_bytes(b"tmp")
     (out / "_commits" / ".tmp-u9-000000000000-000000000009.json-1234").write_bytes(b"{")
     before = listing(out)
-    commit.prepare_output(str(out), job={"kind": "ingest", "input": ["a"]})
+    prepare_output(str(out), job={"kind": "ingest", "input": ["a"]})
     after = listing(out)
     assert sorted(set(before) - set(after)) == [
         "_commits/.tmp-u9-000000000000-000000000009.json-1234",
         "ok/u9-000000000000-000000000009.parquet",
         "rejects/.tmp-u1-000000000000-000000000001.parquet-1234",
     ]
-    with pytest.raises(ValueError, match=r"different job \(differs in: input\).*overwrite"):
-        commit.prepare_output(str(out), job={"kind": "ingest", "input": ["b"]})
+    with pytest.raises(
+        ValueError, match=r"different job \(differs in: input: \[.a.\] → \[.b.\]\).*overwrite"
+    ):
+        prepare_output(str(out), job={"kind": "ingest", "input": ["b"]})
     assert listing(out) == after  # refused: nothing written
-    commit.prepare_output(str(out), overwrite=True, job={"kind": "ingest", "input": ["b"]})
+    prepare_output(str(out), overwrite=True, job={"kind": "ingest", "input": ["b"]})
     assert sorted(listing(out)) == ["_job.json"]
 
 
@@ -215,14 +227,14 @@ def test_processor_as_ray_data_callable_class(ray_local, tmp_path: Path) -> None
     """How bulk classification reuses the commit protocol: an actor pool, another ok table and ok subdir."""
     spec, _ = write_dup_corpus(tmp_path)
     out = str(tmp_path / "pred")
-    commit.prepare_output(out, ok_dir="predictions")
+    prepare_output(out, ok_dir="predictions")
 
     def predict(rows: pa.Table) -> pa.Table:
         return pa.table({"id": rows.column("id"), "predicted": pc.utf8_length(rows.column("text"))})
 
     ds, info = read_corpus(spec, unit_ends=True)
     progress = ds.map_batches(
-        commit.CommitProcessor,
+        CommitProcessor,
         fn_constructor_kwargs={
             "output": out,
             "ok_fn": predict,
@@ -235,7 +247,7 @@ def test_processor_as_ray_data_callable_class(ray_local, tmp_path: Path) -> None
     )
     assert progress.sum("rows_committed") == 49
     info.dedupe.close()
-    summary = commit.summarize(out)
+    summary = summarize(out)
     assert (summary["rows_ok"], summary["rows_rejected"]) == (34, 15)
     assert sum(summary["label_counts"].values()) == 34  # the predicted "labels" (text lengths)
     assert len(list((tmp_path / "pred" / "predictions").glob("*.parquet"))) >= 2

@@ -11,15 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 from fault_corpus import FORMATS, write_fault_corpus
 
-from bm_ray.corpus import (
-    REJECT_REASONS,
-    ROW_COLUMNS,
-    clean_text,
-    infer_format,
-    list_corpus,
-    read_corpus,
-)
+from bm_ray.corpus import ROW_COLUMNS, clean_text, infer_format, list_corpus, read_corpus
 from bm_ray.jobs.ingest import ingest
+from bm_ray.layout import REJECT_REASONS
 from bm_ray.specs import IngestSpec
 
 

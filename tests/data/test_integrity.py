@@ -18,7 +18,9 @@ import pytest
 
 from bm_ray.corpus.readers import LONG_LINE_KEPT_BYTES, _iter_lines
 from bm_ray.jobs.ingest import ingest
-from bm_ray.output import commit
+from bm_ray.layout import LEASE_FILE, MANIFEST_KEY
+from bm_ray.output.driver import TooManyRejectsError
+from bm_ray.output.lease import LEASE_STALE_S, OutputInUseError
 from bm_ray.specs import IngestSpec
 
 
@@ -65,8 +67,8 @@ def test_changed_or_added_input_refuses_resume(ray_local, tmp_path: Path) -> Non
     out = tmp_path / "out"
     first = ingest(spec, str(out))
     job = json.loads((out / "_job.json").read_text())
-    assert [m["name"] for m in job[commit.MANIFEST_KEY]] == ["day1/news.jsonl", "day2/news.jsonl"]
-    assert first[commit.MANIFEST_KEY] == job[commit.MANIFEST_KEY]
+    assert [m["name"] for m in job[MANIFEST_KEY]] == ["day1/news.jsonl", "day2/news.jsonl"]
+    assert first[MANIFEST_KEY] == job[MANIFEST_KEY]
     before = listing(out)
 
     with open(inputs[1], "a", encoding="utf-8") as f:  # a file appended to between runs
@@ -105,26 +107,26 @@ def test_live_lease_refuses_and_stale_lease_is_taken_over(ray_local, tmp_path: P
     out = tmp_path / "out"
     out.mkdir()
     lease = {"owner": "alice@node-7 (classify, pid 4242)", "host": "node-7", "pid": 4242, "token": "t"}
-    (out / commit.LEASE_FILE).write_text(json.dumps({**lease, "heartbeat": time.time()}))
-    with pytest.raises(commit.OutputInUseError, match=r"in use by alice@node-7 \(classify, pid 4242\)"):
+    (out / LEASE_FILE).write_text(json.dumps({**lease, "heartbeat": time.time()}))
+    with pytest.raises(OutputInUseError, match=r"in use by alice@node-7 \(classify, pid 4242\)"):
         ingest(spec, str(out))
     assert not (out / "_job.json").exists()
 
-    stale = time.time() - commit.LEASE_STALE_S - 5
-    (out / commit.LEASE_FILE).write_text(json.dumps({**lease, "heartbeat": stale}))
+    stale = time.time() - LEASE_STALE_S - 5
+    (out / LEASE_FILE).write_text(json.dumps({**lease, "heartbeat": stale}))
     assert ingest(spec, str(out))["rows_ok"] == 6
-    assert not (out / commit.LEASE_FILE).exists()  # released at the end
+    assert not (out / LEASE_FILE).exists()  # released at the end
 
     # a dead process on this host: stale at once, whatever its heartbeat
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
     mine = {**lease, "host": socket.gethostname(), "pid": int(dead.stdout), "heartbeat": time.time()}
-    (out / commit.LEASE_FILE).write_text(json.dumps(mine))
+    (out / LEASE_FILE).write_text(json.dumps(mine))
     assert ingest(spec, str(out))["rows_ok"] == 6
     # this process is alive: its lease is live
-    (out / commit.LEASE_FILE).write_text(json.dumps({**mine, "pid": os.getpid()}))
-    with pytest.raises(commit.OutputInUseError):
+    (out / LEASE_FILE).write_text(json.dumps({**mine, "pid": os.getpid()}))
+    with pytest.raises(OutputInUseError):
         ingest(spec, str(out))
 
 
@@ -146,7 +148,7 @@ def test_overwrite_into_a_new_or_empty_directory_runs(ray_local, tmp_path: Path)
     for out in (tmp_path / "new", tmp_path / "empty"):
         summary = ingest(spec, str(out), overwrite=True)
         assert summary["rows_read"] == summary["rows_ok"] + summary["rows_rejected"] > 0
-        assert not (out / commit.LEASE_FILE).exists()
+        assert not (out / LEASE_FILE).exists()
 
 
 def test_a_huge_line_is_too_long_without_being_held(tmp_path: Path) -> None:
@@ -185,7 +187,7 @@ def test_huge_line_json_array_and_reject_fraction(ray_local, tmp_path: Path) -> 
     assert read_dir(tmp_path / "out-array" / "rejects").column("source").to_pylist() == ["array.json:[2]"]
 
     typo = IngestSpec(input=[str(tmp_path / "array.json")], text_fields=["txet"])
-    with pytest.raises(commit.TooManyRejectsError, match=r"4 of the 4 rows read \(100%\).*missing_field 3"):
+    with pytest.raises(TooManyRejectsError, match=r"4 of the 4 rows read \(100%\).*missing_field 3"):
         ingest(typo, str(tmp_path / "out-typo"))
     assert not (tmp_path / "out-typo" / "summary.json").exists()
 

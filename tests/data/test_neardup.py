@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -84,7 +86,8 @@ def _ids(ds: ray.data.Dataset) -> list[str]:
 
 def test_grouped_split_keeps_clusters_whole_and_stratified(ray_local: None) -> None:
     rows, planted = planted_corpus()
-    train_ds, val_ds, _ = neardup.grouped_split(blocks_of(rows), 0.2, 7, key_column="id")
+    ds = blocks_of(rows)
+    train_ds, val_ds = neardup.grouped_split(ds, neardup.find_clusters(ds, key_column="id"), 0.2, 7)
     train, val = _ids(train_ds), _ids(val_ds)
     assert sorted(train + val) == sorted(r["id"] for r in rows)  # every row on exactly one side
     val_set = set(val)
@@ -114,7 +117,7 @@ def test_cluster_split_is_deterministic_and_seeded(ray_local: None) -> None:
 
 def test_a_grouped_split_with_no_room_for_validation_refuses(ray_local: None) -> None:
     """One cluster holding every row cannot be split: a clear error, never a run validated on 0 rows."""
-    from bm_ray.jobs.train.job import split_rows
+    from bm_ray.jobs.train.data import split_rows
     from bm_ray.specs import TrainSpec
 
     text = "the central bank signals a pause while markets rally on tech earnings"
@@ -167,7 +170,10 @@ def test_ingest_near_duplicates_writes_a_cluster_per_row(ray_local: None, tmp_pa
     assert cluster_of["r0"] == "r0"  # a row without duplicates is its own cluster
 
 
-def test_evaluate_train_data_reports_leakage(ray_local: None, tokenizer_dir: str, tmp_path: Path) -> None:
+def test_evaluate_train_data_reports_leakage(
+    ray_local: None, tokenizer_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened, closed = track_dedupe_indexes(monkeypatch)
     rng = random.Random(5)
     train_rows = [{"id": f"t{i}", "text": _text(rng), "label": LABELS[i % 3]} for i in range(60)]
     eval_rows = [{"id": f"e{i}", "text": _text(rng), "label": LABELS[i % 3]} for i in range(40)]
@@ -187,3 +193,44 @@ def test_evaluate_train_data_reports_leakage(ray_local: None, tokenizer_dir: str
     leakage = json.loads((tmp_path / "m" / "metrics.json").read_text(encoding="utf-8"))["leakage"]
     assert (leakage["val_rows"], leakage["exact"], leakage["near"]) == (40, 4, 1)
     assert "warning: 5 of 40" in result.output
+    # evaluate read three corpora (the data, then train and data again for leakage): each read's
+    # dedupe actors are closed by evaluate itself, not left to the driver's exit or garbage collection
+    assert len(opened) == 3 and {id(i) for i in opened} == {id(i) for i in closed}
+    assert live_dedupe_shards() == 0
+
+
+def track_dedupe_indexes(monkeypatch: pytest.MonkeyPatch) -> tuple[list[Any], list[Any]]:
+    """Lists that fill with every DedupeIndex created and every one closed (the real methods still run)."""
+    from bm_ray.corpus.dedupe import DedupeIndex
+
+    opened: list[Any] = []
+    closed: list[Any] = []
+    create, close = DedupeIndex.create.__func__, DedupeIndex.close
+
+    def tracked_create(cls: type[DedupeIndex], *args: Any, **kwargs: Any) -> DedupeIndex:
+        opened.append(create(cls, *args, **kwargs))
+        return opened[-1]
+
+    def tracked_close(self: DedupeIndex) -> None:
+        closed.append(self)
+        close(self)
+
+    monkeypatch.setattr(DedupeIndex, "create", classmethod(tracked_create))
+    monkeypatch.setattr(DedupeIndex, "close", tracked_close)
+    return opened, closed
+
+
+def live_dedupe_shards(timeout_s: float = 20.0) -> int:
+    """Live dedupe shard actors of this Ray (a killed actor takes a moment to leave the state API)."""
+    import ray
+    from ray.util.state import list_actors
+
+    address = ray.get_runtime_context().gcs_address  # this session's Ray, whatever else runs here
+    deadline = time.monotonic() + timeout_s
+    while True:
+        alive = list_actors(
+            address=address, filters=[("class_name", "=", "IdShard"), ("state", "=", "ALIVE")]
+        )
+        if not alive or time.monotonic() > deadline:
+            return len(alive)
+        time.sleep(0.5)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from bm_ray.bench.classify import precision_agreement
 from bm_ray.cli.demo import sample_corpus_spec
-from bm_ray.jobs.classify import precision_agreement
 from bm_ray.model.engine import Predictor
 from bm_ray.specs import TrainSpec
 

@@ -17,15 +17,14 @@ from typing import Any
 import numpy as np
 import pyarrow.fs as pafs
 
-from bm_ray.model.registry import LABELS_FILE
+from bm_ray.layout import JOB_FILE, LABELS_FILE, OPTIMIZER_STATE_FILE, TRAIN_RUN_DIR
+from bm_ray.output.identity import identity_differences
+from bm_ray.runtime.compat import build_optimizer_slots
 from bm_ray.specs import TrainSpec
 from bm_ray.storage import exists, join, read_json, redact, redact_uri, resolve_uri, write_json_atomic
 
-JOB_FILE = "_job.json"
-RUN_DIR = "_ray_train"
 FRESH_RUN_DIRS = ("tensorboard", "rejects")
 """Written during or after a run: a fresh (not resumed) run starts without them."""
-OPTIMIZER_STATE_FILE = "optimizer_state.npz"
 FINISHED_FILES = (LABELS_FILE, "tf_model.h5")
 """Files that make an output a finished model directory."""
 OPERATIONAL_KEYS = {
@@ -69,27 +68,6 @@ def _write_job(fs: pafs.FileSystem, root: str, job: dict[str, Any]) -> None:
     write_json_atomic(fs, join(root, JOB_FILE), job)
 
 
-def identity_differences(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Human-readable differences between two train identities (spec keys, changed/added/removed files)."""
-    diffs = []
-    old_spec, new_spec = previous.get("spec", {}), current.get("spec", {})
-    for key in sorted(set(old_spec) | set(new_spec)):
-        if old_spec.get(key) != new_spec.get(key):
-            diffs.append(f"spec.{key}: {old_spec.get(key)!r} → {new_spec.get(key)!r}")
-    old_manifest, new_manifest = previous.get("manifest", {}), current.get("manifest", {})
-    for corpus in sorted(set(old_manifest) | set(new_manifest)):
-        old = {item["path"]: item for item in old_manifest.get(corpus, [])}
-        new = {item["path"]: item for item in new_manifest.get(corpus, [])}
-        for path in sorted(set(old) | set(new)):
-            if path not in old:
-                diffs.append(f"{corpus}: file added: {path}")
-            elif path not in new:
-                diffs.append(f"{corpus}: file removed: {path}")
-            elif old[path] != new[path]:
-                diffs.append(f"{corpus}: file changed (size or modification time): {path}")
-    return diffs
-
-
 def prepare_train_output(spec: TrainSpec) -> None:
     """Check and prepare `spec.output` before a run; raises :class:`ResumeError` with what to do.
 
@@ -105,7 +83,7 @@ def prepare_train_output(spec: TrainSpec) -> None:
     names = {info.base_name for info in listing}
     finished = all(name in names for name in FINISHED_FILES)
     if spec.overwrite and listing:
-        if not ({JOB_FILE, RUN_DIR, LABELS_FILE} & names):
+        if not ({JOB_FILE, TRAIN_RUN_DIR, LABELS_FILE} & names):
             raise ResumeError(
                 f"{shown} is not empty and is not a bm-ray training output; refusing to delete it "
                 "with overwrite: choose another output"
@@ -130,7 +108,7 @@ def prepare_train_output(spec: TrainSpec) -> None:
             )
         return
     if not spec.resume:  # a fresh start: no old run, events or rejects
-        for stale in sorted({RUN_DIR, *FRESH_RUN_DIRS} & names):
+        for stale in sorted({TRAIN_RUN_DIR, *FRESH_RUN_DIRS} & names):
             fs.delete_dir(f"{root}/{stale}")
     _write_job(fs, root, current)
 
@@ -175,9 +153,7 @@ def restore_optimizer_state(optimizer: Any, model: Any, directory: str | Path) -
     path = Path(directory) / OPTIMIZER_STATE_FILE
     if not path.exists():
         return False
-    # Keras' legacy optimizers (transformers' AdamWeightDecay) create their slots lazily on the first
-    # step and have no public build(); this is the method `apply_gradients` itself calls.
-    optimizer._create_all_weights(model.trainable_variables)
+    build_optimizer_slots(optimizer, model.trainable_variables)  # slots are otherwise made on the first step
     variables = optimizer.variables()
     with np.load(path) as stored:
         values = [stored[f"v{i:05d}"] for i in range(len(stored["names"]))]

