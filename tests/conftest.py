@@ -59,8 +59,18 @@ def tokenizer_dir() -> str:
 SLOW_ENV = "BM_RAY_SLOW"
 
 
+INTEGRATION_FIXTURES = {"ray_local", "local_cluster", "s3", "endpoint", "url"}
+"""Fixtures that start real components (Ray, a multi-node cluster, the S3 server, Serve apps)."""
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked `slow` (real-model training) run only with BM_RAY_SLOW=1 (`make test-slow`)."""
+    """Marks `integration` every test under tests/integration/ or using a real-component fixture (a unit
+    file's few Ray tests then leave `make test-fast`); tests marked `slow` (real-model training) run only
+    with BM_RAY_SLOW=1 (`make test-slow`)."""
+    integration = Path(__file__).parent / "integration"
+    for item in items:
+        if integration in Path(str(item.path)).parents or INTEGRATION_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.integration)
     if os.environ.get(SLOW_ENV) == "1":
         return
     skip = pytest.mark.skip(reason=f"slow: real-model run, opt in with {SLOW_ENV}=1 (make test-slow)")

@@ -1,6 +1,6 @@
 """Write ``docs/openapi.json``, the endpoint's OpenAPI document, from the FastAPI app of the Serve ingress.
 
-Run by ``make openapi`` after changing a route or a request/response model; ``tests/code/test_docs.py``
+Run by ``make openapi`` after changing a route or a request/response model; ``tests/integration/test_docs.py``
 fails while the committed document differs from what the app generates.
 """
 
