@@ -2,7 +2,8 @@
 normalised rows. It starts no Ray (callers do) and knows no model.
 
 - :mod:`~bm_ray.corpus.listing`: files, globs, formats, the input manifest;
-- :mod:`~bm_ray.corpus.readers`: the readers and the Ray Data datasource (:func:`read_corpus`);
+- :mod:`~bm_ray.corpus.readers`: the Ray Data datasource (:func:`read_corpus`);
+- :mod:`~bm_ray.corpus.formats`: each format's records parsed into rows or rejects;
 - :mod:`~bm_ray.corpus.rows`: validation, the reject vocabulary, text cleaning;
 - :mod:`~bm_ray.corpus.dedupe`: duplicate ids.
 """

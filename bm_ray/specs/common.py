@@ -135,6 +135,7 @@ class IngestSpec(StrictModel):
             raise ValueError("input: give at least one file, directory, glob or URI")
         return self
 
+
 class LongTextOptions(StrictModel):
     """How the engine reads texts longer than the model's window (shared by classify, evaluate, serve)."""
 

@@ -17,6 +17,7 @@ from bm_ray.specs.common import (
     StrictModel,
 )
 
+
 class TrainSpec(StrictModel):
     """`bm-ray train`: fine-tune TFBertForSequenceClassification with Ray Train."""
 

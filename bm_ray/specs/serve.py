@@ -7,6 +7,7 @@ from pydantic import Field, model_validator
 from bm_ray.specs.common import LongTextOptions, MinScore, Precision
 from bm_ray.specs.jobs import ClassifySpec
 
+
 class ServeSpec(LongTextOptions):
     """Arguments of the Ray Serve application (`bm_ray.serve:build_app`) and `bm-ray serve`."""
 

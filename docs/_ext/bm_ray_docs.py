@@ -47,8 +47,9 @@ REJECT_MEANINGS = {
     "empty_text": "The text is empty or whitespace only once its fields are joined (null fields count as empty).",
     "not_a_string": "A number, list, object or boolean where a text (or label) is expected.",
     "missing_field": "A text field, or an explicitly named id or label field, is absent from the record.",
-    "malformed_record": "A JSONL line that is not a JSON object, a CSV line with the wrong number of fields or "
-    "an unterminated quote. One bad line never fails its block.",
+    "malformed_record": "A JSONL line that is not a JSON object (or nests deeper than 500 levels), a CSV line "
+    "with the wrong number of fields or an unterminated quote, or a Parquet file pyarrow cannot decode (one "
+    "reject, the file as its source, for the rows not read). One bad line or file never fails the job.",
     "invalid_utf8": "More than 10% of the record's characters are undecodable. Below that the bytes are "
     "replaced with U+FFFD and the row is kept (counted as `rows_utf8_repaired`).",
     "too_long": "A line (or JSON array element) over `max_line_bytes` (16 MiB by default, never read whole), "

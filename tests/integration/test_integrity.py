@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bm_ray.corpus.readers import LONG_LINE_KEPT_BYTES, _iter_lines
+from bm_ray.corpus.formats import LONG_LINE_KEPT_BYTES, _iter_lines
 from bm_ray.jobs.ingest import ingest
 from bm_ray.layout import LEASE_FILE, MANIFEST_KEY
 from bm_ray.output.driver import TooManyRejectsError
@@ -46,7 +46,7 @@ def write_days(root: Path) -> list[str]:
 def test_same_file_names_in_two_inputs_get_distinct_ids(ray_local, tmp_path: Path) -> None:
     inputs = write_days(tmp_path / "in")
     summary = ingest(IngestSpec(input=inputs, text_fields=["title", "body"]), str(tmp_path / "out"))
-    assert (summary["rows_ok"], summary["rows_rejected"]) == (6, 0)
+    assert (summary.rows_ok, summary.rows_rejected) == (6, 0)
     ids = sorted(read_dir(tmp_path / "out" / "ok").column("id").to_pylist())
     assert ids == [f"{d}/news.jsonl:{n}" for d in ("day1", "day2") for n in (1, 2, 3)]
 
@@ -56,7 +56,7 @@ def test_same_file_names_in_two_inputs_get_distinct_ids(ray_local, tmp_path: Pat
         (tmp_path / corpus / "sport" / "001.txt").write_text(f"{corpus} title\nbody")
     spec = IngestSpec(input=[str(tmp_path / "bbc_a"), str(tmp_path / "bbc_b")], format="folders")
     folders = ingest(spec, str(tmp_path / "out-folders"))
-    assert (folders["rows_ok"], folders["rows_rejected"], folders["label_counts"]) == (2, 0, {"sport": 2})
+    assert (folders.rows_ok, folders.rows_rejected, folders.label_counts) == (2, 0, {"sport": 2})
     ids = sorted(read_dir(tmp_path / "out-folders" / "ok").column("id").to_pylist())
     assert ids == ["bbc_a/sport/001.txt", "bbc_b/sport/001.txt"]
 
@@ -68,7 +68,7 @@ def test_changed_or_added_input_refuses_resume(ray_local, tmp_path: Path) -> Non
     first = ingest(spec, str(out))
     job = json.loads((out / "_job.json").read_text())
     assert [m["name"] for m in job[MANIFEST_KEY]] == ["day1/news.jsonl", "day2/news.jsonl"]
-    assert first[MANIFEST_KEY] == job[MANIFEST_KEY]
+    assert first.model_dump()[MANIFEST_KEY] == job[MANIFEST_KEY]
     before = listing(out)
 
     with open(inputs[1], "a", encoding="utf-8") as f:  # a file appended to between runs
@@ -98,7 +98,7 @@ def test_changed_or_added_input_refuses_resume(ray_local, tmp_path: Path) -> Non
     assert result.returncode != 0 and "day3/news.jsonl was added" in " ".join(result.stderr.split())
     assert listing(out) == before
     again = ingest(spec, str(out), overwrite=True)
-    assert again["rows_ok"] == 8 and again["rows_resumed"] == 0
+    assert again.rows_ok == 8 and again.rows_resumed == 0
 
 
 def test_live_lease_refuses_and_stale_lease_is_taken_over(ray_local, tmp_path: Path) -> None:
@@ -114,7 +114,7 @@ def test_live_lease_refuses_and_stale_lease_is_taken_over(ray_local, tmp_path: P
 
     stale = time.time() - LEASE_STALE_S - 5
     (out / LEASE_FILE).write_text(json.dumps({**lease, "heartbeat": stale}))
-    assert ingest(spec, str(out))["rows_ok"] == 6
+    assert ingest(spec, str(out)).rows_ok == 6
     assert not (out / LEASE_FILE).exists()  # released at the end
 
     # a dead process on this host: stale at once, whatever its heartbeat
@@ -123,7 +123,7 @@ def test_live_lease_refuses_and_stale_lease_is_taken_over(ray_local, tmp_path: P
     )
     mine = {**lease, "host": socket.gethostname(), "pid": int(dead.stdout), "heartbeat": time.time()}
     (out / LEASE_FILE).write_text(json.dumps(mine))
-    assert ingest(spec, str(out))["rows_ok"] == 6
+    assert ingest(spec, str(out)).rows_ok == 6
     # this process is alive: its lease is live
     (out / LEASE_FILE).write_text(json.dumps({**mine, "pid": os.getpid()}))
     with pytest.raises(OutputInUseError):
@@ -147,7 +147,7 @@ def test_overwrite_into_a_new_or_empty_directory_runs(ray_local, tmp_path: Path)
     (tmp_path / "empty").mkdir()
     for out in (tmp_path / "new", tmp_path / "empty"):
         summary = ingest(spec, str(out), overwrite=True)
-        assert summary["rows_read"] == summary["rows_ok"] + summary["rows_rejected"] > 0
+        assert summary.rows_read == summary.rows_ok + summary.rows_rejected > 0
         assert not (out / LEASE_FILE).exists()
 
 
@@ -173,7 +173,7 @@ def test_huge_line_json_array_and_reject_fraction(ray_local, tmp_path: Path) -> 
     (tmp_path / "lines.jsonl").write_text("\n".join(lines) + "\n")
     spec = IngestSpec(input=[str(tmp_path / "lines.jsonl")], max_line_bytes=1000)
     summary = ingest(spec, str(tmp_path / "out-lines"))
-    assert (summary["rows_ok"], summary["rejected_by_reason"], summary["blank_lines"]) == (
+    assert (summary.rows_ok, summary.rejected_by_reason, summary.blank_lines) == (
         1,
         {"too_long": 1},
         1,
@@ -182,8 +182,8 @@ def test_huge_line_json_array_and_reject_fraction(ray_local, tmp_path: Path) -> 
     records = [{"id": "r1", "text": "one"}, {"id": "r2", "text": "two"}, 7, {"id": "r3", "text": "three"}]
     (tmp_path / "array.json").write_text(json.dumps(records, indent=2))
     summary = ingest(IngestSpec(input=[str(tmp_path / "array.json")]), str(tmp_path / "out-array"))
-    assert (summary["rows_read"], summary["rows_ok"]) == (4, 3)
-    assert summary["rejected_by_reason"] == {"malformed_record": 1}
+    assert (summary.rows_read, summary.rows_ok) == (4, 3)
+    assert summary.rejected_by_reason == {"malformed_record": 1}
     assert read_dir(tmp_path / "out-array" / "rejects").column("source").to_pylist() == ["array.json:[2]"]
 
     typo = IngestSpec(input=[str(tmp_path / "array.json")], text_fields=["txet"])
@@ -196,8 +196,8 @@ def test_dedupe_none_keeps_repeated_ids(ray_local, tmp_path: Path) -> None:
     rows = [{"id": f"i{n % 3}", "text": f"t {n}"} for n in range(6)]
     (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     spec = IngestSpec(input=[str(tmp_path / "a.jsonl")])
-    assert ingest(spec, str(tmp_path / "ids"))["rejected_by_reason"] == {"duplicate_id": 3}
+    assert ingest(spec, str(tmp_path / "ids")).rejected_by_reason == {"duplicate_id": 3}
     winners = read_dir(tmp_path / "ids" / "ok").column("source").to_pylist()
     assert sorted(winners) == ["a.jsonl:1", "a.jsonl:2", "a.jsonl:3"]
     none = ingest(spec.model_copy(update={"dedupe": "none"}), str(tmp_path / "none"))
-    assert (none["rows_ok"], none["rows_rejected"]) == (6, 0)
+    assert (none.rows_ok, none.rows_rejected) == (6, 0)
