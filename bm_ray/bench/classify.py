@@ -175,11 +175,11 @@ def bench_classify(
     with _workdir() as tmp:
         corpus = write_jsonl(texts, tmp / "rows.jsonl")
         summary = classify(_classify_spec(model_dir, corpus, tmp / "out", batch_size, rows_per_block))
-        if summary["rows_classified"] != rows:
-            raise RuntimeError(f"classify classified {summary['rows_classified']} of {rows} rows")
-        result["ray_rows_per_s"] = rows / summary["elapsed_s"]
-        result["ray_padding_waste"] = summary["padding_waste"]
-        result["ray_actors"] = summary["actors"]["max"]
+        if summary.rows_classified != rows:
+            raise RuntimeError(f"classify classified {summary.rows_classified} of {rows} rows")
+        result["ray_rows_per_s"] = rows / summary.elapsed_s
+        result["ray_padding_waste"] = summary.padding_waste
+        result["ray_actors"] = summary.actors.max
         if memory:
             result.update(_memory(model_dir, texts, tmp, batch_size, rows_per_block))
 

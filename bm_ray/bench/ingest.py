@@ -82,9 +82,9 @@ def bench_ingest(sizes: list[int], dedupe: str = "ids", json_path: str | None = 
             runs.append(
                 {
                     "rows": rows,
-                    "rows_read": summary["rows_read"],
-                    "rows_ok": summary["rows_ok"],
-                    "duplicate_id": summary["rejected_by_reason"].get("duplicate_id", 0),
+                    "rows_read": summary.rows_read,
+                    "rows_ok": summary.rows_ok,
+                    "duplicate_id": summary.rejected_by_reason.get("duplicate_id", 0),
                     "elapsed_s": round(elapsed, 2),
                     "rows_per_s": round(rows / elapsed, 1),
                     "largest_process_peak_rss_mb": round(peak_mb, 1),

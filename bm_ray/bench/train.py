@@ -114,10 +114,10 @@ def bench_train(
         keep_checkpoints=1,
     )
     report = train(spec)
-    steady = report["epochs"][1:] or report["epochs"]
+    steady = report.epochs[1:] or report.epochs
     ray_rows_per_s = float(np.mean([epoch["train_rows_per_s"] for epoch in steady]))
-    labels = list(report["confusion_matrix"]["labels"])
-    max_length = int(report["data"]["max_length"])
+    labels = list(report.confusion_matrix.labels)
+    max_length = report.data.max_length
     keras_task = ray.remote(num_cpus=workers)(_keras_fit_rows_per_s)
     keras = ray.get(keras_task.remote(str(corpus), spec.model_dump(), labels, max_length, workers))
 
@@ -216,7 +216,7 @@ def bench_quality(spec: TrainSpec, json_path: str | None = None) -> dict[str, An
     started = time.perf_counter()
     report = train(spec)
     bm_ray_s = time.perf_counter() - started
-    labels = list(report["confusion_matrix"]["labels"])
+    labels = list(report.confusion_matrix.labels)
     ok = read_labelled_corpus(spec.data, "data")[0].select_columns(["id", "text", "label"])
     train_rows, val_rows, _, leakage = split_rows(ok, spec)  # deterministic: the split bm-ray used
     seed_task = ray.remote(num_cpus=spec.workers * spec.cpus_per_worker)(_seed_recipe_fit)
@@ -232,16 +232,16 @@ def bench_quality(spec: TrainSpec, json_path: str | None = None) -> dict[str, An
     )
     result = {
         "split": spec.split,
-        "train_rows": report["data"]["train_rows"],
-        "val_rows": report["rows_evaluated"],
+        "train_rows": report.data.train_rows,
+        "val_rows": report.rows_evaluated,
         "leakage_fraction": leakage["fraction"],
         "cores": spec.workers * spec.cpus_per_worker,
         "seed_recipe": SEED_RECIPE,
         "seed_accuracy": round(seed["accuracy"], 4),
         "seed_macro_f1": round(seed["macro_f1"], 4),
         "seed_train_s": round(seed["train_s"], 1),
-        "bm_ray_accuracy": round(report["accuracy"], 4),
-        "bm_ray_macro_f1": round(report["macro_f1"], 4),
+        "bm_ray_accuracy": round(report.accuracy, 4),
+        "bm_ray_macro_f1": round(report.macro_f1, 4),
         "bm_ray_train_s": round(bm_ray_s, 1),
         "bm_ray_recipe": spec.model_dump(
             include={"epochs", "batch_size", "learning_rate", "head_warmup", "label_smoothing", "dropout"}

@@ -124,11 +124,11 @@ def run_demo(
 
         def run_ingest() -> tuple[int, str, str]:
             summary = ingest(data, str(work / "ingest"), overwrite=True)
-            console.print(f"  rejected by reason: {summary['rejected_by_reason']}")
+            console.print(f"  rejected by reason: {summary.rejected_by_reason}")
             return (
-                summary["rows_read"],
+                summary.rows_read,
                 str(work / "ingest"),
-                f"{summary['rows_ok']} ok, {summary['rows_rejected']} rejected",
+                f"{summary.rows_ok} ok, {summary.rows_rejected} rejected",
             )
 
         demo.stage("ingest", run_ingest)
@@ -138,19 +138,19 @@ def run_demo(
                 data=data, output=str(model_dir), base_model=base_model, workers=workers, epochs=epochs
             )
             report = train(spec)
-            rows = report["data"]["train_rows"] * epochs
+            rows = report.data.train_rows * epochs
             return (
                 rows,
                 str(model_dir),
-                f"val accuracy {report['accuracy']:.3f}, macro-F1 {report['macro_f1']:.3f}",
+                f"val accuracy {report.accuracy:.3f}, macro-F1 {report.macro_f1:.3f}",
             )
 
         demo.stage("train (Ray Train)", run_train)
 
         def run_evaluate() -> tuple[int, str, str]:
             report = evaluate(EvaluateSpec(model=str(model_dir), data=data, output=str(work / "evaluate")))
-            rows = report["rows_evaluated"] + report["rows_rejected"]
-            note = f"accuracy {report['accuracy']:.3f} (incl. train rows)"
+            rows = report.rows_evaluated + report.rows_rejected
+            note = f"accuracy {report.accuracy:.3f} (incl. train rows)"
             return rows, str(work / "evaluate"), note
 
         demo.stage("evaluate", run_evaluate)
@@ -159,8 +159,8 @@ def run_demo(
             summary = classify(
                 ClassifySpec(model=str(model_dir), input=data, output=str(work / "classify"), overwrite=True)
             )
-            note = f"{summary['rows_classified']} classified, {summary['rows_rejected']} rejected"
-            return summary["rows_read"], str(work / "classify"), note
+            note = f"{summary.rows_classified} classified, {summary.rows_rejected} rejected"
+            return summary.rows_read, str(work / "classify"), note
 
         demo.stage("classify (Ray Data)", run_classify)
 

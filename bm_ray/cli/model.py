@@ -73,8 +73,8 @@ def train(
         report = run_train(train_spec)
         out.result(
             report,
-            note=f"[bold green]done:[/] accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f} "
-            f"on {report['rows_evaluated']} validation rows; model in {train_spec.output}",
+            note=f"[bold green]done:[/] accuracy {report.accuracy:.4f}, macro-F1 {report.macro_f1:.4f} "
+            f"on {report.rows_evaluated} validation rows; model in {train_spec.output}",
         )
 
 
@@ -91,8 +91,8 @@ def tune(
     tune_spec = build_spec(TuneSpec, spec, flags or {})
     with command_output(as_json) as out:
         result = run_tune(tune_spec)
-        summary = {k: result[k] for k in ("best", "metric", "split", "leakage", "elapsed_s")}
-        out.result(summary, note=f"[bold green]best:[/] {result['best']}", text=json_text(summary))
+        summary = result.model_dump(include={"best", "metric", "split", "leakage", "elapsed_s"})
+        out.result(summary, note=f"[bold green]best:[/] {result.best}", text=json_text(summary))
 
 
 EVALUATE_REPORT_KEYS = (
@@ -138,10 +138,11 @@ def evaluate(
     evaluate_spec = validate_spec(EvaluateSpec, given, "command line")
     with command_output(as_json) as out:
         report = run_evaluate(evaluate_spec)
-        printed = {k: report[k] for k in EVALUATE_REPORT_KEYS if k in report}
+        dumped = report.model_dump()
+        printed = {k: dumped[k] for k in EVALUATE_REPORT_KEYS if k in dumped}
         note = None
-        if "target_accuracy" in report:
-            note = target_accuracy_line(report["target_accuracy"], report["rows_evaluated"])
+        if report.target_accuracy is not None:
+            note = target_accuracy_line(report.target_accuracy, report.rows_evaluated)
         out.result(printed, note=note, text=json_text(printed))
 
 

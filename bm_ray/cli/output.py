@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from typing import Annotated, Any, TextIO
 
 import typer
+from pydantic import BaseModel
 from rich.console import Console, RenderableType
 
 console = Console(stderr=True)
@@ -33,7 +34,11 @@ JsonOpt = Annotated[
 
 
 def json_text(data: Any) -> str:
-    """The JSON document of a result (indented; values JSON has no type for, e.g. paths, as strings)."""
+    """The JSON document of a result (indented; values JSON has no type for, e.g. paths, as strings).
+
+    A job's result model (:mod:`bm_ray.results`) prints as its dump: the keys of the file it wrote."""
+    if isinstance(data, BaseModel):
+        data = data.model_dump()
     return json.dumps(data, indent=2, default=str)
 
 

@@ -44,6 +44,7 @@ from bm_ray.model.registry import read_model_info, resolve_model
 from bm_ray.output.commit import CommitProcessor
 from bm_ray.output.driver import commit_corpus
 from bm_ray.report import try_build_report
+from bm_ray.results import ClassifyResult
 from bm_ray.runtime.ray_init import init_ray
 from bm_ray.specs import ClassifySpec, LongTextOptions, Precision
 from bm_ray.storage import redact_uri
@@ -184,10 +185,10 @@ def actor_pool(spec: ClassifySpec) -> tuple[int, int]:
     return max(1, size), max(1, size)
 
 
-def classify(spec: ClassifySpec) -> dict[str, Any]:
+def classify(spec: ClassifySpec) -> ClassifyResult:
     """Run the classify job; returns the summary also written to ``output/summary.json``.
 
-    Keys (beyond :func:`bm_ray.output.summarize`, whose rows_abstained counts the committed predictions
+    Fields (beyond :func:`bm_ray.output.summarize`, whose rows_abstained counts the committed predictions
     below ``min_score`` when one is set): rows_classified, min_score, elapsed_s, rows_per_s (rows read by
     this run / its wall time), rows_this_run, padding_waste, model (name, version, path), precision,
     actors, batch_size, long_text (the options), windows (read by this run) and rows_windows_capped (rows
@@ -270,40 +271,39 @@ def classify(spec: ClassifySpec) -> dict[str, Any]:
     finally:
         context.target_max_block_size = previous_block_size
     try_build_report(spec.output)
-    return summary
+    return ClassifyResult.model_validate(summary)
 
 
-def summary_table(summary: dict[str, Any]) -> Any:
+def summary_table(summary: ClassifyResult) -> Any:
     """A one-screen rich rendering of a classify summary."""
     from rich.table import Table
 
-    table = Table(title=f"bm-ray classify → {summary['output']}", show_header=False)
+    table = Table(title=f"bm-ray classify → {summary.output}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
-    model = summary["model"]
-    table.add_row("model", f"{model['name']} {model['version']} ({model['path']})")
-    table.add_row("rows read", f"{summary['rows_read']:,} ({summary['rows_resumed']:,} resumed)")
-    table.add_row("classified", f"{summary['rows_classified']:,}")
-    if summary.get("min_score") is not None:
+    model = summary.model
+    table.add_row("model", f"{model.name} {model.version} ({model.path})")
+    table.add_row("rows read", f"{summary.rows_read:,} ({summary.rows_resumed:,} resumed)")
+    table.add_row("classified", f"{summary.rows_classified:,}")
+    if summary.min_score is not None:
         table.add_row(
-            "abstained", f"{summary['rows_abstained']:,} (top score < min_score {summary['min_score']:g})"
+            "abstained", f"{summary.rows_abstained or 0:,} (top score < min_score {summary.min_score:g})"
         )
-    reasons = ", ".join(f"{k} {v:,}" for k, v in summary["rejected_by_reason"].items())
-    table.add_row("rejected", f"{summary['rows_rejected']:,}" + (f" ({reasons})" if reasons else ""))
-    top = sorted(summary["label_counts"].items(), key=lambda kv: -kv[1])[:10]
+    reasons = ", ".join(f"{k} {v:,}" for k, v in summary.rejected_by_reason.items())
+    table.add_row("rejected", f"{summary.rows_rejected:,}" + (f" ({reasons})" if reasons else ""))
+    top = sorted(summary.label_counts.items(), key=lambda kv: -kv[1])[:10]
     table.add_row("labels", ", ".join(f"{k} {v:,}" for k, v in top))
     table.add_row(
         "speed",
-        f"{summary['rows_per_s']:,.1f} rows/s, {summary['elapsed_s']:.1f} s, "
-        f"padding ×{summary['padding_waste']:.2f}",
+        f"{summary.rows_per_s:,.1f} rows/s, {summary.elapsed_s:.1f} s, padding ×{summary.padding_waste:.2f}",
     )
-    if summary["long_text"]["long_text"] == "window":
-        capped = summary["rows_windows_capped"]
+    if summary.long_text["long_text"] == "window":
+        capped = summary.rows_windows_capped
         table.add_row(
             "windows",
-            f"{summary['windows']:,} for {summary['rows_this_run']:,} rows read"
+            f"{summary.windows:,} for {summary.rows_this_run:,} rows read"
             + (f" ({capped:,} rows longer than max_windows: tails unread)" if capped else ""),
         )
-    actors = summary["actors"]
-    table.add_row("actors", f"{actors['min']}–{actors['max']} × {actors['cpus_per_actor']} CPU")
+    actors = summary.actors
+    table.add_row("actors", f"{actors.min}–{actors.max} × {actors.cpus_per_actor} CPU")
     return table

@@ -41,6 +41,7 @@ from bm_ray.jobs.classify import classify as classify_corpus
 from bm_ray.layout import COMPARE_FILE, COMPARE_LEGS, FLIPS_DIR, FLIPS_FILE, PREDICTIONS_DIR
 from bm_ray.model.metrics import mcnemar_exact_p
 from bm_ray.report import try_build_report
+from bm_ray.results import CompareResult
 from bm_ray.runtime.ray_init import init_ray
 from bm_ray.specs import ClassifySpec, CompareSpec
 from bm_ray.storage import (
@@ -135,7 +136,7 @@ def compare_tables(
     return result, flips
 
 
-def compare(spec: CompareSpec) -> dict[str, Any]:
+def compare(spec: CompareSpec) -> CompareResult:
     """Run both legs (resuming either), then write flips/ and compare.json; returns compare.json's body.
 
     Beyond :func:`compare_tables`'s keys: models (name, version, path of A and B), legs (their
@@ -154,62 +155,66 @@ def compare(spec: CompareSpec) -> dict[str, Any]:
     for info in list_files(fs, flips_dir):  # an older layout's files would be read as flips too
         if info.base_name != FLIPS_FILE and not info.base_name.startswith("."):
             fs.delete_file(info.path)
-    result = {
-        "models": {leg: summaries[leg]["model"] for leg in COMPARE_LEGS},
-        **result,
-        "legs": {
-            leg: {
-                "output": summaries[leg]["output"],
-                **{k: summaries[leg][k] for k in ("rows_read", "rows_rejected", "rows_resumed")},
-            }
-            for leg in COMPARE_LEGS
-        },
-        "elapsed_s": round(time.monotonic() - started, 3),
-        "output": redact_uri(spec.output),
-    }
-    write_json_atomic(fs, join(root, COMPARE_FILE), result)
+    compared = CompareResult.model_validate(
+        {
+            "models": {leg: summaries[leg].model for leg in COMPARE_LEGS},
+            **result,
+            "legs": {
+                leg: {
+                    "output": summaries[leg].output,
+                    "rows_read": summaries[leg].rows_read,
+                    "rows_rejected": summaries[leg].rows_rejected,
+                    "rows_resumed": summaries[leg].rows_resumed,
+                }
+                for leg in COMPARE_LEGS
+            },
+            "elapsed_s": round(time.monotonic() - started, 3),
+            "output": redact_uri(spec.output),
+        }
+    )
+    write_json_atomic(fs, join(root, COMPARE_FILE), compared.model_dump())
     try_build_report(spec.output)
-    return result
+    return compared
 
 
-def summary_table(result: dict[str, Any], top_flips: int = 5) -> Any:
+def summary_table(result: CompareResult, top_flips: int = 5) -> Any:
     """A one-screen rich rendering of compare.json: models, agreement, the largest flips, accuracy and McNemar."""
     from rich.table import Table
 
-    table = Table(title=f"bm-ray compare → {result['output']}", show_header=False)
+    table = Table(title=f"bm-ray compare → {result.output}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
     for leg in COMPARE_LEGS:
-        model = result["models"][leg]
-        table.add_row(f"model {leg.upper()}", f"{model['name']} {model['version']} ({model['path']})")
-    legs = result["legs"]["a"]
+        model = result.models[leg]
+        table.add_row(f"model {leg.upper()}", f"{model.name} {model.version} ({model.path})")
+    legs = result.legs["a"]
     table.add_row(
         "rows",
-        f"{result['rows']:,} compared ({legs['rows_read']:,} read, {legs['rows_rejected']:,} rejected)",
+        f"{result.rows:,} compared ({legs.rows_read:,} read, {legs.rows_rejected:,} rejected)",
     )
-    table.add_row("agreement", f"{result['agreement']:.2%} ({result['rows_agree']:,} rows)")
-    flips = result["flip_matrix"]
+    table.add_row("agreement", f"{result.agreement:.2%} ({result.rows_agree:,} rows)")
+    flips = result.flip_matrix
     cells = [
-        (count, f"{flips['labels'][i]} → {flips['labels'][j]}")
-        for i, row in enumerate(flips["matrix"])
+        (count, f"{flips.labels[i]} → {flips.labels[j]}")
+        for i, row in enumerate(flips.matrix)
         for j, count in enumerate(row)
         if i != j and count
     ]
     largest = ", ".join(f"{name} {count:,}" for count, name in sorted(cells, key=lambda c: -c[0])[:top_flips])
-    table.add_row("flips (A → B)", f"{result['rows_flipped']:,}" + (f": {largest}" if largest else ""))
-    if "accuracy_a" in result:
-        delta = result["accuracy_b"] - result["accuracy_a"]
+    table.add_row("flips (A → B)", f"{result.rows_flipped:,}" + (f": {largest}" if largest else ""))
+    if result.accuracy_a is not None and result.accuracy_b is not None and result.mcnemar_p is not None:
+        delta = result.accuracy_b - result.accuracy_a
         table.add_row(
             "accuracy",
-            f"A {result['accuracy_a']:.4f}, B {result['accuracy_b']:.4f} ({delta:+.4f}) on "
-            f"{result['rows_labelled']:,} labelled rows",
+            f"A {result.accuracy_a:.4f}, B {result.accuracy_b:.4f} ({delta:+.4f}) on "
+            f"{result.rows_labelled or 0:,} labelled rows",
         )
-        p = result["mcnemar_p"]
+        p = result.mcnemar_p
         verdict = "significant" if p < SIGNIFICANCE else "not significant"
         table.add_row(
             "McNemar",
-            f"p = {p:.4g} ({verdict} at {SIGNIFICANCE:g}): only A right {result['only_a_correct']:,}, "
-            f"only B right {result['only_b_correct']:,}",
+            f"p = {p:.4g} ({verdict} at {SIGNIFICANCE:g}): only A right {result.only_a_correct or 0:,}, "
+            f"only B right {result.only_b_correct or 0:,}",
         )
     else:
         table.add_row("accuracy", "the corpus has no labels")

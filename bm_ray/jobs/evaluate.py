@@ -13,16 +13,16 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 from bm_ray.jobs.scoring import PredictionLog, corpus_batches, evaluate_batches, write_report
 from bm_ray.model.engine import Predictor
 from bm_ray.report import try_build_report
+from bm_ray.results import EvaluateResult, LeakageReport
 from bm_ray.specs import EvaluateSpec, IngestSpec
 from bm_ray.storage import is_remote, redact, redact_uri, upload_dir
 
 
-def evaluate(spec: EvaluateSpec) -> dict[str, Any]:
+def evaluate(spec: EvaluateSpec) -> EvaluateResult:
     """Run the evaluation job: ingest (rejects counted), predict with the engine, write metrics and plots.
 
     The report (metrics.json) holds, beyond :func:`evaluate_batches`'s, the selective-prediction entries
@@ -61,20 +61,21 @@ def evaluate(spec: EvaluateSpec) -> dict[str, Any]:
     )
     if spec.train_data is not None:
         report["leakage"] = corpus_leakage(spec.train_data, spec.data, spec.duplicate_threshold)
+    result = EvaluateResult.model_validate(report)
     if spec.output:
         title = f"{predictor.info.name} on {Path(redact_uri(spec.data.input[0]).split('?')[0]).name}"
         if is_remote(spec.output):
             with tempfile.TemporaryDirectory(prefix="bm-ray-eval-") as local:
-                write_report(report, local, title=title, log=log, curve=curve)
+                write_report(result, local, title=title, log=log, curve=curve)
                 try_build_report(local)
                 upload_dir(local, spec.output)
         else:
-            write_report(report, spec.output, title=title, log=log, curve=curve)
+            write_report(result, spec.output, title=title, log=log, curve=curve)
             try_build_report(spec.output)
-    return report
+    return result
 
 
-def corpus_leakage(train: IngestSpec, data: IngestSpec, threshold: float) -> dict[str, Any]:
+def corpus_leakage(train: IngestSpec, data: IngestSpec, threshold: float) -> LeakageReport:
     """Leakage report (see :func:`bm_ray.corpus.neardup.leakage_report`) of a corpus's ok rows against a
     training corpus's ok rows; prints the warning when above 1%."""
     from bm_ray.corpus import ok_rows, read_corpus
@@ -88,4 +89,4 @@ def corpus_leakage(train: IngestSpec, data: IngestSpec, threshold: float) -> dic
     warning = leakage_warning(report)
     if warning:
         print(f"[bm-ray] {warning}", file=sys.stderr, flush=True)
-    return report
+    return LeakageReport.model_validate(report)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any
 
 import pyarrow as pa
 import ray
@@ -14,6 +13,7 @@ from bm_ray.layout import NEAR_DUPLICATES_DIR, OK_COLUMNS, SUMMARY_FILE
 from bm_ray.output.commit import CommitProcessor
 from bm_ray.output.driver import commit_corpus
 from bm_ray.report import try_build_report
+from bm_ray.results import IngestResult, NearDuplicateCounts
 from bm_ray.runtime.ray_init import init_ray
 from bm_ray.specs import IngestSpec
 from bm_ray.storage import join, resolve_uri, write_json_atomic
@@ -29,14 +29,15 @@ def _commit(batch: pa.Table, processor: CommitProcessor) -> pa.Table:
 
 def ingest(
     spec: IngestSpec, output: str, *, overwrite: bool = False, near_duplicates: bool = False
-) -> dict[str, Any]:
+) -> IngestResult:
     """`bm-ray ingest`: validate a corpus into ``output/ok/`` + ``output/rejects/`` + ``output/summary.json``.
 
     Resumes into an existing output of the same spec and inputs (rows already committed are not read
     again), unless `overwrite`, which starts afresh. Starts an embedded Ray unless one is running.
     With `near_duplicates`, the committed ok rows are then clustered (see :mod:`bm_ray.corpus.neardup`):
     ``output/near_duplicates/`` gets (id, cluster) for every ok row and the summary the
-    ``near_duplicates`` counts. Returns the summary (see :func:`bm_ray.output.commit.summarize`).
+    ``near_duplicates`` counts. Returns the summary (see :func:`bm_ray.output.commit.summarize`), as
+    summary.json holds it.
     """
     started = time.monotonic()
     ok_columns = [*OK_COLUMNS, *(k for k in spec.keep_fields if k not in ROW_COLUMNS)]
@@ -61,15 +62,16 @@ def ingest(
         overwrite=overwrite,
         extra=lambda _: {"elapsed_s": round(time.monotonic() - started, 3)},
     )
+    result = IngestResult.model_validate(summary)
     if near_duplicates:
-        summary["near_duplicates"] = write_near_duplicates(output)
+        result.near_duplicates = write_near_duplicates(output)
         fs, root = resolve_uri(output)
-        write_json_atomic(fs, join(root, SUMMARY_FILE), summary)
+        write_json_atomic(fs, join(root, SUMMARY_FILE), result.model_dump())
     try_build_report(output)
-    return summary
+    return result
 
 
-def write_near_duplicates(output: str) -> dict[str, Any]:
+def write_near_duplicates(output: str) -> NearDuplicateCounts:
     """Cluster the ok rows committed under `output` and write ``near_duplicates/`` (id, cluster); counts."""
     from bm_ray.corpus.neardup import assign_clusters, find_clusters
 
@@ -86,4 +88,4 @@ def write_near_duplicates(output: str) -> dict[str, Any]:
     target = join(root, NEAR_DUPLICATES_DIR)
     fs.delete_dir_contents(target, missing_dir_ok=True)  # a rerun replaces the previous clustering
     clusters.write_parquet(target, filesystem=fs)
-    return found.counts()
+    return NearDuplicateCounts.model_validate(found.counts())

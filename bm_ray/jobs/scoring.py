@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from bm_ray.layout import CURVE_FILE, PREDICTIONS_FILE
+from bm_ray.layout import CURVE_FILE, METRICS_FILE, PREDICTIONS_FILE
 from bm_ray.model.calibration import ECE_BINS, ece_noise_floor
 from bm_ray.model.engine import Predictor
 from bm_ray.model.metrics import (
@@ -25,6 +25,7 @@ from bm_ray.model.metrics import (
     threshold_curve,
     threshold_for_accuracy,
 )
+from bm_ray.results import ScoredMetrics
 
 UNKNOWN_LABEL = "unknown_label"
 MISSING_LABEL = "missing_label"
@@ -180,17 +181,19 @@ def corpus_batches(ds: Any, ingest_rejects: Counter[str], batch_size: int = 1024
 
 
 def write_report(
-    report: dict[str, Any],
+    result: ScoredMetrics,
     output: str | Path,
     title: str,
     log: PredictionLog | None = None,
     curve: dict[str, Any] | None = None,
 ) -> Path:
-    """Write metrics.json, confusion_matrix.png, (given `log`) predictions.parquet and (given `curve`, a
-    :meth:`PredictionLog.selective` curve) risk_coverage.json + .png into `output`."""
+    """Write metrics.json (`result`: a train or evaluate result), confusion_matrix.png, (given `log`)
+    predictions.parquet and (given `curve`, a :meth:`PredictionLog.selective` curve) risk_coverage.json
+    + .png into `output`."""
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    report = result.model_dump()
+    (out / METRICS_FILE).write_text(json.dumps(report, indent=2), encoding="utf-8")
     if log is not None:
         log.write(out / PREDICTIONS_FILE)
     plot_confusion_matrix(report, out / "confusion_matrix.png", title=title)

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from bm_ray.results import TuneResult
 from bm_ray.specs import TrainSpec, TuneSpec
 
 
@@ -41,7 +42,7 @@ def _trial(params: dict[str, Any], spec_json: dict[str, Any], data: Any, storage
     )
 
 
-def tune(spec: TuneSpec) -> dict[str, Any]:
+def tune(spec: TuneSpec) -> TuneResult:
     """Run the search; writes results.csv/results.json (one row per trial) and best_train.yaml."""
     from ray import tune as ray_tune
     from ray.tune.schedulers import ASHAScheduler
@@ -109,13 +110,15 @@ def tune(spec: TuneSpec) -> dict[str, Any]:
         ),
         encoding="utf-8",
     )
-    summary = {
-        "trials": rows,
-        "best": best,
-        "metric": spec.metric,
-        "split": spec.train.split,
-        "leakage": data.counts["leakage"],
-        "elapsed_s": round(time.time() - started, 1),
-    }
-    (out / "results.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    summary = TuneResult(
+        trials=rows,
+        best=best,
+        metric=spec.metric,
+        split=spec.train.split,
+        leakage=data.counts["leakage"],
+        elapsed_s=round(time.time() - started, 1),
+    )
+    (out / "results.json").write_text(
+        json.dumps(summary.model_dump(), indent=2, default=str), encoding="utf-8"
+    )
     return summary

@@ -58,9 +58,9 @@ def test_classify_marks_and_counts_abstained_rows_exactly_once_across_a_resume(
         model=tiny_model, input=ingest, output=str(out), batch_size=8, actors=1, min_score=min_score
     )
     summary = classify(spec)
-    assert summary["rows_read"] == summary["rows_classified"] + summary["rows_rejected"]
-    assert summary["rows_classified"] == len(corpus.ok_ids) + len(good) == len(engine)
-    assert summary["rows_abstained"] == len(expected) and summary["min_score"] == min_score
+    assert summary.rows_read == summary.rows_classified + summary.rows_rejected
+    assert summary.rows_classified == len(corpus.ok_ids) + len(good) == len(engine)
+    assert summary.rows_abstained == len(expected) and summary.min_score == min_score
     console = Console(width=200, record=True)
     console.print(summary_table(summary))
     row = next(line for line in console.export_text().splitlines() if " abstained " in line)
@@ -81,8 +81,8 @@ def test_classify_marks_and_counts_abstained_rows_exactly_once_across_a_resume(
     assert len(committed) >= 2
     committed[0].unlink()
     again = classify(spec)
-    assert 0 < again["rows_this_run"] < again["rows_read"] and again["rows_resumed"] > 0
-    assert again["rows_abstained"] == len(expected)
+    assert 0 < again.rows_this_run < again.rows_read and again.rows_resumed > 0
+    assert again.rows_abstained == len(expected)
     assert json.loads((out / "summary.json").read_text())["rows_abstained"] == len(expected)
     assert {r["id"] for r in read_dir(out / "predictions").to_pylist() if r["abstained"]} == expected
     commits = [json.loads(p.read_text()) for p in (out / "_commits").glob("*.json")]
@@ -92,7 +92,7 @@ def test_classify_marks_and_counts_abstained_rows_exactly_once_across_a_resume(
         classify(spec.model_copy(update={"min_score": 0.9}))
     plain = classify(spec.model_copy(update={"min_score": None, "overwrite": True}))
     # no threshold, nothing thresholded: no column, no count (the report then shows no abstention)
-    assert "rows_abstained" not in plain and plain["min_score"] is None
+    assert "rows_abstained" not in plain.model_dump() and plain.min_score is None
     assert "abstained" not in read_dir(out / "predictions").column_names
 
 

@@ -87,19 +87,19 @@ def test_broken_rows_accounted_and_predictions_match_engine_and_evaluate(
     out = tmp_path / "out"
     summary = classify(ClassifySpec(model=tiny_model, input=ingest, output=str(out), batch_size=8, actors=2))
 
-    assert summary["rows_read"] == corpus.rows_read + len(good)
-    assert summary["rows_read"] == summary["rows_classified"] + summary["rows_rejected"]
-    assert summary["rows_classified"] == len(corpus.ok_ids) + len(good)
-    assert summary["rejected_by_reason"] == corpus.rejected_by_reason
-    assert summary["blank_lines"] == corpus.blank_lines
-    assert sum(summary["label_counts"].values()) == summary["rows_classified"]
-    assert summary["model"] == {
+    assert summary.rows_read == corpus.rows_read + len(good)
+    assert summary.rows_read == summary.rows_classified + summary.rows_rejected
+    assert summary.rows_classified == len(corpus.ok_ids) + len(good)
+    assert summary.rejected_by_reason == corpus.rejected_by_reason
+    assert summary.blank_lines == corpus.blank_lines
+    assert sum(summary.label_counts.values()) == summary.rows_classified
+    assert summary.model.model_dump() == {
         "name": "tiny-bert",
         "version": read_model_info(tiny_model).version,
         "path": tiny_model,
     }
-    assert summary["elapsed_s"] > 0 and summary["rows_per_s"] > 0
-    assert json.loads((out / "summary.json").read_text()) == summary
+    assert summary.elapsed_s > 0 and summary.rows_per_s > 0
+    assert json.loads((out / "summary.json").read_text()) == summary.model_dump()
 
     predictions = read_dir(out / "predictions")
     rejects = read_dir(out / "rejects")
@@ -229,11 +229,8 @@ def test_sigkilled_classify_resumes_exactly_once(ray_local, tmp_path: Path, tiny
     assert 0 < committed < len(ids)
 
     resumed = classify(spec)
-    assert (
-        resumed["rows_resumed"] >= committed
-        and resumed["rows_this_run"] == len(ids) - resumed["rows_resumed"]
-    )
-    assert resumed["rows_read"] == resumed["rows_classified"] == len(ids)
+    assert resumed.rows_resumed >= committed and resumed.rows_this_run == len(ids) - resumed.rows_resumed
+    assert resumed.rows_read == resumed.rows_classified == len(ids)
     predictions = ids_exactly_once(out, set(ids))
     assert sorted(predictions.column("id").to_pylist()) == sorted(ids)
     assert not list(out.rglob(".tmp-*")) and not (out / "_lease.json").exists()
@@ -243,14 +240,14 @@ def test_sigkilled_classify_resumes_exactly_once(ray_local, tmp_path: Path, tiny
     lost_rows = pq.read_table(lost).num_rows
     lost.unlink()
     again = classify(spec)
-    assert again["rows_this_run"] == lost_rows and again["rows_classified"] == len(ids)
+    assert again.rows_this_run == lost_rows and again.rows_classified == len(ids)
     assert sorted(ids_exactly_once(out, set(ids)).column("id").to_pylist()) == sorted(ids)
 
     with pytest.raises(ValueError, match="different job"):
         classify(spec.model_copy(update={"input": ingest.model_copy(update={"text_fields": ["body"]})}))
 
     fresh = classify(spec.model_copy(update={"overwrite": True}))
-    assert fresh["rows_resumed"] == 0 and fresh["rows_this_run"] == fresh["rows_read"] == len(ids)
+    assert fresh.rows_resumed == 0 and fresh.rows_this_run == fresh.rows_read == len(ids)
     ids_exactly_once(out, set(ids))
 
 
@@ -266,7 +263,7 @@ def test_resume_refuses_another_model_version_at_the_same_path(
         model=str(model_dir), input=ingest, output=str(tmp_path / "out"), batch_size=8, actors=1
     )
     first = classify(spec)
-    assert first["model"]["version"] == old
+    assert first.model.version == old
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["model"]["version"] == old
     assert set(ids_exactly_once(tmp_path / "out", set(ids)).column("model").to_pylist()) == {
         f"tiny-bert/{old}"
@@ -281,7 +278,7 @@ def test_resume_refuses_another_model_version_at_the_same_path(
     ):
         classify(spec)
     fresh = classify(spec.model_copy(update={"overwrite": True}))
-    assert fresh["model"]["version"] == new and fresh["rows_read"] == len(ids)
+    assert fresh.model.version == new and fresh.rows_read == len(ids)
 
 
 def test_precision_agreement_of_fp32_with_itself_is_exact(tiny_model: str) -> None:
@@ -313,6 +310,6 @@ def test_a_small_corpus_reaches_the_actors_as_several_tasks(
     )
     assert spec.input.rows_per_block >= len(ids)
     summary = classify(spec)
-    assert summary["rows_classified"] == len(ids)
+    assert summary.rows_classified == len(ids)
     assert len(list((out / "_commits").glob("*.json"))) >= 2 * 2  # at least two calls per actor
     ids_exactly_once(out, set(ids))

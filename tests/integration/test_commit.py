@@ -190,7 +190,7 @@ def test_resume_after_killed_job_is_exactly_once(ray_local, tmp_path: Path) -> N
     spec, sources = write_dup_corpus(tmp_path)
     out = tmp_path / "out"
     first = ingest(spec, str(out))
-    assert (first["rows_read"], first["rows_ok"], first["rejected_by_reason"], first["blank_lines"]) == (
+    assert (first.rows_read, first.rows_ok, first.rejected_by_reason, first.blank_lines) == (
         49,
         34,
         {"duplicate_id": 15},
@@ -202,7 +202,9 @@ def test_resume_after_killed_job_is_exactly_once(ray_local, tmp_path: Path) -> N
         f"b.jsonl:{n}" for n in range(6, 11)
     )
     again = ingest(spec, str(out))  # nothing left to do
-    assert {k: again[k] for k in COUNTS} == {k: first[k] for k in COUNTS} and again["rows_resumed"] == 49
+    assert {k: getattr(again, k) for k in COUNTS} == {
+        k: getattr(first, k) for k in COUNTS
+    } and again.rows_resumed == 49
 
     # commits lost their record (as if a job died between data and record), temporaries lie around
     commits = sorted((out / "_commits").glob("*.json"))
@@ -210,15 +212,17 @@ def test_resume_after_killed_job_is_exactly_once(ray_local, tmp_path: Path) -> N
         record.unlink()
     (out / "ok" / ".tmp-a_jsonl_0-000000000000-000000000006.parquet-dead").write_bytes(b"partial")
     resumed = ingest(spec, str(out))
-    assert {k: resumed[k] for k in COUNTS} == {k: first[k] for k in COUNTS}
-    assert 0 < resumed["rows_resumed"] < 49
+    assert {k: getattr(resumed, k) for k in COUNTS} == {k: getattr(first, k) for k in COUNTS}
+    assert 0 < resumed.rows_resumed < 49
     ids, seen = outputs(out)
     assert set(seen) == sources and max(seen.values()) == 1
     assert len(ids) == len(set(ids)) == 34
     assert not list(out.rglob(".tmp-*"))
 
     fresh = ingest(spec, str(out), overwrite=True)
-    assert {k: fresh[k] for k in COUNTS} == {k: first[k] for k in COUNTS} and fresh["rows_resumed"] == 0
+    assert {k: getattr(fresh, k) for k in COUNTS} == {
+        k: getattr(first, k) for k in COUNTS
+    } and fresh.rows_resumed == 0
     with pytest.raises(ValueError, match="different job"):
         ingest(spec.model_copy(update={"clean_text": True}), str(out))
 

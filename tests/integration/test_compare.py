@@ -104,26 +104,26 @@ def test_compare_counts_flips_and_mcnemar_exact(
 
     flipped = {i for i, (a, b) in expected.items() if a.label != b.label}
     assert 0 < len(flipped) < len(expected)
-    assert result["rows"] == len(expected) == len(corpus.ok_ids) + 200
-    assert result["rows_flipped"] == len(flipped) and result["rows_agree"] == len(expected) - len(flipped)
-    names = result["flip_matrix"]["labels"]
+    assert result.rows == len(expected) == len(corpus.ok_ids) + 200
+    assert result.rows_flipped == len(flipped) and result.rows_agree == len(expected) - len(flipped)
+    names = result.flip_matrix.labels
     matrix = np.zeros((len(names), len(names)), dtype=int)
     for a, b in expected.values():
         matrix[names.index(a.label), names.index(b.label)] += 1
-    assert result["flip_matrix"]["matrix"] == matrix.tolist()
+    assert result.flip_matrix.matrix == matrix.tolist()
     for leg_name in ("a", "b"):
-        assert result["legs"][leg_name]["rows_read"] == corpus.rows_read + 200
-        assert result["legs"][leg_name]["rows_rejected"] == len(corpus.reasons)
+        assert result.legs[leg_name].rows_read == corpus.rows_read + 200
+        assert result.legs[leg_name].rows_rejected == len(corpus.reasons)
     labelled = {i: t for i, t in truth.items() if t is not None}
     right_a = {i for i, t in labelled.items() if expected[i][0].label == t}
     right_b = {i for i, t in labelled.items() if expected[i][1].label == t}
     b, c = len(right_a - right_b), len(right_b - right_a)
-    assert (result["only_a_correct"], result["only_b_correct"]) == (b, c)
-    assert result["accuracy_a"] == pytest.approx(len(right_a) / len(labelled))
-    assert result["accuracy_b"] == pytest.approx(len(right_b) / len(labelled))
+    assert (result.only_a_correct, result.only_b_correct) == (b, c)
+    assert result.accuracy_a == pytest.approx(len(right_a) / len(labelled))
+    assert result.accuracy_b == pytest.approx(len(right_b) / len(labelled))
     exact = min(1.0, 2 * sum(comb(b + c, k) for k in range(min(b, c) + 1)) / 2 ** (b + c))
-    assert result["mcnemar_p"] == pytest.approx(exact, rel=1e-9)
-    assert json.loads((tmp_path / "cmp" / "compare.json").read_text()) == result
+    assert result.mcnemar_p == pytest.approx(exact, rel=1e-9)
+    assert json.loads((tmp_path / "cmp" / "compare.json").read_text()) == result.model_dump()
 
     flips = pq.read_table(tmp_path / "cmp" / "flips" / "flips.parquet").to_pylist()
     assert [r["id"] for r in flips] == sorted(flipped)
@@ -172,21 +172,21 @@ def test_sigkilled_compare_resumes_without_duplicates(
     assert 0 < committed < len(ids)
 
     result = compare(spec)
-    assert result["legs"]["a"]["rows_resumed"] == len(ids)  # the finished leg read nothing again
+    assert result.legs["a"].rows_resumed == len(ids)  # the finished leg read nothing again
     # Ray workers of the killed job may commit a little more before they notice: at least what was seen.
-    assert result["legs"]["b"]["rows_resumed"] >= committed
+    assert result.legs["b"].rows_resumed >= committed
     for leg_name in ("a", "b"):
         predictions = ids_exactly_once(out / leg_name, set(ids))
         assert sorted(predictions.column("id").to_pylist()) == sorted(ids)
     expected, _ = expected_comparison(two_models, ingest)
     flipped = sorted(i for i, (a, b) in expected.items() if a.label != b.label)
-    assert result["rows"] == len(ids) and result["rows_flipped"] == len(flipped)
+    assert result.rows == len(ids) and result.rows_flipped == len(flipped)
     assert pq.read_table(out / "flips" / "flips.parquet").column("id").to_pylist() == flipped
 
     # The CLI on the finished output: nothing classified again, the same comparison, the summary table.
     rerun = CliRunner().invoke(app, args)
     assert rerun.exit_code == 0, rerun.output
-    assert json.loads((out / "compare.json").read_text())["flip_matrix"] == result["flip_matrix"]
+    assert json.loads((out / "compare.json").read_text())["flip_matrix"] == result.flip_matrix.model_dump()
     printed = " ".join(rerun.output.split())
-    assert f"{result['agreement']:.2%}" in printed and "McNemar" in printed
+    assert f"{result.agreement:.2%}" in printed and "McNemar" in printed
     assert str(out / "compare.json") in printed

@@ -42,16 +42,16 @@ def test_fault_corpus_exact_accounting(ray_local, tmp_path: Path, fmt: str) -> N
     out = tmp_path / "out"
     summary = ingest(IngestSpec(**corpus.spec, rows_per_block=4), str(out))
 
-    assert summary["format"] == fmt
-    assert summary["rows_read"] == corpus.rows_read == summary["rows_ok"] + summary["rows_rejected"]
-    assert summary["rows_ok"] == len(corpus.ok_ids)
-    assert summary["rejected_by_reason"] == corpus.rejected_by_reason
-    assert summary["blank_lines"] == corpus.blank_lines
-    assert summary["rows_truncated"] == corpus.truncated
-    assert summary["rows_utf8_repaired"] == corpus.utf8_repaired
-    assert summary["ignored_files"] == corpus.ignored
-    assert set(summary["rejected_by_reason"]) <= set(REJECT_REASONS)
-    assert json.loads((out / "summary.json").read_text()) == summary
+    assert summary.format == fmt
+    assert summary.rows_read == corpus.rows_read == summary.rows_ok + summary.rows_rejected
+    assert summary.rows_ok == len(corpus.ok_ids)
+    assert summary.rejected_by_reason == corpus.rejected_by_reason
+    assert summary.blank_lines == corpus.blank_lines
+    assert summary.rows_truncated == corpus.truncated
+    assert summary.rows_utf8_repaired == corpus.utf8_repaired
+    assert summary.ignored_files == corpus.ignored
+    assert set(summary.rejected_by_reason) <= set(REJECT_REASONS)
+    assert json.loads((out / "summary.json").read_text()) == summary.model_dump()
 
     ok, rejects = check_exactly_once(out, {*corpus.reasons, *_ok_sources(out)})
     assert sorted(ok.column("id").to_pylist()) == sorted(corpus.ok_ids)
@@ -104,12 +104,12 @@ def test_headerless_csv_ag_news_style(ray_local, tmp_path: Path) -> None:
     )
     out = tmp_path / "out"
     summary = ingest(spec, str(out))
-    assert (summary["rows_read"], summary["rows_ok"], summary["rejected_by_reason"]) == (
+    assert (summary.rows_read, summary.rows_ok, summary.rejected_by_reason) == (
         3,
         2,
         {"empty_text": 1},
     )
-    assert summary["label_counts"] == {"3": 1, "4": 1}
+    assert summary.label_counts == {"3": 1, "4": 1}
     ok = read_dir(out / "ok").sort_by("source").to_pylist()
     assert (
         ok[0]["text"] == "Wall St.'s Bears. Short-sellers, Wall Street's dwindling band, are $24 back & up."
@@ -134,8 +134,8 @@ def test_multi_input_files_and_glob(ray_local, tmp_path: Path) -> None:
     info = list_corpus(spec)
     assert sorted(f.relpath for f in info.files) == ["a.jsonl", "b.jsonl", "more/c.jsonl", "more/d.jsonl"]
     summary = ingest(spec, str(tmp_path / "out"))
-    assert (summary["rows_read"], summary["rows_ok"], summary["files"]) == (7, 7, 4)
-    assert summary["label_counts"] == {"L": 2}
+    assert (summary.rows_read, summary.rows_ok, summary.files) == (7, 7, 4)
+    assert summary.label_counts == {"L": 2}
     # a directory input: files with other extensions are reported, not read
     info = list_corpus(IngestSpec(input=str(tmp_path / "more")))
     assert info.format == "jsonl" and info.ignored_files == ["skip.txt"]
@@ -192,8 +192,8 @@ def test_real_ag_news(ray_local, shared_data: Path, tmp_path: Path) -> None:
         clean_text=True,
     )
     summary = ingest(spec, str(tmp_path / "out"))
-    assert (summary["rows_read"], summary["rows_ok"], summary["rows_rejected"]) == (6001, 6001, 0)
-    assert summary["label_counts"] == {"1": 1409, "2": 1412, "3": 1665, "4": 1515}
+    assert (summary.rows_read, summary.rows_ok, summary.rows_rejected) == (6001, 6001, 0)
+    assert summary.label_counts == {"1": 1409, "2": 1412, "3": 1665, "4": 1515}
     texts = read_dir(tmp_path / "out" / "ok").column("text").to_pylist()
     assert not any(" #39;" in t or " quot;" in t or "\\$" in t for t in texts)
 
@@ -202,17 +202,17 @@ def test_real_ag_news(ray_local, shared_data: Path, tmp_path: Path) -> None:
 def test_real_bbc_folders(ray_local, shared_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     summary = ingest(IngestSpec(input=str(shared_data / "bbc")), str(out))
-    assert summary["format"] == "folders"
-    assert (summary["rows_read"], summary["rows_ok"], summary["rows_rejected"]) == (2225, 2225, 0)
-    assert summary["label_counts"] == {
+    assert summary.format == "folders"
+    assert (summary.rows_read, summary.rows_ok, summary.rows_rejected) == (2225, 2225, 0)
+    assert summary.label_counts == {
         "business": 510,
         "entertainment": 386,
         "politics": 417,
         "sport": 511,
         "tech": 401,
     }
-    assert summary["ignored_files"] == ["README.TXT", "SHA256SUMS"]
-    assert summary["rows_utf8_repaired"] == 1
+    assert summary.ignored_files == ["README.TXT", "SHA256SUMS"]
+    assert summary.rows_utf8_repaired == 1
     ok = read_dir(out / "ok")
     repaired = ok.filter(ok.column("utf8_repaired")).to_pylist()
     assert [r["id"] for r in repaired] == ["sport/199.txt"] and "\ufffd" in repaired[0]["text"]

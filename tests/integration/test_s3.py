@@ -161,7 +161,7 @@ def trained(ray_local: None, s3: S3, tmp_path_factory: pytest.TempPathFactory, t
 
 def test_ingest_and_train_write_everything_to_the_bucket(s3: S3, trained: dict) -> None:
     summary = trained["ingest"]
-    assert summary["rows_read"] == summary["rows_ok"] == 154
+    assert summary.rows_read == summary.rows_ok == 154
     assert "ingest/summary.json" in s3.keys("ingest/") and s3.keys("ingest/ok/")
     keys = s3.keys("model/")
     for name in ("labels.json", "tf_model.h5", "config.json", "metrics.json", "_job.json"):
@@ -170,7 +170,7 @@ def test_ingest_and_train_write_everything_to_the_bucket(s3: S3, trained: dict) 
     assert any(k.startswith("model/tensorboard/") and "tfevents" in k for k in keys), keys
     rejects = [k for k in keys if k.startswith("model/rejects/") and k.endswith(".parquet")]
     assert rejects
-    assert trained["report"]["data"]["train_data"]["rejected_by_reason"] == {"missing_label": 4}
+    assert trained["report"].data.train_data.rejected_by_reason == {"missing_label": 4}
     assert not any("optimizer_state" in k for k in keys if not k.startswith("model/_ray_train/"))
     assert any("optimizer_state" in k for k in keys if k.startswith("model/_ray_train/")), "checkpoints"
     labels = json.loads(s3.read("model/labels.json"))
@@ -191,7 +191,7 @@ def test_evaluate_reads_model_and_data_from_s3(s3: S3, trained: dict) -> None:
         )
     )
     version = json.loads(s3.read("model/labels.json"))["version"]
-    assert report["model"]["version"] == version and report["rows_evaluated"] == 150
+    assert report.model.version == version and report.rows_evaluated == 150
     assert json.loads(s3.read("eval/metrics.json"))["model"]["version"] == version
     assert "eval/confusion_matrix.png" in s3.keys("eval/")
 

@@ -33,7 +33,7 @@ def demo_model(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> str
         data=sample_corpus_spec(), output=str(output), base_model="minilm-l6", workers=2, epochs=3
     )
     report = train(spec)
-    assert report["accuracy"] >= 0.8, f"the demo model trained badly (val accuracy {report['accuracy']:.3f})"
+    assert report.accuracy >= 0.8, f"the demo model trained badly (val accuracy {report.accuracy:.3f})"
     return str(output)
 
 

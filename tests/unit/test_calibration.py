@@ -364,12 +364,12 @@ def test_classify_evaluate_and_serve_answer_the_same_calibrated_named_scores(
             EvaluateSpec(model=model, data=IngestSpec(input=[str(data)]), output=str(tmp_path / name))
         )
     for report in reports.values():
-        assert report["rows_evaluated"] == len(TEXTS) and report["rows_rejected"] == 0
+        assert report.rows_evaluated == len(TEXTS) and report.rows_rejected == 0
         for key in ("accuracy", "macro_f1", "log_loss", "ece", "confusion_matrix"):
-            assert report[key] == reports["raw"][key], key
-    assert reports["raw"]["confusion_matrix"]["labels"] == NAMES
+            assert getattr(report, key) == getattr(reports["raw"], key), key
+    assert reports["raw"].confusion_matrix.labels == NAMES
     accuracy = np.mean([engine[f"t{i}"].label == NAMES[RAW.index(r)] for i, r in enumerate(true_raw)])
-    assert reports["raw"]["accuracy"] == pytest.approx(accuracy)
+    assert reports["raw"].accuracy == pytest.approx(accuracy)
     logged = pq.read_table(tmp_path / "raw" / "predictions.parquet").to_pylist()
     for row in logged:
         assert row["predicted"] == engine[row["id"]].label and row["label"] in NAMES
@@ -378,7 +378,7 @@ def test_classify_evaluate_and_serve_answer_the_same_calibrated_named_scores(
     hits = np.array([engine[f"t{i}"].label == NAMES[RAW.index(r)] for i, r in enumerate(true_raw)])
     from bm_ray.model.metrics import reliability_bins
 
-    assert reports["raw"]["ece"] == pytest.approx(reliability_bins(top, hits, bins=15)["ece"])
+    assert reports["raw"].ece == pytest.approx(reliability_bins(top, hits, bins=15)["ece"])
 
     # serve: the deployment's own class, as the endpoint calls it.
     replica = Classifier.func_or_class(ServeSpec(model=model, forward_batch_size=4))

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import result_samples as samples
 import typer.main
 import yaml
 from typer.testing import CliRunner
@@ -19,6 +20,7 @@ from typer.testing import CliRunner
 from bm_ray.cli import app
 from bm_ray.cli.main import DONE, EXIT_CODES, JOB_FAILED, REFUSED, USAGE
 from bm_ray.cli.model import TRAIN_OPTIONS
+from bm_ray.results import ClassifyResult, EvaluateResult, IngestResult, TrainResult
 from bm_ray.specs import IngestSpec, TrainSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,7 +139,7 @@ def test_a_spec_file_value_is_not_overridden_by_a_shown_default(
             }
         )
     )
-    train = Captured({"accuracy": 1.0, "macro_f1": 1.0, "rows_evaluated": 1})
+    train = Captured(TrainResult.model_validate(samples.train_metrics()))
     monkeypatch.setattr("bm_ray.jobs.train.job.train", train)
     result = invoke("train", "--spec", str(spec), "--learning-rate", "0.5", "--workers", "4")
     assert result.exit_code == DONE, result.output
@@ -197,7 +199,7 @@ def noisy(result: Any) -> Any:
     return run
 
 
-CLASSIFY_SUMMARY = {"rows_read": 3, "rows_classified": 3, "output": "out"}
+CLASSIFY_SUMMARY = ClassifyResult.model_validate(samples.classify_summary())
 CLUSTER = {"port": 6379, "dashboard_port": 8265, "workers": 2, "temp_dir": "/tmp/c", "token_path": None}
 
 
@@ -206,13 +208,17 @@ CLUSTER = {"port": 6379, "dashboard_port": 8265, "workers": 2, "temp_dir": "/tmp
     [
         (
             ["ingest", "--input", "c.jsonl", "--output", "out"],
-            {"bm_ray.jobs.ingest.ingest": noisy({"rows_read": 5, "rows_ok": 5})},
-            {"rows_read": 5, "rows_ok": 5},
+            {"bm_ray.jobs.ingest.ingest": noisy(IngestResult.model_validate(samples.ingest_summary(True)))},
+            samples.ingest_summary(near_duplicates=True),
         ),
         (
             TRAIN_ARGS,
-            {"bm_ray.jobs.train.job.train": noisy({"accuracy": 0.5, "macro_f1": 0.4, "rows_evaluated": 10})},
-            {"accuracy": 0.5, "macro_f1": 0.4, "rows_evaluated": 10},
+            {
+                "bm_ray.jobs.train.job.train": noisy(
+                    TrainResult.model_validate(samples.train_metrics(refit=True))
+                )
+            },
+            samples.train_metrics(refit=True),
         ),
         (
             ["classify", "--model", "m", "--input", "c.jsonl", "--output", "out"],
@@ -220,7 +226,33 @@ CLUSTER = {"port": 6379, "dashboard_port": 8265, "workers": 2, "temp_dir": "/tmp
                 "bm_ray.jobs.classify.classify": noisy(CLASSIFY_SUMMARY),
                 "bm_ray.jobs.classify.summary_table": lambda summary: "the summary table",
             },
-            CLASSIFY_SUMMARY,
+            samples.classify_summary(),
+        ),
+        (
+            ["evaluate", "--model", "m", "--data", "c.jsonl"],
+            {
+                "bm_ray.jobs.evaluate.evaluate": noisy(
+                    EvaluateResult.model_validate(samples.evaluate_metrics(True))
+                )
+            },
+            {
+                k: samples.evaluate_metrics(target=True)[k]
+                for k in (
+                    "accuracy",
+                    "macro_f1",
+                    "rows_evaluated",
+                    "rows_rejected",
+                    "rejected_by_reason",
+                    "unknown_labels",
+                    "windows",
+                    "rows_windows_capped",
+                    "min_score",
+                    "rows_abstained",
+                    "coverage",
+                    "accuracy_answered",
+                    "target_accuracy",
+                )
+            },
         ),
         (
             ["report", "out"],
@@ -238,7 +270,7 @@ CLUSTER = {"port": 6379, "dashboard_port": 8265, "workers": 2, "temp_dir": "/tmp
             {"runs": [{"rows": 10}]},
         ),
     ],
-    ids=["ingest", "train", "classify", "report", "jobs-status", "bench-ingest"],
+    ids=["ingest", "train", "classify", "evaluate", "report", "jobs-status", "bench-ingest"],
 )
 def test_json_is_one_document_on_stdout(
     monkeypatch: pytest.MonkeyPatch, args: list[str], mocks: dict[str, Any], expected: Any

@@ -200,8 +200,8 @@ def test_classify_writes_windows_per_row(ray_local, tmp_path: Path, tiny_model: 
     table = pq.read_table(out / "predictions")
     got = dict(zip(table.column("id").to_pylist(), table.column("windows").to_pylist(), strict=True))
     assert got == {"short": 1, "long": 4}
-    assert summary["windows"] == 5 and summary["rows_windows_capped"] == 1
-    assert summary["long_text"]["max_windows"] == 4
+    assert summary.windows == 5 and summary.rows_windows_capped == 1
+    assert summary.long_text["max_windows"] == 4
 
 
 def test_bench_pages_carry_250_to_400_tokens_of_varied_boilerplate(encoder: TextEncoder) -> None:

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any, get_args
 
 from bm_ray.jobs.train.data import PreparedData, prepare_data
-from bm_ray.layout import OPTIMIZER_STATE_FILE, TRAIN_RUN_DIR, TRAIN_STATE_FILE
+from bm_ray.layout import METRICS_FILE, OPTIMIZER_STATE_FILE, TRAIN_RUN_DIR, TRAIN_STATE_FILE
 from bm_ray.model.registry import resolve_model
+from bm_ray.results import RefitInfo, TrainResult
 from bm_ray.specs import TrainSpec, TuneParam
 from bm_ray.storage import is_remote, join_uri, redact, redact_uri, resolve_uri, upload_dir
 
@@ -114,7 +115,7 @@ def train_config(spec: TrainSpec, data: PreparedData, tensorboard_dir: str) -> d
     }
 
 
-def train(spec: TrainSpec) -> dict[str, Any]:
+def train(spec: TrainSpec) -> TrainResult:
     """Run the training job end to end and write the model directory; returns metrics.json's content."""
     from bm_ray.corpus.neardup import leakage_warning
     from bm_ray.jobs.train.resume import prepare_train_output, record_labels
@@ -157,8 +158,8 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         from bm_ray.model.registry import read_model_info, write_model_info
 
         selected = read_model_info(local_output)
-        report["refit"] = _refit(spec, data, config, report["best_epoch"], name, storage, local_output)
-        calibration = report["calibration"]
+        report.refit = _refit(spec, data, config, report.best_epoch, name, storage, local_output)
+        calibration = report.calibration
         if calibration is not None:  # the refit's labels.json came from its checkpoint
             refitted = read_model_info(local_output)
             write_model_info(
@@ -173,11 +174,9 @@ def train(spec: TrainSpec) -> dict[str, Any]:
                 "fitted on the selection run's validation rows and applied to the refit weights, which "
                 "then trained on those rows: no held-out rows are left to fit it on"
             )
-            calibration["note"] = (
-                f"{calibration['note']}; {refit_note}" if "note" in calibration else refit_note
-            )
-        report["elapsed_s"] = round(time.time() - started, 1)
-        (local_output / "metrics.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+            calibration.note = refit_note if calibration.note is None else f"{calibration.note}; {refit_note}"
+        report.elapsed_s = round(time.time() - started, 1)
+        (local_output / METRICS_FILE).write_text(json.dumps(report.model_dump(), indent=2), encoding="utf-8")
     try_build_report(str(local_output))
     if remote_output:
         upload_dir(local_output, spec.output)
@@ -192,7 +191,7 @@ def _refit(
     name: str,
     storage: str,
     local_output: Path,
-) -> dict[str, Any]:
+) -> RefitInfo:
     """Retrain the selected configuration for its best epoch count on train + validation rows; its
     last checkpoint becomes the model directory's weights (labels, max_length unchanged)."""
     started = time.time()
@@ -202,13 +201,13 @@ def _refit(
     result.checkpoint.to_directory(str(local_output))
     for state_file in (TRAIN_STATE_FILE, OPTIMIZER_STATE_FILE):  # resume state, not part of the model
         (local_output / state_file).unlink(missing_ok=True)
-    return {
-        "rows": refit_config["train_rows"],
-        "epochs": epochs,
-        "train_s": round(time.time() - started, 1),
-        "note": "the model directory holds the refit weights; accuracy, epochs and leakage above are the "
+    return RefitInfo(
+        rows=refit_config["train_rows"],
+        epochs=epochs,
+        train_s=round(time.time() - started, 1),
+        note="the model directory holds the refit weights; accuracy, epochs and leakage above are the "
         "selection run's, measured on the validation rows the refit then trained on",
-    }
+    )
 
 
 def _finish(
@@ -219,7 +218,7 @@ def _finish(
     latest_metrics: dict[str, Any],
     local_output: Path,
     started: float,
-) -> dict[str, Any]:
+) -> TrainResult:
     """Materialise the best checkpoint as the model directory, evaluate it, write metrics and plots."""
     from bm_ray.jobs.scoring import PredictionLog, corpus_batches, evaluate_batches, write_report
     from bm_ray.jobs.train.calibrate import calibrate_model
@@ -234,21 +233,24 @@ def _finish(
     calibration = calibrate_model(predictor, data.val_rows, local_output) if spec.calibrate else None
     log = PredictionLog()
     # The selected model with its temperature: the validation metrics are the calibrated scores'.
-    report = evaluate_batches(predictor, corpus_batches(data.val_rows, Counter()), log)
-    report.update(
-        calibration=calibration,
-        epochs=latest_metrics.get("history") or state["history"],
-        best_epoch=state["epoch"],
-        recovered_after_epochs=latest_metrics.get("recovered_after_epochs", []),
-        leakage=data.counts.pop("leakage"),
-        data=data.counts,
-        spec=redact(spec.model_dump(mode="json")),
-        elapsed_s=round(time.time() - started, 1),
+    scored = evaluate_batches(predictor, corpus_batches(data.val_rows, Counter()), log)
+    report = TrainResult.model_validate(
+        {
+            **scored,
+            "calibration": calibration,
+            "epochs": latest_metrics.get("history") or state["history"],
+            "best_epoch": state["epoch"],
+            "recovered_after_epochs": latest_metrics.get("recovered_after_epochs", []),
+            "leakage": data.counts.pop("leakage"),
+            "data": data.counts,
+            "spec": redact(spec.model_dump(mode="json")),
+            "elapsed_s": round(time.time() - started, 1),
+        }
     )
     if rejects.count():
         # Written by Ray Data tasks on any node: straight into the output, never a driver-local path.
         rejects_fs, rejects_path = resolve_uri(join_uri(spec.output, "rejects"))
         rejects.drop_columns(["_unit", "_row"]).write_parquet(rejects_path, filesystem=rejects_fs)
     write_report(report, local_output, title="validation", log=log)
-    plot_training_curves(report["epochs"], local_output / "training_curves.png")
+    plot_training_curves(report.epochs, local_output / "training_curves.png")
     return report
