@@ -40,6 +40,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from ray.data.expressions import col
 
+from bm_ray.corpus.shuffle import group_by_input, partitions
+
 SHINGLE_WORDS = 5
 """Words per shingle."""
 NUM_PERM = 128
@@ -205,11 +207,13 @@ def find_edges(ds: Any, threshold: float = DEFAULT_THRESHOLD, key_column: str = 
         .map_batches(signature_rows, fn_kwargs={"key_column": key_column}, batch_format="pyarrow")
         .materialize()
     )
+    band_row_count = signatures.count() * BANDS
+    signatures = group_by_input(signatures, band_row_count)
     # Most band keys are unique: count them first (a vectorised aggregation), so the per-bucket
     # verification only runs on buckets of 2+ rows.
     counts = (
         signatures.map_batches(_band_key_rows, batch_format="pyarrow")
-        .groupby("band_key", num_partitions=_partitions(signatures.count() * BANDS))
+        .groupby("band_key", num_partitions=partitions(band_row_count))
         .count()
     )
     colliding = {
@@ -222,7 +226,7 @@ def find_edges(ds: Any, threshold: float = DEFAULT_THRESHOLD, key_column: str = 
         return EDGE_SCHEMA.empty_table()
     edges = (
         signatures.map_batches(band_rows, fn_kwargs={"colliding": colliding}, batch_format="pyarrow")
-        .groupby("band_key", num_partitions=_partitions(signatures.count() * BANDS))
+        .groupby("band_key", num_partitions=partitions(band_row_count))
         .map_groups(verify_bucket, fn_kwargs={"threshold": threshold}, batch_format="pyarrow")
     )
     tables = [t for t in _iter_tables(edges) if t.num_rows]
@@ -243,14 +247,6 @@ def find_edges(ds: Any, threshold: float = DEFAULT_THRESHOLD, key_column: str = 
         },
         schema=EDGE_SCHEMA,
     )
-
-
-ROWS_PER_PARTITION = 500_000
-"""Group-by shuffle partitions: one per this many shuffled rows (Ray's default of 200 is costly for small data)."""
-
-
-def _partitions(rows: int) -> int:
-    return max(1, min(200, -(-rows // ROWS_PER_PARTITION)))
 
 
 def _iter_tables(ds: Any) -> Iterable[pa.Table]:
@@ -354,9 +350,10 @@ def split_by_cluster(ds: Any, fraction: float, seed: int) -> tuple[Any, Any]:
     chosen validation cluster ids come back to the caller, to mark the rows. `cluster` is dropped.
     """
     ds = ds.materialize()
+    ds = group_by_input(ds, ds.count())
     sizes = (
         ds.select_columns(["cluster", "label"])
-        .groupby("cluster", num_partitions=_partitions(ds.count()))
+        .groupby("cluster", num_partitions=partitions(ds.count()))
         .map_groups(_cluster_sizes, batch_format="pyarrow")
     )
     chosen = sizes.groupby("label", num_partitions=1).map_groups(

@@ -234,3 +234,20 @@ def live_dedupe_shards(timeout_s: float = 20.0) -> int:
         if not alive or time.monotonic() > deadline:
             return len(alive)
         time.sleep(0.5)
+
+
+def test_small_group_bys_plan_the_task_shuffle_and_leave_the_context_alone(ray_local: None) -> None:
+    """A small group-by input is re-rooted on Ray's task-based sort shuffle (no aggregator actors to start);
+    a large one keeps Ray's default; the caller's DataContext is unchanged either way."""
+    from ray.data import DataContext
+    from ray.data.context import ShuffleStrategy
+
+    from bm_ray.corpus.shuffle import TASK_SHUFFLE_MAX_ROWS, group_by_input
+
+    before = DataContext.get_current().shuffle_strategy
+    ds = blocks_of(planted_corpus()[0]).materialize()
+    small = group_by_input(ds, ds.count())
+    assert small.context.shuffle_strategy == ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    assert sorted(_ids(small)) == sorted(_ids(ds))  # the same rows
+    assert group_by_input(ds, TASK_SHUFFLE_MAX_ROWS + 1) is ds
+    assert DataContext.get_current().shuffle_strategy == before

@@ -127,9 +127,9 @@ def trained_with_fault(ray_local: None, tiny_base: Path, tmp_path_factory: pytes
 def test_training_survives_a_killed_worker_and_learns(trained_with_fault: dict) -> None:
     report, output = trained_with_fault["report"], trained_with_fault["output"]
     assert trained_with_fault["killed"], "no training worker was found to kill"
-    assert report["recovered_after_epochs"], "the run did not restart from a checkpoint"
-    assert [h["epoch"] for h in report["epochs"]] == [1, 2, 3, 4]
-    assert report["accuracy"] > 0.6, report["accuracy"]  # chance is 1/3
+    assert report.recovered_after_epochs, "the run did not restart from a checkpoint"
+    assert [h["epoch"] for h in report.epochs] == [1, 2, 3, 4]
+    assert report.accuracy > 0.6, report.accuracy  # chance is 1/3
     for name in ("tf_model.h5", "config.json", "vocab.txt", "labels.json", "metrics.json"):
         assert (output / name).exists(), name
     assert (output / "confusion_matrix.png").stat().st_size > 0
@@ -201,7 +201,7 @@ def test_trained_model_is_versioned_and_checkpoints_carry_the_optimizer(trained_
     assert re.match(r"^[0-9a-f]{16}-\d{8}T\d{6}Z$", version), version
     weights_hash = hashlib.sha256(sha256_file(output / "tf_model.h5").encode()).hexdigest()[:16]
     assert version.startswith(weights_hash)
-    assert trained_with_fault["report"]["recovered_after_epochs"]  # restored weights and optimizer state
+    assert trained_with_fault["report"].recovered_after_epochs  # restored weights and optimizer state
     assert list((output / "_ray_train").rglob(OPTIMIZER_STATE_FILE)), "checkpoints must carry it"
     assert not (output / OPTIMIZER_STATE_FILE).exists(), "resume state is not part of the model"
     job = json.loads((output / "_job.json").read_text())
@@ -308,37 +308,20 @@ def test_train_job_imports_without_tensorflow() -> None:
     assert done.stdout.strip() == "False"
 
 
-def test_refit_trains_on_all_rows_and_keeps_selection_metrics(
-    ray_local: None, tiny_base: Path, tmp_path: Path
-) -> None:
-    data = write_synthetic(tmp_path / "d.jsonl", 120)
-    output = tmp_path / "model"
-    report = train(spec_for(data, output, tiny_base, workers=1, epochs=2, refit=True))
-    refit = report["refit"]
-    assert refit["rows"] == report["data"]["train_rows"] + report["data"]["val_rows"] == 120
-    assert refit["epochs"] == report["best_epoch"]
-    metrics = json.loads((output / "metrics.json").read_text())
-    assert metrics["refit"] == refit and metrics["accuracy"] == report["accuracy"]  # selection metrics kept
-    assert Predictor.load(str(output)).predict_proba(["football goal"]).shape == (1, len(LABELS))
-    assert not (output / "train_state.json").exists()
-    # The selection run's temperature survives the refit's checkpoint copy.
-    assert read_model_info(output).temperature == metrics["calibration"]["temperature"] > 0
-    assert "refit" in metrics["calibration"]["note"]
-
-
 def test_background_rows_join_training_only_with_the_flat_target_id(
     ray_local: None, tiny_base: Path, tmp_path: Path
 ) -> None:
     from bm_ray.jobs.train.background import BACKGROUND_LABEL_ID
 
     data = write_synthetic(tmp_path / "d.jsonl", 60)
-    plain = prepare_data(spec_for(data, tmp_path / "out", tiny_base))
     mixed = prepare_data(spec_for(data, tmp_path / "out", tiny_base, background_rows=25))
     train_ids = [row["label_id"] for row in mixed.train.take_all()]
     val_ids = [row["label_id"] for row in mixed.val.take_all()]
     assert train_ids.count(BACKGROUND_LABEL_ID) == 25 and BACKGROUND_LABEL_ID not in val_ids
-    assert mixed.counts["train_rows"] == plain.counts["train_rows"] + 25
-    assert mixed.counts["val_rows"] == plain.counts["val_rows"] and mixed.counts["background_rows"] == 25
+    # every corpus row on one side, the 25 background rows on the training side only
+    assert (len(train_ids), len(val_ids)) == (mixed.counts["train_rows"], mixed.counts["val_rows"])
+    assert mixed.counts["train_rows"] - 25 + mixed.counts["val_rows"] == 60
+    assert mixed.counts["background_rows"] == 25
 
 
 def test_boilerplate_rows_are_training_copies_in_a_page_with_their_own_label(
@@ -371,13 +354,33 @@ NAMES = {"alpha": "Sports", "beta": "Business", "gamma": "Sci/Tech"}
 
 @pytest.fixture(scope="module")
 def trained_named(ray_local: None, tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A quick 1-worker training with label names (and the default calibration)."""
+    """A quick 1-worker training with label names (and the default calibration), refit on all rows.
+
+    One run serves the label-name, calibration and refit tests: every Ray Train launch costs ~20 s of
+    worker start-up and graph tracing on 2 cores."""
     tmp = tmp_path_factory.mktemp("named")
     data = write_synthetic(tmp / "train.jsonl", 150)
     output = tmp / "model"
     label_names = ",".join(f"{raw}={name}" for raw, name in NAMES.items())  # the CLI flag's form
-    report = train(spec_for(data, output, tiny_base, workers=1, epochs=2, label_names=label_names))
+    spec = spec_for(data, output, tiny_base, workers=1, epochs=2, label_names=label_names, refit=True)
+    report = train(spec)
     return {"report": report, "output": output, "data": data}
+
+
+def test_refit_trains_on_all_rows_and_keeps_selection_metrics(trained_named: dict) -> None:
+    report, output = trained_named["report"], trained_named["output"]
+    refit = report.refit
+    assert refit is not None
+    assert refit.rows == report.data.train_rows + report.data.val_rows == 150
+    assert refit.epochs == report.best_epoch
+    metrics = json.loads((output / "metrics.json").read_text())
+    # the selection metrics are kept
+    assert metrics["refit"] == refit.model_dump() and metrics["accuracy"] == report.accuracy
+    assert Predictor.load(str(output)).predict_proba(["football goal"]).shape == (1, len(LABELS))
+    assert not (output / "train_state.json").exists()
+    # The selection run's temperature survives the refit's checkpoint copy.
+    assert read_model_info(output).temperature == metrics["calibration"]["temperature"] > 0
+    assert "refit" in metrics["calibration"]["note"]
 
 
 def test_label_names_are_stored_and_answered(trained_named: dict) -> None:
@@ -392,7 +395,7 @@ def test_label_names_are_stored_and_answered(trained_named: dict) -> None:
     assert config.label2id == {"Sports": 0, "Business": 1, "Sci/Tech": 2}
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["confusion_matrix"]["labels"] == labels_json["labels"]
-    assert metrics["rows_evaluated"] == trained_named["report"]["data"]["val_rows"]  # raw val labels mapped
+    assert metrics["rows_evaluated"] == trained_named["report"].data.val_rows  # raw val labels mapped
     predictions = Predictor.load(str(output)).predict(["football match goal league", "bank shares profit"])
     assert {p.label for p in predictions} <= set(NAMES.values())
     assert set(predictions[0].scores) == set(NAMES.values())
@@ -431,10 +434,10 @@ def test_evaluate_takes_raw_or_named_labels(trained_named: dict, tmp_path: Path)
     )
     model = str(trained_named["output"])
     reports = [evaluate(EvaluateSpec(model=model, data=IngestSpec(input=[str(d)]))) for d in (raw, named)]
-    assert reports[0]["rows_evaluated"] == reports[1]["rows_evaluated"] == 60
-    assert reports[0]["rows_rejected"] == 0
+    assert reports[0].rows_evaluated == reports[1].rows_evaluated == 60
+    assert reports[0].rows_rejected == 0
     for key in ("accuracy", "macro_f1", "log_loss", "ece", "confusion_matrix"):
-        assert reports[0][key] == reports[1][key], key
+        assert getattr(reports[0], key) == getattr(reports[1], key), key
 
 
 def test_label_names_from_a_file_in_class_order(tmp_path: Path, tiny_base: Path) -> None:

@@ -34,6 +34,7 @@ def test_tune_runs_asha_trials_and_writes_the_best_train_spec(
         },
         "search_space": {"learning_rate": [5e-3, 1e-5]},
         "grace_period": 1,
+        "max_concurrent_trials": 2,  # both 1-CPU trials at once on the 2-CPU test Ray
         "output": str(tmp_path / "tune"),
     }
     spec_path = tmp_path / "tune.yaml"

@@ -259,6 +259,7 @@ def split_rows(ok: Any, spec: TrainSpec) -> tuple[Any, Any, dict[str, Any], dict
     stratified random split, whose leakage the report then shows.
     """
     from bm_ray.corpus.neardup import find_clusters, grouped_split, leakage_from_edges
+    from bm_ray.corpus.shuffle import group_by_input
 
     found = find_clusters(ok, spec.duplicate_threshold, key_column="id")
     if spec.split == "grouped":
@@ -266,9 +267,11 @@ def split_rows(ok: Any, spec: TrainSpec) -> tuple[Any, Any, dict[str, Any], dict
     else:
         # Seeded shuffle first: Ray's stratified split itself takes rows in order. It filters with a
         # Python function inside Ray; Ray's "use expr" advice is for Ray's code, not for the user.
+        # The stratified split is a group-by per label: on the task-based shuffle (see group_by_input).
+        shuffled = ok.random_shuffle(seed=spec.seed).materialize()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Use 'expr' instead of 'fn'", category=UserWarning)
-            train_rows, val_rows = ok.random_shuffle(seed=spec.seed).train_test_split(
+            train_rows, val_rows = group_by_input(shuffled, shuffled.count()).train_test_split(
                 test_size=spec.val_fraction, stratify="label"
             )
     val_keys = {
