@@ -152,14 +152,8 @@ def compare_doc(labelled: bool = True) -> dict[str, Any]:
         "label_counts": {"x": {"a": 7, "b": 2}, "y": {"a": 2, "b": 7}},
     }
     if labelled:
-        doc.update(
-            rows_labelled=8,
-            accuracy_a=0.25,
-            accuracy_b=0.875,
-            only_a_correct=1,
-            only_b_correct=6,
-            mcnemar_p=0.125,
-        )
+        scored = {"rows_labelled": 8, "accuracy_a": 0.25, "accuracy_b": 0.875, "only_a_correct": 1}
+        doc.update(scored, only_b_correct=6, mcnemar_p=0.125)
     leg = {"rows_read": 10, "rows_rejected": 1, "rows_resumed": 0}
     doc.update(
         legs={"a": {"output": "out/a", **leg}, "b": {"output": "out/b", **leg}},

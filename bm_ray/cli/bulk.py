@@ -9,10 +9,9 @@ import typer
 from bm_ray.cli.main import app
 from bm_ray.cli.options import (
     SpecOpt,
-    actor_pool_options,
     build_spec,
+    bulk_engine_options,
     corpus_options,
-    long_text_options,
     option_group,
     spec_options,
     with_corpora,
@@ -24,8 +23,7 @@ from bm_ray.storage import join_uri, redact_uri
 
 @app.command()
 @corpus_options(keep_fields=True)
-@long_text_options()
-@actor_pool_options()
+@bulk_engine_options()
 @option_group(
     spec_options(ClassifySpec, ["model", "input", "output", "min_score", "overwrite", "address"]), "flags"
 )
@@ -34,14 +32,13 @@ def classify(
     as_json: JsonOpt = False,
     flags: dict[str, Any] | None = None,
     corpus_flags: dict[str, Any] | None = None,
-    window_flags: dict[str, Any] | None = None,
-    pool_flags: dict[str, Any] | None = None,
+    engine_flags: dict[str, Any] | None = None,
 ) -> None:
     """Classify a corpus with Ray Data: every row ends once in predictions/ or rejects/; resumable."""
     from bm_ray.jobs.classify import classify as run_classify
     from bm_ray.jobs.classify import summary_table
 
-    given = {**with_corpora(flags or {}, corpus_flags, "input"), **(pool_flags or {}), **(window_flags or {})}
+    given = {**with_corpora(flags or {}, corpus_flags, "input"), **(engine_flags or {})}
     classify_spec = build_spec(ClassifySpec, spec, given)
     with command_output(as_json) as out:
         summary = run_classify(classify_spec)
@@ -51,8 +48,7 @@ def classify(
 
 @app.command()
 @corpus_options()
-@long_text_options()
-@actor_pool_options()
+@bulk_engine_options()
 @option_group(spec_options(CompareSpec, ["input", "output", "overwrite", "address"]), "flags")
 def compare(
     model: Annotated[
@@ -63,8 +59,7 @@ def compare(
     as_json: JsonOpt = False,
     flags: dict[str, Any] | None = None,
     corpus_flags: dict[str, Any] | None = None,
-    window_flags: dict[str, Any] | None = None,
-    pool_flags: dict[str, Any] | None = None,
+    engine_flags: dict[str, Any] | None = None,
 ) -> None:
     """Classify a corpus with two models (bulk, exactly once, resumable); write the flips and compare.json."""
     from bm_ray.jobs.compare import compare as run_compare
@@ -72,8 +67,7 @@ def compare(
 
     given = {
         **with_corpora({**(flags or {}), "models": model or None}, corpus_flags, "input"),
-        **(pool_flags or {}),
-        **(window_flags or {}),
+        **(engine_flags or {}),
     }
     compare_spec = build_spec(CompareSpec, spec, given)
     with command_output(as_json) as out:

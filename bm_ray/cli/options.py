@@ -185,9 +185,10 @@ ACTOR_POOL_OPTIONS = spec_options(
 """ClassifySpec's predictor actor pool fields (CompareSpec's are the same fields) as options."""
 
 
-def actor_pool_options() -> Callable[[Command], Command]:
-    """The shared predictor actor pool options (:data:`ACTOR_POOL_OPTIONS`), passed as `pool_flags`."""
-    return option_group(ACTOR_POOL_OPTIONS, "pool_flags")
+def bulk_engine_options() -> Callable[[Command], Command]:
+    """The options of the commands that run the engine in a Ray Data actor pool (classify, compare): the
+    long-text options and the actor pool (:data:`ACTOR_POOL_OPTIONS`), passed together as `engine_flags`."""
+    return option_group({**LONG_TEXT_OPTIONS, **ACTOR_POOL_OPTIONS}, "engine_flags")
 
 
 SpecOpt = Annotated[

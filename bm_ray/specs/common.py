@@ -59,6 +59,10 @@ def _parse_label_names(value: Any) -> Any:
 LabelNames = Annotated[dict[str, str] | list[str], BeforeValidator(_parse_label_names)]
 
 
+ModelLocation = Annotated[str, Field(description="Model directory or URI (a `bm-ray train` output).")]
+"""The `model` of a job or an endpoint: a local directory or an object-storage URI of a trained model."""
+
+
 class StrictModel(BaseModel):
     """Base for all specs: unknown keys are refused, assignments are validated."""
 

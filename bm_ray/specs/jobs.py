@@ -13,6 +13,7 @@ from bm_ray.specs.common import (
     LabelNames,
     LongTextOptions,
     MinScore,
+    ModelLocation,
     Precision,
     StrictModel,
 )
@@ -220,7 +221,7 @@ class ClassifySpec(LongTextOptions):
     """`bm-ray classify`: bulk classification of a corpus with Ray Data."""
 
     kind: Literal["classify"] = "classify"
-    model: str = Field(description="Model directory or URI (a `bm-ray train` output).")
+    model: ModelLocation
     input: IngestSpec = Field(
         description="Corpus to classify: files, directories, globs or URIs (comma-separated), read with "
         "the corpus options."
@@ -278,7 +279,7 @@ class EvaluateSpec(LongTextOptions):
     """`bm-ray evaluate`: metrics and plots of a model on a labelled corpus."""
 
     kind: Literal["evaluate"] = "evaluate"
-    model: str = Field(description="Model directory or URI (a `bm-ray train` output).")
+    model: ModelLocation
     data: IngestSpec = Field(
         description="Labelled corpus to evaluate on: files, directories, globs or URIs (comma-separated), "
         "read with the corpus options."

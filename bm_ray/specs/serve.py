@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from bm_ray.specs.common import LongTextOptions, MinScore, Precision
+from bm_ray.specs.common import LongTextOptions, MinScore, ModelLocation, Precision
 from bm_ray.specs.jobs import ClassifySpec
 
 
 class ServeSpec(LongTextOptions):
     """Arguments of the Ray Serve application (`bm_ray.serve:build_app`) and `bm-ray serve`."""
 
-    model: str = Field(description="Model directory or URI (a `bm-ray train` output).")
+    model: ModelLocation
     host: str = Field(default="127.0.0.1", description="HTTP host the endpoint listens on.")
     port: int = Field(default=8000, ge=1, le=65535, description="HTTP port of the endpoint.")
     route_prefix: str = Field(default="/", description="URL path the application is served under.")

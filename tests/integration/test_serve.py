@@ -673,24 +673,37 @@ def test_unset_api_key_fails_the_deploy_with_the_reason(
         serve.delete("closed")
 
 
+def scalable_app(
+    spec: ServeSpec, route_prefix: str, cpus_per_replica: float, **settings: object
+) -> ServeSpec:
+    """`spec` as another app of this module at `route_prefix`: 1 to 2 model replicas of `cpus_per_replica`
+    CPUs each, with `settings` on top."""
+    return spec.model_copy(
+        update={
+            "route_prefix": route_prefix,
+            "min_replicas": 1,
+            "max_replicas": 2,
+            "cpus_per_replica": cpus_per_replica,
+            **settings,
+        }
+    )
+
+
 @pytest.fixture(scope="module")
 def faulty(url: str, spec: ServeSpec) -> Iterator[ServeSpec]:
     """The model replica with the test-only fault hooks: one gateway, 1 of at most 2 model replicas
     running (no upscaling during the tests), 3 calls on the replica (+ as many again waiting), a 2 s
     request timeout. (An unbounded router queue: Serve's router counts a burst still being assigned
     as queued, so a bounded one would refuse part of the burst itself.)"""
-    faulty_spec = spec.model_copy(
-        update={
-            "route_prefix": "/faulty",
-            "gateway_replicas": 1,
-            "min_replicas": 1,
-            "max_replicas": 2,
-            "upscale_delay_s": 600,
-            "max_ongoing_requests": 3,
-            "max_queued_requests": -1,
-            "request_timeout_s": 2,
-            "cpus_per_replica": 0.2,
-        }
+    faulty_spec = scalable_app(
+        spec,
+        "/faulty",
+        cpus_per_replica=0.2,
+        gateway_replicas=1,
+        upscale_delay_s=600,
+        max_ongoing_requests=3,
+        max_queued_requests=-1,
+        request_timeout_s=2,
     )
     deploy(faulty_spec, name="faulty", model=FaultyClassifier)
     yield faulty_spec
@@ -780,17 +793,14 @@ def test_autoscaling_follows_load_up_and_down(url: str, spec: ServeSpec) -> None
     """min 1, max 2 model replicas of 0.05 CPU (small enough that the second one is schedulable beside the
     module's other apps on the test's CPUs: what is tested is Serve's decision, not the cluster's size): sustained load (16 clients, target 4 per replica) reaches 2 replicas within 60 s, and 1
     again within downscale_delay_s + Serve's 10 s average (+ margin) after it stops; no request fails."""
-    scaled = spec.model_copy(
-        update={
-            "route_prefix": "/scaled",
-            "min_replicas": 1,
-            "max_replicas": 2,
-            "target_ongoing_requests": 4,
-            "upscale_delay_s": 2,
-            "downscale_delay_s": 5,
-            "cpus_per_replica": 0.05,
-            "max_batch_size": 2,
-        }
+    scaled = scalable_app(
+        spec,
+        "/scaled",
+        cpus_per_replica=0.05,
+        target_ongoing_requests=4,
+        upscale_delay_s=2,
+        downscale_delay_s=5,
+        max_batch_size=2,
     )
     # Each pass of the test replica takes >= 200 ms (PACE, 2 texts), so the load queues at the model as it would
     # with a real model, not in the HTTP layers in front of a tiny one.
