@@ -44,12 +44,9 @@ MEMORY_FACTOR = 10
 
 def read_rows(spec: IngestSpec, rows: int) -> list[str]:
     """The texts of the first `rows` ok rows of a corpus (cycled when the corpus has fewer)."""
-    from bm_ray.corpus import ok_rows, read_corpus
+    from bm_ray.corpus import first_ok_rows
 
-    ds, _ = read_corpus(spec, dedupe=False)
-    texts = [row["text"] for row in ok_rows(ds, ["text"]).take(rows)]
-    if not texts:
-        raise ValueError(f"{', '.join(spec.input)}: no valid rows in fields {', '.join(spec.text_fields)}")
+    texts = [row["text"] for row in first_ok_rows(spec, ["text"], rows)]
     return [texts[i % len(texts)] for i in range(rows)]
 
 

@@ -53,13 +53,10 @@ class Outcome:
 
 def read_texts(path: str, text_fields: Sequence[str] = ("text",), limit: int = 2000) -> list[str]:
     """The first `limit` non-empty texts of a corpus, read through :func:`bm_ray.corpus.read_corpus`."""
-    from bm_ray.corpus import ok_rows, read_corpus
+    from bm_ray.corpus import first_ok_rows
 
-    ds, _ = read_corpus(IngestSpec(input=[path], text_fields=list(text_fields)), dedupe=False)
-    texts = [row["text"] for row in ok_rows(ds, ["text"]).take(limit)]
-    if not texts:
-        raise ValueError(f"{path}: no texts in fields {', '.join(text_fields)}")
-    return texts
+    spec = IngestSpec(input=[path], text_fields=list(text_fields))
+    return [row["text"] for row in first_ok_rows(spec, ["text"], limit)]
 
 
 def text_shots(texts: Sequence[str], n: int) -> list[Shot]:

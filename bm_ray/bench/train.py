@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ray.data.expressions import col
 
 from bm_ray.model.preprocess import PaddingStats, length_batches, padded_length
 from bm_ray.runtime.tf import import_tensorflow
@@ -25,11 +24,10 @@ from bm_ray.specs import IngestSpec, TrainSpec
 
 def _sample_corpus(ingest: IngestSpec, rows: int, path: Path) -> Path:
     """Write the first `rows` valid labelled rows of a corpus as JSONL (both paths read this file)."""
-    from bm_ray.corpus import ok_rows, read_corpus
+    from bm_ray.corpus import first_ok_rows
 
-    ds, _ = read_corpus(ingest, dedupe=False)
     with path.open("w", encoding="utf-8") as handle:
-        for row in ok_rows(ds, ["id", "text", "label"]).filter(expr=col("label").is_not_null()).take(rows):
+        for row in first_ok_rows(ingest, ["id", "text", "label"], rows, labelled=True):
             handle.write(json.dumps(row) + "\n")
     return path
 

@@ -9,7 +9,7 @@ normalised rows. It starts no Ray (callers do) and knows no model.
 """
 
 from bm_ray.corpus.listing import CorpusFile, CorpusInfo, infer_format, input_manifest, list_corpus, unit_key
-from bm_ray.corpus.readers import CorpusDatasource, ok_rows, read_corpus
+from bm_ray.corpus.readers import CorpusDatasource, first_ok_rows, ok_rows, read_corpus
 from bm_ray.corpus.rows import BLANK_LINE, ROW_COLUMNS, clean_text, row_schema
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "CorpusFile",
     "CorpusInfo",
     "clean_text",
+    "first_ok_rows",
     "infer_format",
     "input_manifest",
     "list_corpus",

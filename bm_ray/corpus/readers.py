@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 import ray
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
+from ray.data.expressions import col
 
 from bm_ray.corpus.dedupe import build_dedupe_index, mark_duplicates
 from bm_ray.corpus.formats import LONG_LINE_KEPT_BYTES, MAX_RECORD_LINES, READERS, Skip
@@ -214,3 +215,20 @@ def ok_rows(ds: ray.data.Dataset, columns: Iterable[str] = ("id", "text", "label
 
 def _select_ok(batch: pa.Table, columns: list[str]) -> pa.Table:
     return batch.filter(pc.is_null(batch.column("reason"))).select(columns)
+
+
+def first_ok_rows(
+    spec: IngestSpec, columns: list[str], limit: int, labelled: bool = False
+) -> list[dict[str, Any]]:
+    """The first `limit` ok rows of the corpus `spec` (with a label only, when `labelled`), as dicts of
+    `columns`: the small samples benchmarks and the demo work on. Raises ValueError naming the input and
+    text fields when no row qualifies."""
+    ds, _ = read_corpus(spec, dedupe=False)
+    ok = ok_rows(ds, list(dict.fromkeys([*columns, "label"])) if labelled else columns)
+    if labelled:
+        ok = ok.filter(expr=col("label").is_not_null()).select_columns(columns)
+    rows = ok.take(limit)
+    if not rows:
+        kind = "labelled rows" if labelled else "valid rows"
+        raise ValueError(f"{', '.join(spec.input)}: no {kind} in fields {', '.join(spec.text_fields)}")
+    return rows

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from fault_corpus import FORMATS, write_fault_corpus
 
-from bm_ray.corpus import ROW_COLUMNS, clean_text, infer_format, list_corpus, read_corpus
+from bm_ray.corpus import ROW_COLUMNS, clean_text, first_ok_rows, infer_format, list_corpus, read_corpus
 from bm_ray.jobs.ingest import ingest
 from bm_ray.layout import REJECT_REASONS
 from bm_ray.specs import IngestSpec
@@ -139,6 +139,22 @@ def test_multi_input_files_and_glob(ray_local, tmp_path: Path) -> None:
     # a directory input: files with other extensions are reported, not read
     info = list_corpus(IngestSpec(input=str(tmp_path / "more")))
     assert info.format == "jsonl" and info.ignored_files == ["skip.txt"]
+
+
+def test_first_ok_rows_skip_rejects_and_unlabelled_rows(ray_local, tmp_path: Path) -> None:
+    """The benchmarks' sample reader: the first ok rows in file order (rejects and, when asked,
+    unlabelled rows passed over), and a clear error when none qualifies."""
+    lines = ['{"id": "a", "text": "one", "label": "x"}', "not json", '{"id": "b", "text": "two"}']
+    lines += ['{"id": "c", "text": "three", "label": "y"}', '{"id": "d", "text": ""}']
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    spec = IngestSpec(input=[str(path)])
+    assert [r["id"] for r in first_ok_rows(spec, ["id"], 10)] == ["a", "b", "c"]
+    assert first_ok_rows(spec, ["id", "label"], 1, labelled=True) == [{"id": "a", "label": "x"}]
+    assert [r["id"] for r in first_ok_rows(spec, ["id"], 10, labelled=True)] == ["a", "c"]
+    (tmp_path / "bad.jsonl").write_text("not json\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bad\.jsonl: no valid rows in fields text"):
+        first_ok_rows(IngestSpec(input=[str(tmp_path / "bad.jsonl")]), ["text"], 5)
 
 
 def test_infer_format(tmp_path: Path) -> None:
