@@ -7,7 +7,7 @@ export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: venv demo test test-fast docs openapi wheel-test lint format test-slow model clean browser scan-venv
+.PHONY: venv demo test test-fast docs openapi wheel-test lint format test-slow model clean browser scan-venv kserve-venv
 
 venv: $(STAMP)
 
@@ -45,7 +45,21 @@ $(SCAN_STAMP):
 	$(SCAN_VENV)/bin/python -m pip install -q checkov==$(CHECKOV_VERSION)
 	rm -f $(SCAN_VENV)/.installed-*; touch $(SCAN_STAMP)
 
-test: lint docs browser scan-venv
+# kserve's InferenceRESTClient (tests/integration/test_protocols.py drives the KServe V1 and V2 protocols
+# with it) pins packages that conflict with ours: own venv, driven from the test through a subprocess.
+KSERVE_VENV ?= .venv-kserve
+KSERVE_VERSION := 0.21.0
+KSERVE_STAMP := $(KSERVE_VENV)/.installed-kserve-$(KSERVE_VERSION)
+
+kserve-venv: $(KSERVE_STAMP)
+
+$(KSERVE_STAMP):
+	test -x $(KSERVE_VENV)/bin/python || $(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/python -m pip install -q --upgrade pip
+	$(KSERVE_VENV)/bin/python -m pip install -q kserve==$(KSERVE_VERSION)
+	rm -f $(KSERVE_VENV)/.installed-*; touch $(KSERVE_STAMP)
+
+test: lint docs browser scan-venv kserve-venv
 	$(BIN)/python -m pytest -q
 
 # The docs site (docs/, Sphinx + MyST): warnings are errors and nitpicky mode fails on a broken internal
@@ -82,4 +96,4 @@ test-slow: venv
 	BM_RAY_SLOW=1 $(BIN)/python -m pytest -q -m "slow or realdata"
 
 clean:
-	rm -rf $(VENV) $(SCAN_VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(SCAN_VENV) $(KSERVE_VENV) .pytest_cache .ruff_cache

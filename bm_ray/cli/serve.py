@@ -30,6 +30,8 @@ SERVE_OPTIONS = spec_options(
         "max_queued_requests",
         "api_key_env",
         "api_key_file",
+        "overload_status",
+        "cors_allow_origin",
     ],
 )
 """The ServeSpec fields `bm-ray serve` takes as flags (the rest only from a `--config` file)."""

@@ -3,6 +3,8 @@
 - :mod:`~bm_ray.serve.schemas`: the HTTP contract (request/response models, request checks, errors).
 - :mod:`~bm_ray.serve.gateway`: ``ApiGateway``, the ingress (auth, admission, parsing, error mapping,
   retries of calls lost with a model replica, per-request timeout).
+- :mod:`~bm_ray.serve.protocols` and :mod:`~bm_ray.serve.protocol_schemas`: the same endpoint in the Open
+  Inference Protocol (KServe V2, Triton), KServe V1 and Hugging Face TEI.
 - :mod:`~bm_ray.serve.model`: ``Classifier``, the model replica (continuous batching, row-by-row retry
   of a failed pass, zero-downtime model swap).
 - :mod:`~bm_ray.serve.app`: the application builder, ``bm_ray.serve:build_app`` (the import path of

@@ -67,10 +67,14 @@ def _code_version(spec: ServeSpec) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
+GATEWAY_START_RETRIES = 3
+"""Constructor attempts of the gateway deployment before Serve marks the app DEPLOY_FAILED."""
+
+
 def compose_app(spec: ServeSpec, model: Deployment = Classifier) -> serve.Application:
     """The application for `spec`: the gateway bound to `model` (the ``Classifier`` deployment, or a subclass of it)."""
     check_model_ref(spec.model)
-    backpressure = BackpressureConfig(status_code=503, retry_after_s=spec.retry_after_s)
+    backpressure = BackpressureConfig(status_code=spec.overload_status, retry_after_s=spec.retry_after_s)
     # A fixed `version` keeps a model change an in-place `reconfigure` of the running replicas (no
     # restart) when the app is redeployed; Serve's public `options()` refuses it (see versioned_options).
     version = _code_version(spec)
@@ -100,6 +104,9 @@ def compose_app(spec: ServeSpec, model: Deployment = Classifier) -> serve.Applic
         ApiGateway,
         version,
         num_replicas=spec.gateway_replicas,
+        # A gateway that cannot start has a configuration error (no API key, an unreadable key file):
+        # fail the deploy after a few tries, not Serve's default 20 (~15 s before the status says why).
+        max_constructor_retry_count=GATEWAY_START_RETRIES,
         max_ongoing_requests=ingress_slots,
         # A last line of defence only (the proxy's plain-text 503): the gateway's own bound fills first.
         max_queued_requests=ingress_slots,

@@ -13,14 +13,14 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
@@ -31,6 +31,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import bm_ray
 from bm_ray.model.metrics import abstained
 from bm_ray.serve.model import GRACEFUL_SHUTDOWN_S, MODEL_DEPLOYMENT
+from bm_ray.serve.protocol_schemas import NATIVE, error_response, protocol_of
+from bm_ray.serve.protocols import OptionalCORS, PrefixRoot, ProtocolRoutes, protocol_router
 from bm_ray.serve.schemas import (
     CLASSIFY_BODY_POINTER,
     ERROR_RESPONSES,
@@ -143,6 +145,7 @@ async def call_model(
     *args: Any,
     retry_after_s: int,
     on_retry: Callable[[], None] | None = None,
+    overload_status: int = 503,
 ) -> Any:
     """``await handle.<method>.remote(*args)``, retried only when the model replica died; errors as :class:`ApiError`.
 
@@ -163,7 +166,7 @@ async def call_model(
             raise
         except BackPressureError as err:
             retry_after = retry_after_s if err.retry_after_s is None else err.retry_after_s
-            raise queue_full(math.ceil(retry_after)) from None
+            raise queue_full(math.ceil(retry_after), overload_status) from None
         except ModelNotReadyError as err:
             raise ApiError(
                 503, "not_ready", str(getattr(err, "cause", err)), retry_after_s=retry_after_s
@@ -198,24 +201,33 @@ http_app = FastAPI(
     description="Text classification with a fine-tuned BERT model on Ray Serve.",
     default_response_class=FastJSONResponse,
 )
+http_app.include_router(protocol_router)  # the other protocols' routes (bm_ray.serve.protocols)
+http_app.add_middleware(OptionalCORS)
+http_app.add_middleware(PrefixRoot)
 
 
 @http_app.exception_handler(StarletteHTTPException)
-async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    # Unknown routes and methods get the same error shape as everything else.
-    return ApiError(exc.status_code, "http_error", str(exc.detail)).response()
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    # Unknown routes and methods get the same error shape as everything else (in the path's protocol).
+    return error_response(protocol_of(request), ApiError(exc.status_code, "http_error", str(exc.detail)))
 
 
 @http_app.exception_handler(Exception)
-async def _internal_error(_: Request, exc: Exception) -> JSONResponse:
+async def _internal_error(request: Request, exc: Exception) -> Response:
     logger.exception("request failed", exc_info=exc)
-    return ApiError(500, "internal", f"internal error: {type(exc).__name__}").response()
+    err = ApiError(500, "internal", f"internal error: {type(exc).__name__}")
+    return error_response(protocol_of(request), err)
+
+
+TextReader = Callable[[Request], Awaitable[tuple[Any, list[str], Callable[[int], str]]]]
+"""Reads and checks a request's texts: (the protocol's parsed request, the texts, the field of text i)."""
 
 
 @serve.deployment(name=INGRESS_DEPLOYMENT, graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_S)
 @serve.ingress(http_app)
-class ApiGateway:
-    """The HTTP ingress in front of :class:`~bm_ray.serve.model.Classifier` (see the module docstring)."""
+class ApiGateway(ProtocolRoutes):
+    """The HTTP ingress in front of :class:`~bm_ray.serve.model.Classifier` (see the module docstring); the other
+    protocols' routes come from :class:`~bm_ray.serve.protocols.ProtocolRoutes`."""
 
     def __init__(self, spec: ServeSpec, model: DeploymentHandle) -> None:
         self.spec = spec
@@ -265,6 +277,7 @@ class ApiGateway:
             *args,
             retry_after_s=self.spec.retry_after_s,
             on_retry=lambda: self._retries.inc(tags={"method": method}),
+            overload_status=self.spec.overload_status,
         )
 
     def _authorize(self, request: Request) -> None:
@@ -278,11 +291,11 @@ class ApiGateway:
                 401, "unauthorized", "missing or wrong `Authorization: Bearer <key>`", "authorization"
             )
 
-    def _reject(self, err: ApiError) -> JSONResponse:
+    def _reject(self, err: ApiError, protocol: str = NATIVE) -> Response:
         self._rejected.inc(tags={"reason": err.code})
-        return err.response()
+        return error_response(protocol, err)
 
-    async def _classify(self, body: ClassifyRequest, texts: list[str]) -> dict[str, Any]:
+    async def _classify(self, texts: list[str], item_field: Callable[[int], str]) -> dict[str, Any]:
         try:
             return await asyncio.wait_for(self._call_model("classify", texts), self.spec.request_timeout_s)
         except TimeoutError:
@@ -293,8 +306,37 @@ class ApiGateway:
                 422,
                 "text_failed",
                 f"the model failed on this text ({cause.message}); the other texts were fine",
-                text_field(body, cause.index),
+                item_field(cause.index),
             ) from None
+
+    async def _run_texts(self, request: Request, read: TextReader) -> tuple[Any, dict[str, Any]]:
+        """The pipeline of every protocol's inference route: the key, admission, `read` (the body, parsed and
+        checked), the model call; returns (what `read` parsed, the model's answer), or raises ApiError."""
+        self._refresh_limit()
+        self._authorize(request)
+        # Admission before the body is read: a full endpoint costs a refused client no upload.
+        if self._in_flight >= self._limit:
+            raise queue_full(self.spec.retry_after_s, self.spec.overload_status)
+        self._in_flight += 1
+        try:
+            parsed, texts, item_field = await read(request)
+            return parsed, await self._classify(texts, item_field)
+        finally:
+            self._in_flight -= 1
+
+    async def _model_info(self) -> dict[str, Any]:
+        """The served model's labels.json record (ApiError when no replica answers in time)."""
+        try:
+            return await asyncio.wait_for(self._call_model("model_info"), self.spec.request_timeout_s)
+        except TimeoutError:
+            raise request_timeout(self.spec.request_timeout_s) from None
+
+    async def _ready_reason(self) -> str | None:
+        """None when a model replica can classify, else why not (ApiError when the call itself failed)."""
+        try:
+            return await asyncio.wait_for(self._call_model("ready"), READY_TIMEOUT_S)
+        except TimeoutError:
+            return f"no model replica answered within {READY_TIMEOUT_S:g}s"
 
     @http_app.post(
         "/v1/classify",
@@ -311,22 +353,17 @@ class ApiGateway:
             }
         },
     )
-    async def classify(self, request: Request) -> JSONResponse:
+    async def classify(self, request: Request) -> Response:
         """Classify `texts` (or `instances`), answering in request order; predictions whose top score is below
         the request's `min_score` (else the endpoint's) are marked `abstained`."""
-        self._refresh_limit()
+
+        async def read(request: Request) -> tuple[Any, list[str], Callable[[int], str]]:
+            body = parse_classify_request(await read_json_body(request, self.spec.max_body_bytes))
+            ids, texts = check_request(body, self.spec)
+            return (body, ids), texts, functools.partial(text_field, body)
+
         try:
-            self._authorize(request)
-            # Admission before the body is read: a full endpoint costs a refused client no upload.
-            if self._in_flight >= self._limit:
-                raise queue_full(self.spec.retry_after_s)
-            self._in_flight += 1
-            try:
-                body = parse_classify_request(await read_json_body(request, self.spec.max_body_bytes))
-                ids, texts = check_request(body, self.spec)
-                result = await self._classify(body, texts)
-            finally:
-                self._in_flight -= 1
+            (body, ids), result = await self._run_texts(request, read)
         except ApiError as err:
             return self._reject(err)
         min_score = request_min_score(body, self.spec)
@@ -344,18 +381,16 @@ class ApiGateway:
         )
 
     @http_app.get("/v1/model", responses=ERROR_RESPONSES)
-    async def model(self, request: Request) -> JSONResponse:
+    async def model(self, request: Request) -> Response:
         """The served model's labels.json record (labels, name, version, max_length, base model, ...)."""
         try:
             self._authorize(request)
-            info = await asyncio.wait_for(self._call_model("model_info"), self.spec.request_timeout_s)
-        except TimeoutError:
-            return self._reject(request_timeout(self.spec.request_timeout_s))
+            info = await self._model_info()
         except ApiError as err:
             return self._reject(err)
         return FastJSONResponse(info)
 
-    @http_app.get("/", include_in_schema=False)
+    @http_app.get("/ui", include_in_schema=False)
     async def playground(self) -> HTMLResponse:
         """The playground page (public; the API calls it makes carry the key typed into it)."""
         return HTMLResponse(playground_page(), headers={"Content-Security-Policy": PLAYGROUND_CSP})
@@ -369,11 +404,9 @@ class ApiGateway:
     async def readyz(self) -> JSONResponse:
         """A model replica answers, with its model loaded and its warm-up prediction done."""
         try:
-            reason = await asyncio.wait_for(self._call_model("ready"), READY_TIMEOUT_S)
+            reason = await self._ready_reason()
         except ApiError as err:
             return err.response()
-        except TimeoutError:
-            reason = f"no model replica answered within {READY_TIMEOUT_S:g}s"
         if reason is not None:
             return ApiError(503, "not_ready", reason, retry_after_s=self.spec.retry_after_s).response()
         return FastJSONResponse({"status": "ready"})

@@ -4,6 +4,7 @@ All errors are ``{"error": {"code", "message", "field"?}}``. Nothing here knows 
 """
 
 # No `from __future__ import annotations`: FastAPI reads these models' annotations at runtime.
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -90,15 +91,19 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.field = status, code, message, field
         self.retry_after_s = retry_after_s
 
+    def headers(self) -> dict[str, str]:
+        """``Retry-After`` (when set) and, on a 401, ``WWW-Authenticate: Bearer``: in every protocol's form."""
+        headers = {"Retry-After": str(self.retry_after_s)} if self.retry_after_s is not None else {}
+        if self.status == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        return headers
+
     def response(self) -> JSONResponse:
         """The JSON error response."""
         error: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.field is not None:
             error["field"] = self.field
-        headers = {"Retry-After": str(self.retry_after_s)} if self.retry_after_s is not None else {}
-        if self.status == 401:
-            headers["WWW-Authenticate"] = "Bearer"
-        return FastJSONResponse({"error": error}, status_code=self.status, headers=headers)
+        return FastJSONResponse({"error": error}, status_code=self.status, headers=self.headers())
 
 
 class ModelNotReadyError(RuntimeError):
@@ -117,9 +122,12 @@ class TextFailedError(ValueError):
         self.index, self.message = index, message
 
 
-def queue_full(retry_after_s: int) -> ApiError:
-    """The 503 answered when the model deployment cannot take another request right now."""
-    return ApiError(503, "queue_full", "the model's queue is full; retry later", retry_after_s=retry_after_s)
+def queue_full(retry_after_s: int, status: int = 503) -> ApiError:
+    """The 503 (or 429: ServeSpec `overload_status`) answered when the model deployment cannot take another
+    request right now."""
+    return ApiError(
+        status, "queue_full", "the model's queue is full; retry later", retry_after_s=retry_after_s
+    )
 
 
 def request_timeout(timeout_s: float) -> ApiError:
@@ -144,6 +152,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         413: "Body over max_body_bytes",
         415: "Content-Type is not JSON",
         422: "Invalid request, or a text the model failed on (the `field` names it)",
+        429: "Endpoint full, when overload_status is 429 (with Retry-After)",
         500: "The model failed on the request for another reason",
         503: "Not ready, queue full or no model replica answered (with Retry-After)",
         504: "No answer within request_timeout_s",
@@ -182,30 +191,54 @@ def check_request(body: ClassifyRequest, spec: ServeSpec) -> tuple[list[str], li
         field = "instances"
         texts = [inst.text for inst in body.instances or []]
         ids = [str(i if inst.id is None else inst.id) for i, inst in enumerate(body.instances or [])]
+    check_texts(texts, spec, field, lambda i: text_field(body, i))
+    return ids, texts
+
+
+def check_texts(texts: list[str], spec: ServeSpec, list_field: str, item_field: Callable[[int], str]) -> None:
+    """:class:`ApiError` 422 for a request whose texts break the spec's limits (every protocol checks the same).
+
+    `list_field` names the list of texts in the request and `item_field(i)` text `i`, in the request's
+    own protocol (``texts.3``, ``inputs[0].data[3]``, ...).
+    """
+    if not texts:
+        raise ApiError(422, "empty_input", "the request holds no text", list_field)
     if len(texts) > spec.max_texts_per_request:
         raise ApiError(
             422,
             "too_many_texts",
             f"{len(texts)} texts; at most {spec.max_texts_per_request} per request",
-            field,
+            list_field,
         )
     for i, text in enumerate(texts):
         if not text.strip():
-            raise ApiError(422, "empty_text", "text is empty or whitespace", text_field(body, i))
+            raise ApiError(422, "empty_text", "text is empty or whitespace", item_field(i))
         if len(text) > spec.max_text_chars:
             raise ApiError(
                 422,
                 "text_too_long",
                 f"text has {len(text)} characters; the limit is {spec.max_text_chars} (longer texts are refused)",
-                text_field(body, i),
+                item_field(i),
             )
-    return ids, texts
 
 
 async def read_json_body(request: Request, max_bytes: int) -> Any:
     """The JSON body, enforcing the content type (415) and the size (413) on the header and the bytes read."""
     if not _is_json(request.headers.get("content-type", "")):
         raise ApiError(415, "unsupported_media_type", "send the body as application/json", "content-type")
+    return parse_json(await read_body(request, max_bytes))
+
+
+def parse_json(body: bytes) -> Any:
+    """`body` parsed as JSON, or :class:`ApiError` 422 ``malformed_json``."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as err:
+        raise ApiError(422, "malformed_json", f"body is not valid JSON: {err}", "body") from None
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The body bytes, enforcing the size (413) on the Content-Length header and on the bytes read."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise ApiError(413, "body_too_large", f"body of {declared} bytes; the limit is {max_bytes}", "body")
@@ -214,7 +247,4 @@ async def read_json_body(request: Request, max_bytes: int) -> Any:
         body += chunk
         if len(body) > max_bytes:
             raise ApiError(413, "body_too_large", f"body over the limit of {max_bytes} bytes", "body")
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as err:
-        raise ApiError(422, "malformed_json", f"body is not valid JSON: {err}", "body") from None
+    return bytes(body)

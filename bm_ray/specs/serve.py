@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from bm_ray.specs.common import LongTextOptions, MinScore, ModelLocation, Precision
@@ -34,7 +36,18 @@ class ServeSpec(LongTextOptions):
         default=64, ge=1, description="Requests one model replica takes at once; more wait in the queue."
     )
     max_queued_requests: int = Field(default=256, ge=-1, description="Beyond this, 503 with Retry-After.")
-    retry_after_s: int = Field(default=1, ge=0, description="Retry-After (seconds) sent with 503 answers.")
+    retry_after_s: int = Field(
+        default=1, ge=0, description="Retry-After (seconds) sent with 503 and overload (429) answers."
+    )
+    overload_status: Literal[429, 503] = Field(
+        default=503,
+        description="HTTP status of a request refused because the endpoint is full (always with Retry-After).",
+    )
+    cors_allow_origin: str | None = Field(
+        default=None,
+        description="Browser origins allowed to call the endpoint (CORS), comma-separated, or * for any; "
+        "off when unset.",
+    )
     max_batch_size: int = Field(
         default=32,
         ge=1,

@@ -61,12 +61,24 @@ REJECT_MEANINGS = {
 """What each reject reason means; the directive fails the build when this and the code disagree."""
 
 FIELD_EXPRESSIONS = {
-    "check_request:field": "`texts` or `instances`",
+    "check_texts:list_field": "the list of texts: `texts`, `instances`, `inputs[0].data` (V2) or `inputs` (TEI)",
+    "decode_bytes_tensor:field": "`inputs[0]`",
+    "HEADER_LENGTH": "`inference-header-content-length`",
+    "f'inputs[0].data[{i}]'": "`inputs[0].data[N]`",
+    "f'outputs[{i}].name'": "`outputs[N].name`",
     "field": "the failing field, e.g. `texts.0`, `instances.1.text` or `min_score`",
-    "text_field(body, i)": "the text: `texts.N` or `instances.N.text`",
-    "text_field(body, cause.index)": "the text: `texts.N` or `instances.N.text`",
+    "item_field(i)": "the text: `texts.N`, `instances.N.text`; `instances[N]` (V1), `inputs[0].data[N]` (V2), "
+    "`inputs[N]` (TEI)",
+    "item_field(cause.index)": "the text: `texts.N`, `instances.N.text`; `instances[N]` (V1), `inputs[0].data[N]` "
+    "(V2), `inputs[N]` (TEI)",
 }
 """How a computed `field` argument reads, by ``function:source`` or by its source alone."""
+
+STATUS_EXPRESSIONS = {
+    "exc.status_code": "the HTTP status (404, 405, …)",
+    "status": "503, or 429 (``overload_status``)",
+}
+"""How a computed `status` argument reads, by its source."""
 
 
 def cell(text: str) -> str:
@@ -226,6 +238,7 @@ def api_errors() -> list[dict[str, Any]]:
                 found.append(
                     {
                         "status": _literal(status_node),
+                        "status_source": ast.unparse(status_node) if status_node is not None else "",
                         "code": code,
                         "message": _message(message_node),
                         "field": field or "",
@@ -252,7 +265,11 @@ class ErrorCodes(GeneratedDirective):
             raise self.error(f"no ApiError found under {SERVE_DIR}")
         rows = []
         for e in errors:
-            status = str(e["status"]) if e["status"] is not None else "the HTTP status (404, 405, …)"
+            status = (
+                str(e["status"])
+                if e["status"] is not None
+                else STATUS_EXPRESSIONS.get(e["status_source"], f"computed (``{e['status_source']}``)")
+            )
             if e["retry_after"]:
                 status += " + ``Retry-After``"
             message = md_inline(e["message"].replace("*", "\\*"))
@@ -330,6 +347,15 @@ def field_rows(doc: dict[str, Any], schema: dict[str, Any], prefix: str = "") ->
     return rows
 
 
+PROTOCOL_ERRORS = {
+    "": "the error object ``{\"error\": {\"code\", \"message\", \"field\"}}``",
+    "Open Inference Protocol": "the protocol's ``{\"error\": \"…\"}``",
+    "KServe V1": "the protocol's ``{\"error\": \"…\"}``",
+    "Hugging Face TEI": "TEI's ``{\"error\": \"…\", \"error_type\": \"…\"}``",
+}
+"""The error body of a route, by its OpenAPI tag (the protocol; untagged: bm-ray's own)."""
+
+
 class OpenApiRoute(Directive):
     required_arguments = 2
     has_content = False
@@ -359,7 +385,8 @@ class OpenApiRoute(Directive):
             if schema:
                 kind = type_of(doc, schema) if schema else ""
             else:
-                kind = "the error object ``{\"error\": {\"code\", \"message\", \"field\"}}``" if status >= "400" else ""
+                error = PROTOCOL_ERRORS.get((operation.get("tags") or [""])[0], PROTOCOL_ERRORS[""])
+                kind = error if status >= "400" else ""
             rows.append([status, md_inline(response.get("description", "")), kind])
         lines += list_table(["status", "when", "body"], rows, [10, 50, 40])
         ok = operation["responses"].get("200", {}).get("content", {}).get("application/json", {}).get("schema")

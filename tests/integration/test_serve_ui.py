@@ -1,4 +1,4 @@
-"""What people see of the endpoint: the playground at `/` in a real browser, and the Grafana dashboard,
+"""What people see of the endpoint: the playground at `/ui` in a real browser, and the Grafana dashboard,
 whose every PromQL query must name a metric the running endpoint really exports."""
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def endpoint(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 def test_playground_page_is_public_and_self_contained(endpoint: str) -> None:
-    page = httpx.get(f"{endpoint}/", timeout=30)
+    page = httpx.get(f"{endpoint}/ui", timeout=30)
     assert page.status_code == 200  # no key needed for the page itself
     assert page.headers["content-type"].startswith("text/html")
     assert "default-src 'none'" in page.headers["content-security-policy"]
@@ -71,13 +71,17 @@ def test_playground_page_is_public_and_self_contained(endpoint: str) -> None:
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page.text)
     assert not re.search(r"<script[^>]+src=|<link[^>]+stylesheet", page.text)
     assert httpx.post(f"{endpoint}/v1/classify", json={"texts": [TEXT]}, timeout=30).status_code == 401
+    # The root is KServe V1's liveness; a browser opening it is sent to the playground.
+    assert httpx.get(f"{endpoint}/", timeout=30).json() == {"status": "alive"}
+    sent = httpx.get(f"{endpoint}/", headers={"Accept": "text/html"}, timeout=30)
+    assert sent.status_code == 307 and sent.headers["location"] == "/pg/ui"
 
 
 def test_playground_in_a_browser_shows_the_apis_answer(endpoint: str, tmp_path: Path) -> None:
     auth = {"Authorization": f"Bearer {KEY}"}
     expected = httpx.post(f"{endpoint}/v1/classify", json={"texts": [TEXT]}, headers=auth, timeout=30).json()
     with browser_page() as page:
-        page.goto(f"{endpoint}")  # no trailing slash: the page resolves the API under its own prefix
+        page.goto(f"{endpoint}")  # the root sends a browser to /pg/ui, which resolves the API under /pg
         page.fill("#text", TEXT)
         page.click("#classify")  # without the key: the API refuses, the page says so
         page.wait_for_selector("#error:not([hidden])", timeout=30_000)
