@@ -67,8 +67,19 @@ CURVE_FILE = "risk_coverage.json"
 # ------------------------------------------------------------------------------------- the model directory
 LABELS_FILE = "labels.json"
 """Labels, names, max length, version and calibration of a bm-ray model directory."""
-WEIGHT_FILES = ("tf_model.h5", "model.safetensors", "pytorch_model.bin")
+SAFETENSORS_FILE = "model.safetensors"
+"""The weights of a model directory bm-ray writes (``save_pretrained(safe_serialization=True)``)."""
+H5_WEIGHTS_FILE = "tf_model.h5"
+"""The TF h5 weights of model directories written before safetensors; they still load."""
+WEIGHT_FILES = (SAFETENSORS_FILE, H5_WEIGHTS_FILE, "pytorch_model.bin")
 """Weight files a model directory may hold; their content hash is the model version."""
+MODEL_CARD_FILE = "README.md"
+"""The Hugging Face model card of a trained model directory (:mod:`bm_ray.model.card`)."""
+EXPORT_FILE = "export.json"
+"""What `bm-ray export` wrote beside a SavedModel: its signatures, labels and the calibration baked in."""
+MLFLOW_FILE = "mlflow.json"
+"""The MLflow run and registered model version of a model trained with ``--mlflow-tracking-uri``
+(:mod:`bm_ray.jobs.tracking`); `bm-ray compare --promote` finds model B's version by it."""
 TRAIN_STATE_FILE = "train_state.json"
 """Training progress of a run (epochs done, the best epoch), read by ``--resume``."""
 TRAIN_RUN_DIR = "_ray_train"

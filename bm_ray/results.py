@@ -246,6 +246,18 @@ class CompareLeg(ResultModel):
     rows_resumed: int = Field(description="Rows the leg resumed from an earlier run.")
 
 
+class Promotion(ResultModel):
+    """`bm-ray compare --promote ALIAS`: whether model B's registered MLflow version got the alias, and why."""
+
+    alias: str = Field(description="The registry alias asked for.")
+    promoted: bool = Field(description="Whether the alias now points at model B's registered version.")
+    reason: str = Field(description="Why it was set, or why not (not significant, not more accurate, ...).")
+    registered_model: str | None = Field(
+        description="Model B's registered model (its mlflow.json); None: none."
+    )
+    registered_version: str | None = Field(description="Model B's registered version; None: none.")
+
+
 class CompareResult(ResultModel):
     """`bm-ray compare`: the content of ``compare.json``."""
 
@@ -264,6 +276,9 @@ class CompareResult(ResultModel):
     only_a_correct: int | None = _optional("Labelled rows only A got right.")
     only_b_correct: int | None = _optional("Labelled rows only B got right.")
     mcnemar_p: float | None = _optional("McNemar's exact test of the accuracy difference.")
+    promotion: Promotion | None = _optional(
+        "What ``--promote`` did to model B's registered version (with it only)."
+    )
     legs: dict[str, CompareLeg] = Field(description="The two legs (``a``, ``b``).")
     elapsed_s: float = Field(description="Wall time of both legs and the comparison, in seconds.")
     output: str = Field(description="The output directory (credentials redacted).")
@@ -334,6 +349,9 @@ class TrainResult(ScoredMetrics):
     spec: dict[str, Any] = Field(description="The train spec (credentials redacted).")
     elapsed_s: float = Field(description="Wall time, in seconds.")
     refit: RefitInfo | None = _optional("The refit (with ``refit: true`` only).")
+    mlflow_run_id: str | None = _optional(
+        "The MLflow run of the training (with ``mlflow_tracking_uri`` only)."
+    )
 
 
 # --------------------------------------------------------------------------------------------------- tune
@@ -348,3 +366,6 @@ class TuneResult(ResultModel):
     split: str = Field(description="The train spec's split (grouped or random).")
     leakage: LeakageReport = Field(description="Validation rows with a duplicate among the training rows.")
     elapsed_s: float = Field(description="Wall time, in seconds.")
+    mlflow_run_id: str | None = _optional(
+        "The MLflow parent run of the search (with the train spec's ``mlflow_tracking_uri`` only)."
+    )

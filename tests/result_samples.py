@@ -140,7 +140,7 @@ def evaluate_metrics(target: bool = False, leakage: bool = False, nan: bool = Fa
     return metrics
 
 
-def compare_doc(labelled: bool = True) -> dict[str, Any]:
+def compare_doc(labelled: bool = True, promotion: bool = False) -> dict[str, Any]:
     model = {"name": "news", "version": "v1", "path": "models/a"}
     doc: dict[str, Any] = {
         "models": {"a": model, "b": {**model, "version": "v2", "path": "models/b"}},
@@ -154,6 +154,14 @@ def compare_doc(labelled: bool = True) -> dict[str, Any]:
     if labelled:
         scored = {"rows_labelled": 8, "accuracy_a": 0.25, "accuracy_b": 0.875, "only_a_correct": 1}
         doc.update(scored, only_b_correct=6, mcnemar_p=0.125)
+    if promotion:
+        doc["promotion"] = {
+            "alias": "champion",
+            "promoted": False,
+            "reason": "B is more accurate but not significantly: McNemar p = 0.125 >= 0.05",
+            "registered_model": "news",
+            "registered_version": "2",
+        }
     leg = {"rows_read": 10, "rows_rejected": 1, "rows_resumed": 0}
     doc.update(
         legs={"a": {"output": "out/a", **leg}, "b": {"output": "out/b", **leg}},
@@ -163,7 +171,9 @@ def compare_doc(labelled: bool = True) -> dict[str, Any]:
     return doc
 
 
-def train_metrics(refit: bool = False, val_data: bool = False, calibrate: bool = True) -> dict[str, Any]:
+def train_metrics(
+    refit: bool = False, val_data: bool = False, calibrate: bool = True, mlflow: bool = False
+) -> dict[str, Any]:
     metrics = scored()
     counts = {
         "rows_read": 120,
@@ -224,10 +234,12 @@ def train_metrics(refit: bool = False, val_data: bool = False, calibrate: bool =
             "train_s": 30.1,
             "note": "the model directory holds the refit weights",
         }
+    if mlflow:
+        metrics["mlflow_run_id"] = "0123456789abcdef0123456789abcdef"
     return metrics
 
 
-def tune_doc() -> dict[str, Any]:
+def tune_doc(mlflow: bool = False) -> dict[str, Any]:
     best = {"learning_rate": 5e-05, "epochs_run": 2, "val_macro_f1": 0.8, "error": ""}
     return {
         "trials": [
@@ -239,4 +251,5 @@ def tune_doc() -> dict[str, Any]:
         "split": "grouped",
         "leakage": LEAKAGE,
         "elapsed_s": 120.4,
+        **({"mlflow_run_id": "fedcba9876543210fedcba9876543210"} if mlflow else {}),
     }

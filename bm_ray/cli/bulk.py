@@ -49,7 +49,10 @@ def classify(
 @app.command()
 @corpus_options()
 @bulk_engine_options()
-@option_group(spec_options(CompareSpec, ["input", "output", "overwrite", "address"]), "flags")
+@option_group(
+    spec_options(CompareSpec, ["input", "output", "overwrite", "address", "promote", "mlflow_tracking_uri"]),
+    "flags",
+)
 def compare(
     model: Annotated[
         list[str] | None,

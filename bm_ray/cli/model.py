@@ -1,7 +1,8 @@
-"""Commands about models: `train`, `tune`, `evaluate`, `report`, `model fetch` and `model list`."""
+"""Commands about models: `train`, `tune`, `evaluate`, `report`, `export`, `model fetch` and `model list`."""
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -51,6 +52,9 @@ TRAIN_OPTIONS = spec_options(
         "resume",
         "overwrite",
         "address",
+        "mlflow_tracking_uri",
+        "mlflow_experiment",
+        "mlflow_model_name",
     ],
 )
 """The TrainSpec fields `bm-ray train` takes as flags (the rest only from a `--spec` file)."""
@@ -91,7 +95,9 @@ def tune(
     tune_spec = build_spec(TuneSpec, spec, flags or {})
     with command_output(as_json) as out:
         result = run_tune(tune_spec)
-        summary = result.model_dump(include={"best", "metric", "split", "leakage", "elapsed_s"})
+        summary = result.model_dump(
+            include={"best", "metric", "split", "leakage", "elapsed_s", "mlflow_run_id"}
+        )
         out.result(summary, note=f"[bold green]best:[/] {result.best}", text=json_text(summary))
 
 
@@ -175,6 +181,47 @@ def report(
     with command_output(as_json) as out:
         path = build_report(output)
         out.result({"report": path}, text=path)
+
+
+class ExportFormat(StrEnum):
+    """What `bm-ray export --format` writes (:data:`bm_ray.model.export.EXPORT_FORMATS`)."""
+
+    savedmodel = "savedmodel"
+
+
+@app.command()
+def export(
+    model: Annotated[str, typer.Argument(help="A trained model: directory or s3:// / gs:// URI.")],
+    output: Annotated[
+        str,
+        typer.Option(
+            "--output",
+            help="Directory (or s3:// / gs:// URI) to write; for TF Serving, a version folder (.../1).",
+        ),
+    ],
+    fmt: Annotated[
+        ExportFormat,
+        typer.Option(
+            "--format",
+            help="savedmodel: a TensorFlow SavedModel (TF Serving, KServe) with the calibration baked in.",
+        ),
+    ] = ExportFormat.savedmodel,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an earlier export in --output.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export a trained model for TF Serving / KServe: calibrated scores, one window per row; prints the output."""
+    from bm_ray.jobs.export import export as run_export
+
+    with command_output(as_json) as out:
+        result = run_export(model, output, fmt.value, overwrite=overwrite)
+        out.result(
+            result,
+            note=f"[bold green]exported[/] {result['model']['name']} {result['model']['version']} "
+            f"({fmt.value}, {len(result['labels'])} labels) to {result['output']}",
+            text=result["output"],
+        )
 
 
 @model_app.command("fetch")

@@ -38,7 +38,7 @@ import pyarrow.dataset as pads
 
 from bm_ray.corpus import ok_rows, read_corpus
 from bm_ray.jobs.classify import classify as classify_corpus
-from bm_ray.layout import COMPARE_FILE, COMPARE_LEGS, FLIPS_DIR, FLIPS_FILE, PREDICTIONS_DIR
+from bm_ray.layout import COMPARE_FILE, COMPARE_LEGS, FLIPS_DIR, FLIPS_FILE, MLFLOW_FILE, PREDICTIONS_DIR
 from bm_ray.model.metrics import mcnemar_exact_p
 from bm_ray.report import try_build_report
 from bm_ray.results import CompareResult
@@ -60,7 +60,7 @@ SIGNIFICANCE = 0.05
 
 def leg_spec(spec: CompareSpec, leg: str) -> ClassifySpec:
     """The classify spec of one leg: model A (``a``) or B (``b``) into ``output/<leg>``, every other option shared."""
-    shared = spec.model_dump(exclude={"kind", "models", "output"})
+    shared = spec.model_dump(exclude={"kind", "models", "output", "promote", "mlflow_tracking_uri"})
     model = spec.models[COMPARE_LEGS.index(leg)]
     return ClassifySpec.model_validate({**shared, "model": model, "output": join_uri(spec.output, leg)})
 
@@ -136,13 +136,74 @@ def compare_tables(
     return result, flips
 
 
+def promotion_verdict(result: dict[str, Any]) -> tuple[bool, str]:
+    """Whether the comparison (:func:`compare_tables`'s body) lets model B be promoted over A, and why:
+    only when B is more accurate on the labelled rows and McNemar's p is below :data:`SIGNIFICANCE`."""
+    p = result.get("mcnemar_p")
+    if p is None:
+        return False, "the corpus has no labels: promoting needs McNemar's test on labelled rows"
+    accuracy_a, accuracy_b = result["accuracy_a"], result["accuracy_b"]
+    rows = f"on {result['rows_labelled']:,} labelled rows"
+    if accuracy_b <= accuracy_a:
+        return False, f"B is not more accurate than A (B {accuracy_b:.4f}, A {accuracy_a:.4f} {rows})"
+    if p >= SIGNIFICANCE:
+        return False, (
+            f"B is more accurate (B {accuracy_b:.4f}, A {accuracy_a:.4f} {rows}) but not significantly: "
+            f"McNemar p = {p:.4g} >= {SIGNIFICANCE:g}"
+        )
+    return True, (
+        f"B is significantly more accurate (B {accuracy_b:.4f}, A {accuracy_a:.4f} {rows}): "
+        f"McNemar p = {p:.4g} < {SIGNIFICANCE:g}"
+    )
+
+
+def promote(spec: CompareSpec, result: dict[str, Any], version_b: str) -> dict[str, Any]:
+    """`--promote`: set the alias on model B's registered version when :func:`promotion_verdict` allows it;
+    the result's ``promotion`` block either way (with the reason)."""
+    from bm_ray.jobs.tracking import read_model_record, set_alias
+
+    assert spec.promote is not None
+    promoted, reason = promotion_verdict(result)
+    record = read_model_record(spec.models[1])
+    block: dict[str, Any] = {
+        "alias": spec.promote,
+        "promoted": False,
+        "reason": reason,
+        "registered_model": None if record is None else record["registered_model"],
+        "registered_version": None if record is None else record["registered_version"],
+    }
+    if record is None:
+        block["reason"] = (
+            f"model B has no {MLFLOW_FILE} (it was not trained with --mlflow-tracking-uri), so it has no "
+            f"registered version to promote; {reason}"
+        )
+    elif promoted:
+        refused = set_alias(
+            spec.mlflow_tracking_uri or record["tracking_uri"], record, spec.promote, version_b
+        )
+        if refused is None:
+            block["promoted"] = True
+            block["reason"] = (
+                f"{reason}: alias {spec.promote!r} set on version {record['registered_version']} of "
+                f"{record['registered_model']!r}"
+            )
+        else:
+            block["reason"] = f"{reason}, but {refused}"
+    return block
+
+
 def compare(spec: CompareSpec) -> CompareResult:
     """Run both legs (resuming either), then write flips/ and compare.json; returns compare.json's body.
 
     Beyond :func:`compare_tables`'s keys: models (name, version, path of A and B), legs (their
-    outputs), rows_read, rows_rejected and rows_resumed of each leg, elapsed_s, output.
+    outputs), rows_read, rows_rejected and rows_resumed of each leg, elapsed_s, output; with
+    ``promote``, promotion (:func:`promote`).
     """
     started = time.monotonic()
+    if spec.promote is not None:  # without the mlflow extra: fail before classifying anything
+        from bm_ray.jobs.tracking import require_mlflow
+
+        require_mlflow()
     init_ray(spec.address)
     summaries = {leg: classify_corpus(leg_spec(spec, leg)) for leg in COMPARE_LEGS}
     result, flips = compare_tables(
@@ -155,6 +216,8 @@ def compare(spec: CompareSpec) -> CompareResult:
     for info in list_files(fs, flips_dir):  # an older layout's files would be read as flips too
         if info.base_name != FLIPS_FILE and not info.base_name.startswith("."):
             fs.delete_file(info.path)
+    if spec.promote is not None:
+        result["promotion"] = promote(spec, result, summaries["b"].model.version)
     compared = CompareResult.model_validate(
         {
             "models": {leg: summaries[leg].model for leg in COMPARE_LEGS},
@@ -179,6 +242,7 @@ def compare(spec: CompareSpec) -> CompareResult:
 
 def summary_table(result: CompareResult, top_flips: int = 5) -> Any:
     """A one-screen rich rendering of compare.json: models, agreement, the largest flips, accuracy and McNemar."""
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"bm-ray compare → {result.output}", show_header=False)
@@ -218,5 +282,12 @@ def summary_table(result: CompareResult, top_flips: int = 5) -> Any:
         )
     else:
         table.add_row("accuracy", "the corpus has no labels")
+    if result.promotion is not None:
+        promotion = result.promotion
+        table.add_row(
+            f"promote {promotion.alias}",
+            ("[bold green]promoted[/]: " if promotion.promoted else "[bold yellow]not promoted[/]: ")
+            + escape(promotion.reason),
+        )
     table.add_row("outputs", f"{FLIPS_DIR}/{FLIPS_FILE}, {COMPARE_FILE}, a/, b/")
     return table

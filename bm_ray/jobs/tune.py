@@ -27,23 +27,71 @@ def trial_values(space: dict[str, list[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(space[k] for k in keys))]
 
 
-def _trial(params: dict[str, Any], spec_json: dict[str, Any], data: Any, storage_path: str) -> None:
-    """Tune function trainable: one train run with this trial's values; epochs are reported to Tune."""
+def _trial(
+    params: dict[str, Any],
+    spec_json: dict[str, Any],
+    data: Any,
+    storage_path: str,
+    parent_run_id: str | None = None,
+) -> None:
+    """Tune function trainable: one train run with this trial's values; epochs are reported to Tune.
+
+    With tracking (`parent_run_id`, the search's MLflow run) the trial is a child run of it.
+    """
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from bm_ray.jobs.tracking import TRIAL_TAG, TrackedRun, tracked
     from bm_ray.jobs.train.job import fit_trainer, train_config
 
     spec = TrainSpec.model_validate({**spec_json, **params["values"]})
-    config = train_config(spec, data, f"{storage_path}/tensorboard/{tune.get_context().get_trial_id()}")
-    name = f"trial-{tune.get_context().get_trial_id()}"
-    fit_trainer(
-        spec, config, {"train": data.train, "val": data.val}, name, storage_path, [TuneReportCallback()]
-    )
+    trial_id = tune.get_context().get_trial_id()
+    config = train_config(spec, data, f"{storage_path}/tensorboard/{trial_id}")
+    name = f"trial-{trial_id}"
+    run = None
+    if parent_run_id is not None and spec.mlflow_tracking_uri is not None:
+        run = TrackedRun(
+            spec.mlflow_tracking_uri,
+            spec.mlflow_experiment,
+            name,
+            "trial",
+            tags={TRIAL_TAG: trial_id},
+            parent_run_id=parent_run_id,
+        )
+        config["mlflow"] = run.worker_config()
+    with tracked(run):
+        fit_trainer(
+            spec, config, {"train": data.train, "val": data.val}, name, storage_path, [TuneReportCallback()]
+        )
 
 
 def tune(spec: TuneSpec) -> TuneResult:
-    """Run the search; writes results.csv/results.json (one row per trial) and best_train.yaml."""
+    """Run the search; writes results.csv/results.json (one row per trial) and best_train.yaml.
+
+    With the train spec's ``mlflow_tracking_uri`` the search is an MLflow run and each trial a child run
+    of it (:mod:`bm_ray.jobs.tracking`).
+    """
+    from bm_ray.jobs.tracking import TrackedRun, end_children, tracked
+
+    run = None
+    if spec.train.mlflow_tracking_uri is not None:  # fails here, before any work, without the mlflow extra
+        run = TrackedRun(
+            spec.train.mlflow_tracking_uri,
+            spec.train.mlflow_experiment,
+            f"tune-{Path(spec.output).name}",
+            "tune",
+            tags={"bm_ray.output": str(Path(spec.output).resolve())},
+        )
+    with tracked(run):
+        try:
+            return _tune(spec, run)
+        finally:
+            if run is not None:  # trials still open when the search failed
+                end_children(run)
+
+
+def _tune(spec: TuneSpec, run: Any) -> TuneResult:
+    """:func:`tune`, with `run` (a :class:`~bm_ray.jobs.tracking.TrackedRun`, or None) its parent run."""
     from ray import tune as ray_tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -59,7 +107,12 @@ def tune(spec: TuneSpec) -> TuneResult:
     grid = trial_values(spec.search_space)
     max_epochs = max([spec.train.epochs, *(int(v["epochs"]) for v in grid if "epochs" in v)])
     trainable = ray_tune.with_parameters(
-        _trial, spec_json=spec.train.model_dump(), data=data, storage_path=str(out / "trials")
+        _trial,
+        # the store as the driver resolved it (a relative sqlite:/// path means the driver's directory)
+        spec_json={**spec.train.model_dump(), **({} if run is None else {"mlflow_tracking_uri": run.uri})},
+        data=data,
+        storage_path=str(out / "trials"),
+        parent_run_id=None if run is None else run.start(),
     )
     tuner = ray_tune.Tuner(
         # The trial itself only drives a Ray Train run, whose workers hold the CPUs of the spec
@@ -81,6 +134,17 @@ def tune(spec: TuneSpec) -> TuneResult:
         run_config=ray_tune.RunConfig(name="bm-ray-tune", storage_path=str(out / "tune")),
     )
     grid_result = tuner.fit()
+    if run is not None:  # each trial's child run ends as Tune says the trial did
+        from bm_ray.jobs.tracking import end_children
+
+        end_children(
+            run,
+            {
+                str(result.metrics["trial_id"]): None if result.error is None else str(result.error)
+                for result in grid_result
+                if result.metrics and "trial_id" in result.metrics
+            },
+        )
     rows = []
     for result in grid_result:
         history = result.metrics_dataframe
@@ -117,8 +181,13 @@ def tune(spec: TuneSpec) -> TuneResult:
         split=spec.train.split,
         leakage=data.counts["leakage"],
         elapsed_s=round(time.time() - started, 1),
+        mlflow_run_id=None if run is None else run.run_id,
     )
     (out / "results.json").write_text(
         json.dumps(summary.model_dump(), indent=2, default=str), encoding="utf-8"
     )
+    if run is not None:
+        from bm_ray.jobs.tracking import log_tune
+
+        log_tune(run, spec, best, out, ["results.csv", "results.json", "best_train.yaml"])
     return summary

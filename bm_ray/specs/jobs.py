@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -136,6 +137,19 @@ class TrainSpec(StrictModel):
         "is refused otherwise).",
     )
     address: str | None = Field(default=None, description="Ray address; embedded local Ray when omitted.")
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking URI (e.g. sqlite:///mlflow.db, http://host:5000): log the run's params, "
+        "per-epoch metrics and artifacts there and register the model (needs bm-ray[mlflow]); none when omitted.",
+    )
+    mlflow_experiment: str = Field(
+        default="bm-ray", min_length=1, description="MLflow experiment of the run (created when missing)."
+    )
+    mlflow_model_name: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Registered model the trained model becomes a version of; the output directory's name when omitted.",
+    )
 
     @model_validator(mode="after")
     def _check_batch(self) -> TrainSpec:
@@ -264,6 +278,15 @@ class CompareSpec(LongTextOptions):
     precision: Precision = ClassifySpec.model_fields["precision"]
     overwrite: bool = ClassifySpec.model_fields["overwrite"]
     address: str | None = ClassifySpec.model_fields["address"]
+    promote: str | None = Field(
+        default=None,
+        description="MLflow registry alias to set on model B's registered version (its mlflow.json) when "
+        "McNemar's test says B is significantly more accurate (p < 0.05, labelled rows); never otherwise.",
+    )
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking URI of the registry for --promote; the one in model B's mlflow.json when omitted.",
+    )
 
     @model_validator(mode="after")
     def _check_ids(self) -> CompareSpec:
@@ -272,6 +295,8 @@ class CompareSpec(LongTextOptions):
                 "input.dedupe: compare joins the two models' predictions by id, so ids must be unique; "
                 "use dedupe ids (the default)"
             )
+        if self.promote is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", self.promote):
+            raise ValueError(f"promote: {self.promote!r} is not an MLflow alias (letters, digits, _ and -)")
         return self
 
 

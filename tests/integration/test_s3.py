@@ -29,6 +29,7 @@ from tiny_model import make_tiny_model
 from bm_ray.jobs.evaluate import evaluate
 from bm_ray.jobs.ingest import ingest
 from bm_ray.jobs.train.job import train
+from bm_ray.layout import MODEL_CARD_FILE, SAFETENSORS_FILE
 from bm_ray.model.registry import resolve_model
 from bm_ray.runtime.ray_init import free_port
 from bm_ray.specs import EvaluateSpec, IngestSpec, ServeSpec, TrainSpec
@@ -164,7 +165,14 @@ def test_ingest_and_train_write_everything_to_the_bucket(s3: S3, trained: dict) 
     assert summary.rows_read == summary.rows_ok == 154
     assert "ingest/summary.json" in s3.keys("ingest/") and s3.keys("ingest/ok/")
     keys = s3.keys("model/")
-    for name in ("labels.json", "tf_model.h5", "config.json", "metrics.json", "_job.json"):
+    for name in (
+        "labels.json",
+        SAFETENSORS_FILE,
+        MODEL_CARD_FILE,
+        "config.json",
+        "metrics.json",
+        "_job.json",
+    ):
         assert f"model/{name}" in keys, keys
     # TensorBoard events and the training rejects (rows without a label) land in the remote output.
     assert any(k.startswith("model/tensorboard/") and "tfevents" in k for k in keys), keys
@@ -211,8 +219,30 @@ def test_model_cache_refetches_a_model_retrained_at_the_same_uri(
     version = json.loads((second / "labels.json").read_text())["version"]
     assert json.loads((local_second / "labels.json").read_text())["version"] == version
     # The old entry stays whole for a process that may still be loading it.
-    assert (local_first / "tf_model.h5").read_bytes() == (first / "tf_model.h5").read_bytes()
+    assert (local_first / SAFETENSORS_FILE).read_bytes() == (first / SAFETENSORS_FILE).read_bytes()
     assert SECRET not in "".join(p.read_text() for p in cache.rglob("bm-ray-ready.json"))
+
+
+def test_export_reads_the_model_from_s3_and_writes_the_savedmodel_there(
+    s3: S3, tmp_path: Path, tokenizer_dir: str
+) -> None:
+    from bm_ray.jobs.export import export
+    from bm_ray.output.commit import OutputRefusedError
+
+    s3.upload_dir(make_tiny_model(tmp_path / "m", LABELS, tokenizer_dir, seed=3), "export-src")
+    result = export(s3.uri("export-src"), s3.uri("exported/1"))
+    keys = set(s3.keys("exported/1/"))
+    for name in ("saved_model.pb", "export.json", "labels.json", "vocab.txt", "tokenizer.json"):
+        assert f"exported/1/{name}" in keys, keys
+    assert any(key.startswith("exported/1/variables/") for key in keys), keys
+    assert json.loads(s3.read("exported/1/export.json"))["labels"] == LABELS == result["labels"]
+    assert SECRET not in json.dumps(result) and KEY_ID not in json.dumps(result)
+    with pytest.raises(OutputRefusedError, match="--overwrite"):
+        export(s3.uri("export-src"), s3.uri("exported/1"))
+    s3.put("exported/1/stale.txt", b"from an older export")
+    export(s3.uri("export-src"), s3.uri("exported/1"), overwrite=True)
+    assert "exported/1/stale.txt" not in s3.keys("exported/1/")
+    assert "exported/1/saved_model.pb" in s3.keys("exported/1/")
 
 
 def _run_classify(s3: S3, args: list[str], log: Path) -> subprocess.Popen:
@@ -228,7 +258,7 @@ def _run_classify(s3: S3, args: list[str], log: Path) -> subprocess.Popen:
 
 def test_classify_killed_and_resumed_on_s3(s3: S3, trained: dict, tmp_path: Path) -> None:
     """A real `bm-ray classify` with AWS_ENDPOINT_URL is SIGKILLed mid-run and rerun: every id once."""
-    rows = 1500
+    rows = 800
     s3.put("corpus/part-0.jsonl", corpus_lines(rows // 2, prefix="a"))
     s3.put("corpus/part-1.jsonl", corpus_lines(rows // 2, prefix="b"))
     # Credentials in the URIs, endpoint from the environment.

@@ -18,13 +18,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import ray
+from huggingface_hub import ModelCard
 from ray.util.state import list_actors
 from tiny_model import make_tiny_model
 
 from bm_ray.jobs.train.data import TrainError, prepare_data, resolve_label_names
 from bm_ray.jobs.train.job import run_name, train
 from bm_ray.jobs.train.resume import ResumeError, prepare_train_output, record_labels
-from bm_ray.layout import OPTIMIZER_STATE_FILE
+from bm_ray.layout import H5_WEIGHTS_FILE, MODEL_CARD_FILE, OPTIMIZER_STATE_FILE, SAFETENSORS_FILE
 from bm_ray.model.calibration import TOP_LABEL_MIN_ROWS
 from bm_ray.model.engine import Predictor
 from bm_ray.model.registry import load_classifier, read_model_info, save_model_dir, sha256_file
@@ -130,8 +131,17 @@ def test_training_survives_a_killed_worker_and_learns(trained_with_fault: dict) 
     assert report.recovered_after_epochs, "the run did not restart from a checkpoint"
     assert [h["epoch"] for h in report.epochs] == [1, 2, 3, 4]
     assert report.accuracy > 0.6, report.accuracy  # chance is 1/3
-    for name in ("tf_model.h5", "config.json", "vocab.txt", "labels.json", "metrics.json"):
+    for name in (SAFETENSORS_FILE, "config.json", "vocab.txt", "labels.json", "metrics.json"):
         assert (output / name).exists(), name
+    assert not (output / H5_WEIGHTS_FILE).exists(), "the weights are safetensors only"
+    card = ModelCard.load(output / MODEL_CARD_FILE)  # the model card, Hugging Face's own parser
+    assert (
+        card.data.pipeline_tag == "text-classification"
+        and card.data.base_model == read_model_info(output).base_model
+    )
+    assert card.data.to_dict()["bm_ray"]["labels"] == LABELS
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results}["accuracy"] == report.accuracy
+    assert "## Calibration" in card.text and f"On {report.rows_evaluated} validation rows" in card.text
     assert (output / "confusion_matrix.png").stat().st_size > 0
     assert (output / "training_curves.png").stat().st_size > 0
     assert any((output / "tensorboard").iterdir())
@@ -199,7 +209,7 @@ def test_trained_model_is_versioned_and_checkpoints_carry_the_optimizer(trained_
     output = trained_with_fault["output"]
     version = json.loads((output / "labels.json").read_text())["version"]
     assert re.match(r"^[0-9a-f]{16}-\d{8}T\d{6}Z$", version), version
-    weights_hash = hashlib.sha256(sha256_file(output / "tf_model.h5").encode()).hexdigest()[:16]
+    weights_hash = hashlib.sha256(sha256_file(output / SAFETENSORS_FILE).encode()).hexdigest()[:16]
     assert version.startswith(weights_hash)
     assert trained_with_fault["report"].recovered_after_epochs  # restored weights and optimizer state
     assert list((output / "_ray_train").rglob(OPTIMIZER_STATE_FILE)), "checkpoints must carry it"
@@ -210,10 +220,21 @@ def test_trained_model_is_versioned_and_checkpoints_carry_the_optimizer(trained_
 
 def test_rerun_into_a_finished_output_refuses(trained_with_fault: dict, tiny_base: Path) -> None:
     output = trained_with_fault["output"]
-    weights = (output / "tf_model.h5").stat().st_mtime_ns
+    weights = (output / SAFETENSORS_FILE).stat().st_mtime_ns
     with pytest.raises(ResumeError, match=r"already holds a finished model \(version [0-9a-f]{16}-"):
         train(spec_for(output.parent / "train.jsonl", output, tiny_base))
-    assert (output / "tf_model.h5").stat().st_mtime_ns == weights
+    assert (output / SAFETENSORS_FILE).stat().st_mtime_ns == weights
+
+
+def test_an_output_finished_with_h5_weights_counts_as_finished(tmp_path: Path, tiny_base: Path) -> None:
+    """A model directory trained before safetensors (`tf_model.h5`) is refused like one with them."""
+    data = write_synthetic(tmp_path / "d.jsonl", 30)
+    output = tmp_path / "old-model"
+    output.mkdir()
+    (output / H5_WEIGHTS_FILE).write_bytes(b"h5")
+    (output / "labels.json").write_text(json.dumps({"labels": LABELS, "version": "0123456789abcdef-old"}))
+    with pytest.raises(ResumeError, match=r"already holds a finished model \(version 0123456789abcdef-old"):
+        prepare_train_output(spec_for(data, output, tiny_base))
 
 
 def test_resume_refuses_a_changed_spec_or_changed_data(trained_with_fault: dict, tiny_base: Path) -> None:

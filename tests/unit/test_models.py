@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 from tiny_model import make_tiny_model
 
-from bm_ray.layout import LABELS_FILE
+from bm_ray.layout import H5_WEIGHTS_FILE, LABELS_FILE, SAFETENSORS_FILE
 from bm_ray.model.registry import (
     PRESETS,
     READY_MARKER,
@@ -78,9 +78,33 @@ def test_saved_models_get_a_weights_hash_version(tmp_path: Path, tokenizer_dir: 
     second = make_tiny_model(tmp_path / "b", ["x", "y"], tokenizer_dir, seed=1)
     version = read_model_info(first).version
     assert VERSION_RE.match(version), version
-    assert version.startswith(sha256_file_hash(first / "tf_model.h5"))
+    assert version.startswith(sha256_file_hash(first / SAFETENSORS_FILE))
+    assert not (first / H5_WEIGHTS_FILE).exists()
     assert read_model_info(second).version.split("-")[0] != version.split("-")[0]
     assert PRESETS["minilm-l6"].version.startswith("sha256-")
+
+
+def test_a_model_dir_with_h5_weights_still_loads(tmp_path: Path, tokenizer_dir: str) -> None:
+    """Model directories written before safetensors hold `tf_model.h5`: they load and score the same,
+    and a save over one leaves safetensors only."""
+    from bm_ray.model.engine import Predictor
+    from bm_ray.model.registry import load_classifier, save_model_dir, weights_version
+
+    current = make_tiny_model(tmp_path / "new", ["x", "y"], tokenizer_dir, seed=2, spread_on=["a b", "c d e"])
+    model, tokenizer, info = load_classifier(current)
+    old = tmp_path / "old"
+    model.save_pretrained(str(old), safe_serialization=False)  # what bm-ray wrote before
+    tokenizer.save_pretrained(str(old))
+    (old / LABELS_FILE).write_text((current / LABELS_FILE).read_text())
+    assert (old / H5_WEIGHTS_FILE).exists() and not (old / SAFETENSORS_FILE).exists()
+    texts = ["a b", "c d e", "football league"]
+    expected = Predictor.load(str(current), precision="fp32").predict_proba(texts)
+    np.testing.assert_allclose(
+        Predictor.load(str(old), precision="fp32").predict_proba(texts), expected, atol=1e-6
+    )
+    assert weights_version(old).startswith(sha256_file_hash(old / H5_WEIGHTS_FILE))
+    save_model_dir(model, tokenizer, info, old)  # resaved: safetensors, the h5 gone
+    assert (old / SAFETENSORS_FILE).exists() and not (old / H5_WEIGHTS_FILE).exists()
 
 
 def sha256_file_hash(path: Path) -> str:

@@ -30,9 +30,12 @@ DOCUMENTS: list[tuple[type[ResultModel], dict[str, Any]]] = [
     (EvaluateResult, samples.evaluate_metrics(target=True, leakage=True, nan=True)),
     (CompareResult, samples.compare_doc()),
     (CompareResult, samples.compare_doc(labelled=False)),
+    (CompareResult, samples.compare_doc(promotion=True)),
     (TrainResult, samples.train_metrics()),
     (TrainResult, samples.train_metrics(refit=True, val_data=True, calibrate=False)),
+    (TrainResult, samples.train_metrics(mlflow=True)),
     (TuneResult, samples.tune_doc()),
+    (TuneResult, samples.tune_doc(mlflow=True)),
 ]
 IDS = [
     "ingest",
@@ -43,9 +46,12 @@ IDS = [
     "evaluate-target-leakage-nan",
     "compare",
     "compare-unlabelled",
+    "compare-promotion",
     "train",
     "train-refit-val-data",
+    "train-mlflow",
     "tune",
+    "tune-mlflow",
 ]
 
 
@@ -106,7 +112,9 @@ def test_the_summary_tables_render_from_the_models() -> None:
     console.print(classify_table(ClassifyResult.model_validate(samples.classify_summary(min_score=0.5))))
     console.print(compare_table(CompareResult.model_validate(samples.compare_doc())))
     console.print(compare_table(CompareResult.model_validate(samples.compare_doc(labelled=False))))
+    console.print(compare_table(CompareResult.model_validate(samples.compare_doc(promotion=True))))
     text = console.export_text()
     assert (
         "2 (top score < min_score 0.5)" in text and "McNemar" in text and "the corpus has no labels" in text
     )
+    assert "promote champion" in text and "not promoted" in text

@@ -25,6 +25,7 @@ from typing import Any, get_args
 
 from bm_ray.jobs.train.data import PreparedData, prepare_data
 from bm_ray.layout import METRICS_FILE, OPTIMIZER_STATE_FILE, TRAIN_RUN_DIR, TRAIN_STATE_FILE
+from bm_ray.model.card import write_model_card
 from bm_ray.model.registry import resolve_model
 from bm_ray.results import RefitInfo, TrainResult
 from bm_ray.specs import TrainSpec, TuneParam
@@ -98,6 +99,11 @@ def fit_trainer(
     return result
 
 
+def output_name(output: str) -> str:
+    """The model's name: the last part of its output location (credentials and URI options dropped)."""
+    return Path(redact_uri(output).split("?", 1)[0].rstrip("/")).name or "bm-ray-model"
+
+
 def train_config(spec: TrainSpec, data: PreparedData, tensorboard_dir: str) -> dict[str, Any]:
     """The train loop's config: labels, data shape and the recipe options of the spec."""
     return {
@@ -106,7 +112,7 @@ def train_config(spec: TrainSpec, data: PreparedData, tensorboard_dir: str) -> d
         "max_length": data.max_length,
         "train_rows": data.counts["train_rows"],
         "base_model": spec.base_model,
-        "name": Path(redact_uri(spec.output).split("?", 1)[0].rstrip("/")).name or "bm-ray-model",
+        "name": output_name(spec.output),
         "tensorboard_dir": tensorboard_dir,
         "threads": max(1, int(spec.cpus_per_worker)),
         "validate": True,
@@ -116,7 +122,28 @@ def train_config(spec: TrainSpec, data: PreparedData, tensorboard_dir: str) -> d
 
 
 def train(spec: TrainSpec) -> TrainResult:
-    """Run the training job end to end and write the model directory; returns metrics.json's content."""
+    """Run the training job end to end and write the model directory; returns metrics.json's content.
+
+    With ``mlflow_tracking_uri`` the run is tracked in MLflow (:mod:`bm_ray.jobs.tracking`): it ends
+    FINISHED with the model registered, or FAILED when the training raised.
+    """
+    from bm_ray.jobs.tracking import TrackedRun, tracked
+
+    run = None
+    if spec.mlflow_tracking_uri is not None:  # fails here, before any work, without the mlflow extra
+        run = TrackedRun(
+            spec.mlflow_tracking_uri,
+            spec.mlflow_experiment,
+            output_name(spec.output),
+            "train",
+            tags={"bm_ray.output": redact_uri(spec.output)},
+        )
+    with tracked(run):
+        return _train(spec, run)
+
+
+def _train(spec: TrainSpec, run: Any) -> TrainResult:
+    """:func:`train`, with `run` (a :class:`~bm_ray.jobs.tracking.TrackedRun`, or None) tracking it."""
     from bm_ray.corpus.neardup import leakage_warning
     from bm_ray.jobs.train.resume import prepare_train_output, record_labels
     from bm_ray.report import try_build_report
@@ -151,6 +178,8 @@ def train(spec: TrainSpec) -> TrainResult:
         join_uri(spec.output, "tensorboard") if remote_output else str(local_output / "tensorboard")
     )
     config = train_config(spec, data, tensorboard_dir)
+    if run is not None:
+        config["mlflow"] = run.worker_config()  # rank 0 logs the params and every epoch into the run
     result = fit_trainer(spec, config, {"train": data.train, "val": data.val}, name, storage)
     best_checkpoint, _ = max(result.best_checkpoints, key=lambda item: item[1]["val_macro_f1"])
     report = _finish(spec, data, rejects, best_checkpoint, result.metrics, local_output, started)
@@ -177,7 +206,15 @@ def train(spec: TrainSpec) -> TrainResult:
             calibration.note = refit_note if calibration.note is None else f"{calibration.note}; {refit_note}"
         report.elapsed_s = round(time.time() - started, 1)
         (local_output / METRICS_FILE).write_text(json.dumps(report.model_dump(), indent=2), encoding="utf-8")
+    if run is not None:
+        report.mlflow_run_id = run.run_id
+        (local_output / METRICS_FILE).write_text(json.dumps(report.model_dump(), indent=2), encoding="utf-8")
+    write_model_card(local_output, report)  # the model directory is final: its README.md
     try_build_report(str(local_output))
+    if run is not None:  # artifacts, the registered version, and mlflow.json in the model directory
+        from bm_ray.jobs.tracking import log_model_dir
+
+        log_model_dir(run, report, local_output, spec.mlflow_model_name or output_name(spec.output))
     if remote_output:
         upload_dir(local_output, spec.output)
     return report
@@ -197,6 +234,8 @@ def _refit(
     started = time.time()
     rows = data.train.union(data.val).random_shuffle(seed=spec.seed + 2).materialize()
     refit_config = {**config, "epochs": epochs, "train_rows": rows.count(), "validate": False}
+    if config.get("mlflow"):  # the refit's epochs go into the same run as refit_* (its params differ)
+        refit_config["mlflow"] = {**config["mlflow"], "log_params": False, "prefix": "refit_"}
     result = fit_trainer(spec, refit_config, {"train": rows, "val": data.val}, f"{name}-refit", storage)
     result.checkpoint.to_directory(str(local_output))
     for state_file in (TRAIN_STATE_FILE, OPTIMIZER_STATE_FILE):  # resume state, not part of the model

@@ -252,16 +252,23 @@ def epoch_predictor(model: Any, config: dict[str, Any]) -> Any:
 
 
 class EpochSummaries:
-    """Rank 0's TensorBoard events: every numeric metric of every epoch.
+    """Rank 0's TensorBoard events: every numeric metric of every epoch (and, for a tracked run, the
+    recipe as MLflow params and the same metrics at step = epoch: :class:`bm_ray.jobs.tracking.EpochLog`).
 
     TF writes summaries to local disks only: for an object-store output a local copy is written and
     uploaded every epoch, so the events land in the output whichever node ran rank 0.
     """
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, config: dict[str, Any] | None = None) -> None:
         self.target = target
         self.local = tempfile.mkdtemp(prefix="bm-ray-tb-") if is_remote(target) else None
         self.writer = tf.summary.create_file_writer(self.local or target)
+        self.tracking = None
+        if config and config.get("mlflow"):
+            from bm_ray.jobs.tracking import EpochLog
+
+            self.tracking = EpochLog(config["mlflow"])
+            self.tracking.log_params(config)
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         """The numeric `metrics` at `step`, flushed (and uploaded)."""
@@ -272,6 +279,8 @@ class EpochSummaries:
         self.writer.flush()
         if self.local:
             upload_dir(self.local, self.target)
+        if self.tracking is not None:
+            self.tracking.log_epoch(step, metrics)
 
     def close(self) -> None:
         """Remove the local copy (its events are uploaded)."""
@@ -355,7 +364,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     with strategy.scope():
         model = build_model(run, epochs, steps, config, rank)
     predictor = epoch_predictor(model, config)
-    summaries = EpochSummaries(config["tensorboard_dir"]) if rank == 0 else None
+    summaries = EpochSummaries(config["tensorboard_dir"], config) if rank == 0 else None
     for epoch in range(run.start_epoch, config["epochs"]):
         metrics = fit_epoch(model, epochs, epoch, steps, rank, config, run)
         checkpoint = None

@@ -17,7 +17,14 @@ from typing import Any
 import numpy as np
 import pyarrow.fs as pafs
 
-from bm_ray.layout import JOB_FILE, LABELS_FILE, OPTIMIZER_STATE_FILE, TRAIN_RUN_DIR
+from bm_ray.layout import (
+    H5_WEIGHTS_FILE,
+    JOB_FILE,
+    LABELS_FILE,
+    OPTIMIZER_STATE_FILE,
+    SAFETENSORS_FILE,
+    TRAIN_RUN_DIR,
+)
 from bm_ray.output.identity import identity_differences
 from bm_ray.runtime.compat import build_optimizer_slots
 from bm_ray.specs import TrainSpec
@@ -25,8 +32,9 @@ from bm_ray.storage import exists, join, read_json, redact, redact_uri, resolve_
 
 FRESH_RUN_DIRS = ("tensorboard", "rejects")
 """Written during or after a run: a fresh (not resumed) run starts without them."""
-FINISHED_FILES = (LABELS_FILE, "tf_model.h5")
-"""Files that make an output a finished model directory."""
+FINISHED_FILES = (LABELS_FILE, SAFETENSORS_FILE)
+"""Files that make an output a finished model directory (an output finished before safetensors has
+:data:`~bm_ray.layout.H5_WEIGHTS_FILE` in place of the second)."""
 OPERATIONAL_KEYS = {
     "resume",
     "overwrite",
@@ -36,8 +44,11 @@ OPERATIONAL_KEYS = {
     "gpus_per_worker",
     "max_failures",
     "keep_checkpoints",
+    "mlflow_tracking_uri",
+    "mlflow_experiment",
+    "mlflow_model_name",
 }
-"""Spec keys that change how a run executes, not what it trains: they may differ on resume."""
+"""Spec keys that change how a run executes or is tracked, not what it trains: they may differ on resume."""
 
 
 class ResumeError(ValueError):
@@ -81,7 +92,7 @@ def prepare_train_output(spec: TrainSpec) -> None:
     exists = fs.get_file_info(root).type == pafs.FileType.Directory
     listing = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)) if exists else []
     names = {info.base_name for info in listing}
-    finished = all(name in names for name in FINISHED_FILES)
+    finished = set(FINISHED_FILES) <= names or {LABELS_FILE, H5_WEIGHTS_FILE} <= names
     if spec.overwrite and listing:
         if not ({JOB_FILE, TRAIN_RUN_DIR, LABELS_FILE} & names):
             raise ResumeError(

@@ -1,0 +1,244 @@
+"""MLflow tracking against a real SQLite store: a tracked tiny training (params, per-epoch metrics,
+artifacts, the registered version), tune trials as child runs, and `compare --promote` setting the
+alias only when model B is significantly better."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+import yaml
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from rich.console import Console
+from test_train import LABELS, spec_for, write_synthetic
+from tiny_model import make_tiny_model
+from typer.testing import CliRunner
+
+from bm_ray.cli.main import app
+from bm_ray.jobs.compare import compare, promotion_verdict, summary_table
+from bm_ray.jobs.tracking import INSTALL_HINT, TrackingError, absolute_uri, numeric_metrics, require_mlflow
+from bm_ray.jobs.train.job import train
+from bm_ray.layout import METRICS_FILE, MLFLOW_FILE, MODEL_CARD_FILE
+from bm_ray.specs import CompareSpec, IngestSpec
+
+MODEL_NAME = "news"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One SQLite tracking + registry store for the module's runs."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: str) -> Path:
+    """A tiny random BERT: the base model of the trainings, and the untrained model A of a compare."""
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-base"), LABELS, tokenizer_dir, hidden=32)
+
+
+@pytest.fixture(scope="module")
+def tracked(ray_local: None, store: str, tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One tracked 1-worker training of 4 epochs on 360 learnable rows (what the tiny model needs to
+    learn the task: the compare tests need a model B clearly better than an untrained A)."""
+    tmp = tmp_path_factory.mktemp("tracked")
+    data = write_synthetic(tmp / "train.jsonl", 360)
+    output = tmp / "model"
+    spec = spec_for(
+        data, output, tiny_base, workers=1, epochs=4, mlflow_tracking_uri=store, mlflow_model_name=MODEL_NAME
+    )
+    return {"report": train(spec), "output": output, "data": data, "spec": spec}
+
+
+def test_a_tracked_training_logs_params_epochs_and_artifacts(
+    tracked: dict, store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    report, output, spec = tracked["report"], tracked["output"], tracked["spec"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    runs = mlflow.search_runs(experiment_names=["bm-ray"], output_format="list")
+    [run] = [r for r in runs if r.info.run_id == report.mlflow_run_id]
+    assert run.info.status == "FINISHED" and run.data.tags["bm_ray.kind"] == "train"
+    params = run.data.params
+    assert params["learning_rate"] == str(spec.learning_rate) and params["epochs"] == "4"
+    assert (
+        params["seed"] == "42"
+        and params["num_labels"] == "3"
+        and params["base_model"] == str(spec.base_model)
+    )
+
+    client = MlflowClient(store)
+    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_macro_f1"):
+        history = client.get_metric_history(run.info.run_id, key)
+        assert sorted(m.step for m in history) == [1, 2, 3, 4], key
+    val_accuracy = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_accuracy")}
+    assert val_accuracy == {e["epoch"]: pytest.approx(e["val_accuracy"]) for e in report.epochs}
+    assert run.data.metrics["accuracy"] == pytest.approx(report.accuracy) and report.accuracy > 0.6
+
+    top = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {METRICS_FILE, "calibration.json", "model"} <= top
+    if (output / MODEL_CARD_FILE).exists():
+        assert MODEL_CARD_FILE in top
+    model = {a.path.split("/", 1)[1] for a in client.list_artifacts(run.info.run_id, "model")}
+    assert {"labels.json", "config.json", METRICS_FILE} <= model
+    assert not model & {"_ray_train", "tensorboard", "_job.json", MLFLOW_FILE}, model
+    calibration = json.loads(Path(mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path="calibration.json", tracking_uri=store
+    )).read_text())  # fmt: skip
+    assert calibration["temperature"] == pytest.approx(report.calibration.temperature)
+
+    metrics = json.loads((output / METRICS_FILE).read_text())
+    assert metrics["mlflow_run_id"] == run.info.run_id
+    record = json.loads((output / MLFLOW_FILE).read_text())
+    assert record["run_id"] == run.info.run_id and record["registered_model"] == MODEL_NAME
+    assert record["tracking_uri"] == store and record["experiment"] == "bm-ray"
+    version = client.get_model_version(MODEL_NAME, record["registered_version"])
+    assert version.run_id == run.info.run_id
+    labels = json.loads((output / "labels.json").read_text())
+    assert version.tags["bm_ray.version"] == labels["version"] == record["model_version"]
+
+
+def test_compare_promotes_a_significantly_better_model_b(
+    tracked: dict, store: str, tiny_base: Path, tmp_path: Path
+) -> None:
+    """Untrained A (one label for every row: 1/3 right) against trained B on B's training rows."""
+    args = ["compare", "--model", str(tiny_base), "--model", str(tracked["output"])]
+    args += ["--input", str(tracked["data"]), "--output", str(tmp_path / "cmp"), "--actors", "1"]
+    result = CliRunner().invoke(app, [*args, "--promote", "champion", "--json"])
+    assert result.exit_code == 0, result.output
+    promotion = json.loads(result.stdout)["promotion"]
+    record = json.loads((tracked["output"] / MLFLOW_FILE).read_text())
+    assert promotion["promoted"] is True, promotion
+    assert promotion["registered_version"] == record["registered_version"]
+    assert "significantly more accurate" in promotion["reason"]
+    got = MlflowClient(store).get_model_version_by_alias(MODEL_NAME, "champion")
+    assert str(got.version) == record["registered_version"]
+    stored = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert stored["promotion"] == promotion and stored["mcnemar_p"] < 0.05
+
+
+def test_compare_refuses_to_promote_a_model_that_is_not_better(
+    ray_local: None, tracked: dict, store: str, tmp_path: Path
+) -> None:
+    """B the same model as A: McNemar's p is 1 and B is not more accurate, so the alias stays unset."""
+    rows = tracked["data"].read_text().splitlines()[:60]
+    corpus = tmp_path / "rows.jsonl"
+    corpus.write_text("\n".join(rows) + "\n")
+    spec = CompareSpec(
+        models=[str(tracked["output"])] * 2,
+        input=IngestSpec(input=[str(corpus)]),
+        output=str(tmp_path / "cmp"),
+        actors=1,
+        promote="staging",
+    )
+    result = compare(spec)
+    assert result.promotion is not None and result.promotion.promoted is False
+    assert "not more accurate" in result.promotion.reason and result.mcnemar_p == 1.0
+    with pytest.raises(MlflowException):
+        MlflowClient(store).get_model_version_by_alias(MODEL_NAME, "staging")
+    console = Console(record=True, width=300)
+    console.print(summary_table(result))
+    shown = console.export_text()
+    assert "not promoted" in shown and "not more accurate" in shown
+
+
+def test_tune_trials_are_child_runs_of_the_search(
+    ray_local: None, store: str, tiny_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = write_synthetic(tmp_path / "train.jsonl", 120)
+    spec = {
+        "kind": "tune",
+        "train": {
+            "data": {"input": [str(data)]},
+            "output": str(tmp_path / "final-model"),
+            "base_model": str(tiny_base),
+            "workers": 1,
+            "epochs": 1,
+            "batch_size": 16,
+            "val_fraction": 0.2,
+            "mlflow_tracking_uri": store,
+            "mlflow_experiment": "bm-ray-tune",
+        },
+        "search_space": {"learning_rate": [5e-3, 1e-5]},
+        "max_concurrent_trials": 2,
+        "output": str(tmp_path / "tune"),
+    }
+    spec_path = tmp_path / "tune.yaml"
+    spec_path.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    result = CliRunner().invoke(app, ["tune", "--spec", str(spec_path)])
+    assert result.exit_code == 0, result.output
+
+    parent_id = json.loads((tmp_path / "tune" / "results.json").read_text())["mlflow_run_id"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    [parent] = mlflow.search_runs(
+        experiment_names=["bm-ray-tune"], filter_string="tags.`bm_ray.kind` = 'tune'", output_format="list"
+    )
+    assert parent.info.run_id == parent_id and parent.info.status == "FINISHED"
+    assert parent.data.params["metric"] == "val_accuracy" and "best_val_accuracy" in parent.data.metrics
+    client = MlflowClient(store)
+    assert {"results.csv", "results.json", "best_train.yaml"} <= {
+        a.path for a in client.list_artifacts(parent_id)
+    }
+    children = mlflow.search_runs(
+        experiment_names=["bm-ray-tune"],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
+        output_format="list",
+    )
+    assert sorted(float(c.data.params["learning_rate"]) for c in children) == [1e-5, 5e-3]
+    for child in children:
+        assert child.info.status == "FINISHED", child.data.tags
+        assert child.data.tags["bm_ray.kind"] == "trial"
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")] == [1]
+
+
+# ---------------------------------------------------------------------------- without Ray or a store
+def labelled(accuracy_a: float, accuracy_b: float, p: float) -> dict[str, Any]:
+    return {"rows_labelled": 100, "accuracy_a": accuracy_a, "accuracy_b": accuracy_b, "mcnemar_p": p}
+
+
+@pytest.mark.parametrize(
+    ("result", "promoted", "why"),
+    [
+        (labelled(0.5, 0.9, 1e-6), True, "significantly more accurate"),
+        (labelled(0.5, 0.55, 0.2), False, "not significantly: McNemar p = 0.2 >= 0.05"),
+        (labelled(0.9, 0.5, 1e-6), False, "not more accurate"),
+        (labelled(0.7, 0.7, 1.0), False, "not more accurate"),
+        ({"rows": 10}, False, "no labels"),
+    ],
+)
+def test_promotion_needs_b_significantly_more_accurate(result: dict, promoted: bool, why: str) -> None:
+    verdict, reason = promotion_verdict(result)
+    assert verdict is promoted and why in reason
+
+
+def test_without_the_extra_tracking_is_a_clear_usage_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # `import mlflow` raises ImportError
+    with pytest.raises(TrackingError, match=r"bm-ray\[mlflow\]"):
+        require_mlflow()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    train_args = ["train", "--data", str(tmp_path / "x.jsonl"), "--output", str(tmp_path / "m")]
+    done = CliRunner().invoke(app, [*train_args, "--mlflow-tracking-uri", uri])
+    assert done.exit_code == 2 and INSTALL_HINT in done.output, done.output
+    compare_args = ["compare", "--model", "a", "--model", "b", "--input", str(tmp_path / "x.jsonl")]
+    done = CliRunner().invoke(app, [*compare_args, "--output", str(tmp_path / "c"), "--promote", "champion"])
+    assert done.exit_code == 2 and INSTALL_HINT in done.output, done.output
+    assert not (tmp_path / "m").exists() and not (tmp_path / "c").exists()  # nothing was started
+
+
+def test_relative_stores_become_absolute_and_metrics_numeric(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert absolute_uri("sqlite:///mlflow.db") == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert absolute_uri(f"sqlite:///{tmp_path}/x.db") == f"sqlite:///{tmp_path}/x.db"
+    assert absolute_uri("mlruns") == str(tmp_path.resolve() / "mlruns")
+    assert absolute_uri("http://mlflow:5000") == "http://mlflow:5000"
+    got = numeric_metrics({"a": 1, "b": 0.5, "c": float("nan"), "d": True, "e": [1]}, "refit_")
+    assert got == {"refit_a": 1.0, "refit_b": 0.5}
+    with pytest.raises(ValueError, match="not an MLflow alias"):
+        CompareSpec(models=["a", "b"], input=IngestSpec(input=["x"]), output="o", promote="no spaces")
