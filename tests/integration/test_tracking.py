@@ -1,6 +1,6 @@
 """MLflow tracking against a real SQLite store: a tracked tiny training (params, per-epoch metrics,
-artifacts, the registered version), tune trials as child runs, and `compare --promote` setting the
-alias only when model B is significantly better."""
+artifacts, the registered version) and `compare --promote` setting the alias only when model B is
+significantly better. Tune trials as child runs: tests/integration/test_tune.py (the one tune run)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from typing import Any
 
 import mlflow
 import pytest
-import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from rich.console import Console
@@ -143,55 +142,6 @@ def test_compare_refuses_to_promote_a_model_that_is_not_better(
     console.print(summary_table(result))
     shown = console.export_text()
     assert "not promoted" in shown and "not more accurate" in shown
-
-
-def test_tune_trials_are_child_runs_of_the_search(
-    ray_local: None, store: str, tiny_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    data = write_synthetic(tmp_path / "train.jsonl", 120)
-    spec = {
-        "kind": "tune",
-        "train": {
-            "data": {"input": [str(data)]},
-            "output": str(tmp_path / "final-model"),
-            "base_model": str(tiny_base),
-            "workers": 1,
-            "epochs": 1,
-            "batch_size": 16,
-            "val_fraction": 0.2,
-            "mlflow_tracking_uri": store,
-            "mlflow_experiment": "bm-ray-tune",
-        },
-        "search_space": {"learning_rate": [5e-3, 1e-5]},
-        "max_concurrent_trials": 2,
-        "output": str(tmp_path / "tune"),
-    }
-    spec_path = tmp_path / "tune.yaml"
-    spec_path.write_text(yaml.safe_dump(spec), encoding="utf-8")
-    result = CliRunner().invoke(app, ["tune", "--spec", str(spec_path)])
-    assert result.exit_code == 0, result.output
-
-    parent_id = json.loads((tmp_path / "tune" / "results.json").read_text())["mlflow_run_id"]
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    [parent] = mlflow.search_runs(
-        experiment_names=["bm-ray-tune"], filter_string="tags.`bm_ray.kind` = 'tune'", output_format="list"
-    )
-    assert parent.info.run_id == parent_id and parent.info.status == "FINISHED"
-    assert parent.data.params["metric"] == "val_accuracy" and "best_val_accuracy" in parent.data.metrics
-    client = MlflowClient(store)
-    assert {"results.csv", "results.json", "best_train.yaml"} <= {
-        a.path for a in client.list_artifacts(parent_id)
-    }
-    children = mlflow.search_runs(
-        experiment_names=["bm-ray-tune"],
-        filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
-        output_format="list",
-    )
-    assert sorted(float(c.data.params["learning_rate"]) for c in children) == [1e-5, 5e-3]
-    for child in children:
-        assert child.info.status == "FINISHED", child.data.tags
-        assert child.data.tags["bm_ray.kind"] == "trial"
-        assert [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")] == [1]
 
 
 # ---------------------------------------------------------------------------- without Ray or a store
