@@ -132,8 +132,9 @@ TOP_LABEL_MIN_ROWS = 200
 accuracy). Measured (README): fitted on 200-row subsets of a model's validation rows, the map beat
 the temperature alone on held-out rows in 90% of 200 draws (median ECE 0.0195 vs 0.0276); on
 another model's 299 easy validation rows it was neither better nor worse (0.029 vs 0.029)."""
-_EPS = 1e-7
-_TIE_MARGIN = 1e-6
+SCORE_EPS = 1e-7
+"""Scores are clipped to [SCORE_EPS, 1 - SCORE_EPS] before the top-label map's logit (the export bakes the same)."""
+TIE_MARGIN = 1e-6
 """How far above a tie with the runner-up a softened top score stays (float32 resolves ~6e-8 at 0.5)."""
 
 
@@ -154,7 +155,7 @@ class TopLabelMap:
 
     def top_score(self, scores: np.ndarray) -> np.ndarray:
         """The calibrated value of top scores `scores` (float64)."""
-        s = np.clip(np.asarray(scores, dtype=np.float64), _EPS, 1.0 - _EPS)
+        s = np.clip(np.asarray(scores, dtype=np.float64), SCORE_EPS, 1.0 - SCORE_EPS)
         z = self.a * np.log(s) - self.b * np.log1p(-s) + self.c
         return 1.0 / (1.0 + np.exp(-z))
 
@@ -168,7 +169,7 @@ class TopLabelMap:
         rest = 1.0 - score
         second = np.partition(probs, -2, axis=1)[:, -2] if probs.shape[1] > 1 else np.zeros(len(probs))
         # At second / (rest + second) the rescaled runner-up would tie the top label: stay just above.
-        keeps_label = second / np.maximum(rest + second, 1e-12) + _TIE_MARGIN
+        keeps_label = second / np.maximum(rest + second, 1e-12) + TIE_MARGIN
         new_score = np.maximum(self.top_score(score), keeps_label)
         empty = rest <= 1e-12  # the other labels had no mass: they share the new remainder equally
         out = probs * np.where(empty, 0.0, (1.0 - new_score) / np.maximum(rest, 1e-12))[:, None]
@@ -204,7 +205,7 @@ def fit_top_label_map(top_scores: np.ndarray, correct: np.ndarray) -> TopLabelMa
     monotone). A tiny ridge towards the identity keeps it finite when every row is right. None when
     both slopes drop out: the scores say nothing about correctness, and a constant map would erase
     the ranking of rows that abstention and the risk–coverage curve rest on."""
-    s = np.clip(np.asarray(top_scores, dtype=np.float64), _EPS, 1.0 - _EPS)
+    s = np.clip(np.asarray(top_scores, dtype=np.float64), SCORE_EPS, 1.0 - SCORE_EPS)
     y = np.asarray(correct, dtype=np.float64)
     features = np.stack([np.log(s), -np.log1p(-s), np.ones_like(s)], axis=1)
     identity = np.array([1.0, 1.0, 0.0])

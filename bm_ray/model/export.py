@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bm_ray.layout import EXPORT_FILE, LABELS_FILE
-from bm_ray.model.calibration import _EPS, _TIE_MARGIN, TopLabelMap
+from bm_ray.model.calibration import SCORE_EPS, TIE_MARGIN, TopLabelMap
 from bm_ray.model.registry import ModelInfo, load_classifier
 from bm_ray.runtime.tf import import_tensorflow
 
@@ -56,8 +56,8 @@ def top_label_scores(probs: Any, mapping: TopLabelMap) -> Any:
     score = tf.reduce_max(p, axis=1)
     rest = 1.0 - score
     second = tf.math.top_k(p, k=2).values[:, 1] if labels > 1 else tf.zeros_like(score)
-    keeps_label = second / tf.maximum(rest + second, 1e-12) + _TIE_MARGIN
-    s = tf.clip_by_value(score, _EPS, 1.0 - _EPS)
+    keeps_label = second / tf.maximum(rest + second, 1e-12) + TIE_MARGIN
+    s = tf.clip_by_value(score, SCORE_EPS, 1.0 - SCORE_EPS)
     z = mapping.a * tf.math.log(s) - mapping.b * tf.math.log1p(-s) + mapping.c
     new_score = tf.maximum(1.0 / (1.0 + tf.exp(-z)), keeps_label)
     empty = rest <= 1e-12  # the other labels had no mass: they share the new remainder equally
