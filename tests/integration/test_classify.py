@@ -201,7 +201,7 @@ def test_killed_actor_commits_every_id_exactly_once(tmp_path: Path, tiny_model: 
 def test_sigkilled_classify_resumes_exactly_once(ray_local, tmp_path: Path, tiny_model: str) -> None:
     """A real `bm-ray classify` is SIGKILLed mid-run (with its embedded Ray), then rerun into the same
     output: every id is predicted once, nothing is missing, and the read-time accounting is exact."""
-    ids = write_good_rows(tmp_path / "rows.jsonl", 200)
+    ids = write_good_rows(tmp_path / "rows.jsonl", 400)
     ingest = IngestSpec(input=[str(tmp_path / "rows.jsonl")], rows_per_block=5)
     out = tmp_path / "out"
     spec = ClassifySpec(model=tiny_model, input=ingest, output=str(out), batch_size=5, actors=1)

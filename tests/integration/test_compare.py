@@ -141,7 +141,7 @@ def test_sigkilled_compare_resumes_without_duplicates(
 ) -> None:
     """A real `bm-ray compare` is SIGKILLed while its second leg runs, then rerun: leg A is resumed whole,
     leg B continues, every id is predicted once per leg and the flips are those of the two models."""
-    ids = write_good_rows(tmp_path / "rows.jsonl", 200)
+    ids = write_good_rows(tmp_path / "rows.jsonl", 400)
     ingest = IngestSpec(input=[str(tmp_path / "rows.jsonl")], rows_per_block=5)
     out = tmp_path / "cmp"
     spec = CompareSpec(models=list(two_models), input=ingest, output=str(out), batch_size=5, actors=1)
