@@ -32,6 +32,15 @@ format: venv
 	$(BIN)/ruff check --fix bm_ray tests
 	$(BIN)/ruff format bm_ray tests
 
+# $(call tool-venv,DIR,PACKAGE==VERSION,STAMP): a virtualenv of its own for a test tool whose pins
+# conflict with ours; STAMP (named after the version) marks it installed.
+define tool-venv
+	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install -q --upgrade pip
+	$(1)/bin/python -m pip install -q $(2)
+	rm -f $(1)/.installed-*; touch $(3)
+endef
+
 # checkov (the Helm chart's policy scan, tests/integration/test_helm_policy.py) pins packages that conflict with ours: own venv.
 SCAN_VENV ?= .venv-scan
 CHECKOV_VERSION := 3.3.30
@@ -40,10 +49,7 @@ SCAN_STAMP := $(SCAN_VENV)/.installed-checkov-$(CHECKOV_VERSION)
 scan-venv: $(SCAN_STAMP)
 
 $(SCAN_STAMP):
-	test -x $(SCAN_VENV)/bin/python || $(PYTHON) -m venv $(SCAN_VENV)
-	$(SCAN_VENV)/bin/python -m pip install -q --upgrade pip
-	$(SCAN_VENV)/bin/python -m pip install -q checkov==$(CHECKOV_VERSION)
-	rm -f $(SCAN_VENV)/.installed-*; touch $(SCAN_STAMP)
+	$(call tool-venv,$(SCAN_VENV),checkov==$(CHECKOV_VERSION),$(SCAN_STAMP))
 
 # kserve's InferenceRESTClient (tests/integration/test_protocols.py drives the KServe V1 and V2 protocols
 # with it) pins packages that conflict with ours: own venv, driven from the test through a subprocess.
@@ -54,10 +60,7 @@ KSERVE_STAMP := $(KSERVE_VENV)/.installed-kserve-$(KSERVE_VERSION)
 kserve-venv: $(KSERVE_STAMP)
 
 $(KSERVE_STAMP):
-	test -x $(KSERVE_VENV)/bin/python || $(PYTHON) -m venv $(KSERVE_VENV)
-	$(KSERVE_VENV)/bin/python -m pip install -q --upgrade pip
-	$(KSERVE_VENV)/bin/python -m pip install -q kserve==$(KSERVE_VERSION)
-	rm -f $(KSERVE_VENV)/.installed-*; touch $(KSERVE_STAMP)
+	$(call tool-venv,$(KSERVE_VENV),kserve==$(KSERVE_VERSION),$(KSERVE_STAMP))
 
 test: lint docs browser scan-venv kserve-venv
 	$(BIN)/python -m pytest -q
