@@ -7,7 +7,7 @@ export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: venv demo test test-fast docs openapi wheel-test lint format test-slow model clean browser scan-venv kserve-venv
+.PHONY: venv demo test test-fast docs openapi wheel-test lint format test-slow test-fuzz test-chaos model clean browser scan-venv kserve-venv
 
 venv: $(STAMP)
 
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,docs]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,docs,int8]"
 	@! $(BIN)/python -m pip show torch >/dev/null 2>&1 || { echo "torch is installed in $(VENV): remove it (TF + torch segfault)"; exit 1; }
 	rm -f $(VENV)/.installed-*; touch $(STAMP)
 
@@ -97,6 +97,17 @@ browser:
 
 test-slow: venv
 	BM_RAY_SLOW=1 $(BIN)/python -m pytest -q -m "slow or realdata"
+
+# Node-loss chaos tests (tests/integration/test_node_loss.py): raylets SIGKILLed on a local multi-node cluster
+# during classify (>= 100k rows), training and Serve load; tens of minutes on 2 cores.
+test-chaos: venv
+	BM_RAY_CHAOS=1 $(BIN)/python -m pytest -q -m chaos
+
+# The property-based tests (marker `fuzz`) with many more examples than `make test` runs (tests/fuzzing.py):
+# FUZZ_EXAMPLES=20000 make test-fuzz for a longer hunt. A failure prints the example to keep as an @example.
+FUZZ_EXAMPLES ?= 5000
+test-fuzz: venv
+	BM_RAY_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -m fuzz tests/unit
 
 clean:
 	rm -rf $(VENV) $(SCAN_VENV) $(KSERVE_VENV) .pytest_cache .ruff_cache

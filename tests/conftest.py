@@ -8,12 +8,21 @@ from pathlib import Path
 
 import pytest
 import ray
+from fuzzing import register_profiles
 
 from bm_ray.runtime.logs import LOG_LEVEL_ENV
 from bm_ray.runtime.ray_init import init_ray
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 """Real corpora (../shared/data beside the checkout); never copied into the project."""
+
+# Ray Train's controller polls its workers every 2 s by default: it notices a finished, failed or
+# killed worker group that much later. The suite's tiny trainings take seconds an epoch, so a launch
+# would spend a large share of its time waiting on the poll. Set before any Ray starts (the raylets
+# and the Train controller inherit the environment).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+
+register_profiles()  # hypothesis: bounded examples, or the `fuzz` profile with BM_RAY_FUZZ_EXAMPLES=N
 
 
 @pytest.fixture(scope="session")
@@ -57,6 +66,7 @@ def tokenizer_dir() -> str:
 
 
 SLOW_ENV = "BM_RAY_SLOW"
+CHAOS_ENV = "BM_RAY_CHAOS"
 
 
 INTEGRATION_FIXTURES = {"ray_local", "local_cluster", "s3", "endpoint", "url"}
@@ -66,11 +76,17 @@ INTEGRATION_FIXTURES = {"ray_local", "local_cluster", "s3", "endpoint", "url"}
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Marks `integration` every test under tests/integration/ or using a real-component fixture (a unit
     file's few Ray tests then leave `make test-fast`); tests marked `slow` (real-model training) run only
-    with BM_RAY_SLOW=1 (`make test-slow`)."""
+    with BM_RAY_SLOW=1 (`make test-slow`), those marked `chaos` (node loss) only with BM_RAY_CHAOS=1
+    (`make test-chaos`)."""
     integration = Path(__file__).parent / "integration"
     for item in items:
         if integration in Path(str(item.path)).parents or INTEGRATION_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.integration)
+    if os.environ.get(CHAOS_ENV) != "1":
+        chaos = pytest.mark.skip(reason=f"chaos: node-loss run, opt in with {CHAOS_ENV}=1 (make test-chaos)")
+        for item in items:
+            if "chaos" in item.keywords:
+                item.add_marker(chaos)
     if os.environ.get(SLOW_ENV) == "1":
         return
     skip = pytest.mark.skip(reason=f"slow: real-model run, opt in with {SLOW_ENV}=1 (make test-slow)")

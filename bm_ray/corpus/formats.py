@@ -13,7 +13,10 @@ Pure Python and pyarrow: no Ray, so each format's parsing can be driven (and tes
   ``.tsv`` files use a tab unless ``spec.csv_delimiter`` is set to something other than ``,``.
 - Parquet: a file pyarrow cannot decode (a broken footer, not Parquet at all, a corrupt page) is one
   ``malformed_record`` reject naming the file and the error (at the first row not read), and reading
-  goes on with the next file.
+  goes on with the next file. A row with a value Python cannot hold (a timestamp past year 9999) is a
+  ``malformed_record`` of its own. A failure of the storage under it (an S3 error that outlived the storage
+  client's retries, a local read error) is not the file's fault: it raises :class:`StorageReadError`
+  (the read task fails; a rerun resumes) and is never committed as a reject.
 - Folders: one row per file, record ``{"id": path, "label": <label>, "text": whole content,
   "title": first line, "body": the rest}``.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 import bisect
 import codecs
 import csv
+import io
 import json
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -44,6 +48,60 @@ under it gives a record the same outcome in every process (both de-duplication p
 _PARQUET_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError)
 """What pyarrow raises for a file it cannot decode: not Parquet, a broken footer or page (the Parquet
 reader's errors surface as OSError), an encoding or codec it does not support."""
+_TO_PYTHON_ERRORS = (ValueError, OverflowError, pa.ArrowException)
+"""What turning a decoded value into Python raises (a timestamp or date past Python's year 9999)."""
+
+
+class StorageReadError(OSError):
+    """Reading a corpus file's bytes from its storage failed (after the storage client's own retries).
+
+    Not a fault of the file, so never a reject: it fails the read task (the job stops, nothing of the
+    file is committed, and a rerun resumes). An OSError, as the storage's own error is.
+    """
+
+
+class _TrackedInput(io.RawIOBase):
+    """A read-only file object over a pyarrow input file that remembers the storage's own read error.
+
+    The Parquet reader's decode errors and the storage's I/O errors are both OSError once they leave
+    pyarrow; decoding through this object (as a ``pa.PythonFile``) tells them apart without holding the
+    file in memory: an error is the storage's when :attr:`error` is set, else the file's content's.
+    """
+
+    def __init__(self, handle: Any) -> None:
+        super().__init__()
+        self._handle = handle
+        self.error: OSError | None = None
+
+    def readable(self) -> bool:
+        """Always (read-only)."""
+        return True
+
+    def seekable(self) -> bool:
+        """Always (a random-access input file)."""
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Move the position (no I/O on any pyarrow input file)."""
+        return self._handle.seek(offset, whence)
+
+    def tell(self) -> int:
+        """The position."""
+        return self._handle.tell()
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to `size` bytes (all the rest when negative); a storage error is remembered, then raised."""
+        try:
+            return self._handle.read(None if size is None or size < 0 else size)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def readinto(self, buffer: Any) -> int:
+        """Read into `buffer`; the count read."""
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
 
 class Skip:
@@ -340,17 +398,36 @@ def _parquet_batches(handle: Any, wanted: list[str], batch_size: int) -> Iterato
     yield from pfile.iter_batches(batch_size=batch_size, columns=columns)
 
 
+def _row_or_error(batch: pa.RecordBatch, i: int) -> dict[str, Any] | str:
+    """Row `i` of `batch` as a record, or (a string) why its values cannot be read as Python values.
+
+    Only for a batch whose ``to_pylist`` failed: one bad value must cost its row, not the read task.
+    """
+    try:
+        return batch.slice(i, 1).to_pylist()[0]
+    except _TO_PYTHON_ERRORS as err:
+        return f"values that cannot be read as Python values ({type(err).__name__}: {err}); fix the writer or leave the column out"
+
+
 def _read_parquet(f: CorpusFile, rows: RowBuilder, skip: Skip) -> Iterator[None]:
     """Parquet, batch by batch; what pyarrow cannot decode ends the file in one reject (source: the file)."""
     spec = rows.spec
     wanted = [*spec.text_fields, spec.id_field or "id", spec.label_field or "label", *spec.keep_fields]
     offset, broken = 0, None
+    # Opening the file (the object's size, a HEAD on S3) is storage only: an error there raises as is.
     with f.fs.open_input_file(f.path) as handle:
-        batches = _parquet_batches(handle, wanted, spec.rows_per_block)
+        tracked = _TrackedInput(handle)
+        batches = _parquet_batches(pa.PythonFile(tracked, mode="r"), wanted, spec.rows_per_block)
         while True:
             try:
                 batch = next(batches, None)
             except _PARQUET_ERRORS as err:
+                if tracked.error is not None:  # the storage failed, not the file: no reject, fail the task
+                    raise StorageReadError(
+                        f"{f.relpath}: reading it from storage failed after the storage client's retries "
+                        f"({' '.join(str(tracked.error).split())}); nothing of it was rejected, rerun the "
+                        "job to resume"
+                    ) from tracked.error
                 broken = f"{type(err).__name__}: {' '.join(str(err).split())}"  # one line
                 break
             if batch is None:
@@ -359,10 +436,17 @@ def _read_parquet(f: CorpusFile, rows: RowBuilder, skip: Skip) -> Iterator[None]
             offset += n
             if skip and skip.covers(first, first + n - 1):
                 continue
-            for i, rec in enumerate(batch.to_pylist()):
+            try:
+                records: list[dict[str, Any] | str] = batch.to_pylist()
+            except _TO_PYTHON_ERRORS:  # a value Python cannot hold: find its rows one by one
+                records = [_row_or_error(batch, i) for i in range(n)]
+            for i, rec in enumerate(records):
                 row = first + i
                 yield None
                 if row in skip:
+                    continue
+                if isinstance(rec, str):
+                    rows.reject("malformed_record", f.unit, row, f"{f.relpath}:{row + 1}", rec)
                     continue
                 rows.record(rec, f.unit, row, f"{f.relpath}:{row + 1}", rec, False)
     if broken is not None:

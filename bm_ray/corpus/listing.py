@@ -119,13 +119,25 @@ def _known_format(path: str) -> str | None:
 
 def _walk(fs: pafs.FileSystem, base: str) -> list[tuple[str, str, int, datetime | None]]:
     """(path, relpath, size, mtime) of every file under `base`, sorted by relpath."""
-    infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
     prefix = base.rstrip("/") + "/"
-    out = [
-        (i.path, i.path[len(prefix) :] if i.path.startswith(prefix) else i.base_name, i.size or 0, i.mtime)
-        for i in infos
-        if i.type == pafs.FileType.File
-    ]
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
+        out = [
+            (
+                i.path,
+                i.path[len(prefix) :] if i.path.startswith(prefix) else i.base_name,
+                i.size or 0,
+                i.mtime,
+            )
+            for i in infos
+            if i.type == pafs.FileType.File
+        ]
+    except UnicodeDecodeError as err:  # pyarrow gives paths as UTF-8 and cannot read one that is not
+        name = bytes(err.object).decode("utf-8", errors="replace") if isinstance(err.object, bytes) else "?"
+        raise ValueError(
+            f"{base}: a file or folder name under it is not valid UTF-8 ({name!r}, undecodable bytes as "
+            "U+FFFD), so it cannot be listed; rename it (e.g. with convmv) or move it out of the input"
+        ) from None
     return sorted(out, key=lambda t: t[1])
 
 

@@ -13,7 +13,9 @@ Rules:
   ``label``; numbers become strings, lists etc. → ``not_a_string``.
 - Invalid UTF-8: a record is decoded with ``errors="replace"`` and kept with ``utf8_repaired=True``,
   unless more than 10% of its characters are U+FFFD replacement characters: then it is rejected as
-  ``invalid_utf8``.
+  ``invalid_utf8``. The same holds for a text field that is bytes (a Parquet binary column) or a string
+  holding lone surrogates (a JSON ``"\\ud800"`` escape: no UTF-8 can encode it); a lone surrogate in any
+  other field (id, label, keep_fields) becomes U+FFFD with ``utf8_repaired=True``.
 """
 
 from __future__ import annotations
@@ -100,6 +102,30 @@ def clean_text(s: str) -> str:
 # ------------------------------------------------------------------------------------------- normalise
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+"""A surrogate code point: JSON's ``\\ud800`` escape parses to one, and no UTF-8 (so no Arrow string) can hold it."""
+
+
+def repair_surrogates(text: str) -> tuple[str, bool]:
+    """(text with every lone surrogate replaced by U+FFFD, whether any was).
+
+    Cheap for the common string: ``isascii`` is O(1) in CPython, and CPython's UTF-8 encoder (which
+    refuses exactly the surrogates) scans a non-ASCII text several times faster than a regex search.
+    """
+    if text.isascii():
+        return text, False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _LONE_SURROGATE.sub("\ufffd", text), True
+    return text, False
+
+
+def _mostly_replaced(text: str) -> bool:
+    """Whether more than :data:`MAX_INVALID_FRACTION` of `text` are U+FFFD replacement characters."""
+    return text.count("\ufffd") > MAX_INVALID_FRACTION * max(1, len(text))
+
+
 def decode(raw: bytes) -> tuple[str, bool, bool]:
     """(text, repaired, invalid): invalid when > 10% of the characters had to be replaced."""
     try:
@@ -160,6 +186,14 @@ class RowBuilder:
         return table
 
     def _add(self, **row: Any) -> None:
+        # A lone surrogate left in any string (an id, a label, a kept field, a raw snippet) would make
+        # the whole block unencodable and crash the read task: repaired here, where every row passes
+        # (but the text, which `record` repaired already, field by field).
+        for name, value in list(row.items()):
+            if isinstance(value, str) and name != "text":
+                row[name], fixed = repair_surrogates(value)
+                if fixed:
+                    row["utf8_repaired"] = True
         row["_file"] = self.file_index
         for name, values in self.columns.items():
             values.append(row.get(name))
@@ -228,12 +262,19 @@ class RowBuilder:
                 return self.reject("missing_field", unit, row, source, raw, id_value, **common)
             value = rec[name]
             if isinstance(value, bytes):
-                value, fixed, _ = decode(value)
+                value, fixed, invalid = decode(value)
                 repaired = repaired or fixed
+                if invalid:  # the rule for invalid UTF-8 in a line holds for a binary field too
+                    return self.reject("invalid_utf8", unit, row, source, raw, id_value, **common)
             if value is None:
                 continue
             if not isinstance(value, str):
                 return self.reject("not_a_string", unit, row, source, raw, id_value, **common)
+            value, fixed = repair_surrogates(value)
+            if fixed:
+                repaired = True
+                if _mostly_replaced(value):
+                    return self.reject("invalid_utf8", unit, row, source, raw, id_value, **common)
             if value.strip():
                 parts.append(value.strip())
         text = spec.text_separator.join(parts)

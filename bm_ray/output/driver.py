@@ -4,6 +4,7 @@ limit and the summary."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -33,6 +34,7 @@ from bm_ray.output.lease import OutputInUseError, OutputLease
 from bm_ray.runtime.logs import PROGRESS_LOG_S
 from bm_ray.specs import IngestSpec
 from bm_ray.storage import (
+    NoSpaceError,
     redact,
     redact_uri,
     resolve_uri,
@@ -120,6 +122,11 @@ def commit_corpus(
     lease = OutputLease(output, kind)
     lease.acquire()
     totals: Counter[str] = Counter()
+    # A worker's error reaches the driver as its own class (RayTaskError(NoSpaceError)), not as Ray Data's
+    # "UDF failed to process a data block" (UserCodeException), so a full output disk is told as such.
+    context = ray.data.DataContext.get_current()
+    raise_original = context.raise_original_map_exception
+    context.raise_original_map_exception = True
     try:
         prepare_output(output, ok_dir=ok_dir, overwrite=overwrite, job=job)
         skip = committed_rows(output)
@@ -155,5 +162,22 @@ def commit_corpus(
             **(extra(totals) if extra else {}),
         }
         return summarize(output, details, ok_alias=ok_alias)
+    except NoSpaceError as err:
+        # one line naming the file and what to do, instead of a worker's traceback (the commits made so
+        # far stand: a rerun with space resumes after them)
+        raise NoSpaceError(getattr(err, "cause", err).path) from err
+    except ray.exceptions.RayError as err:
+        # What Ray cannot recover from (a lost node that held the dedupe shards or lost blocks whose
+        # re-read is refused, tests/integration/test_node_loss.py) reaches the user as Ray's own error;
+        # the note says what stands and how to go on.
+        with contextlib.suppress(Exception):
+            fs, root = resolve_uri(output)
+            committed = sum(r["rows_committed"] for _, r in load_commits(fs, root))
+            err.add_note(
+                f"{kind} stopped on a Ray failure (a lost node or worker?); the {committed:,} rows committed "
+                f"into {redact_uri(output)} are kept: rerun the same command to resume"
+            )
+        raise
     finally:
+        context.raise_original_map_exception = raise_original
         lease.release()

@@ -20,10 +20,10 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import httpx
 import pyarrow.parquet as pq
 import pytest
+from s3_server import BUCKET, KEY_ID, S3, SECRET, moto_server
 from tiny_model import make_tiny_model
 
 from bm_ray.jobs.evaluate import evaluate
@@ -34,8 +34,6 @@ from bm_ray.model.registry import resolve_model
 from bm_ray.runtime.ray_init import free_port
 from bm_ray.specs import EvaluateSpec, IngestSpec, ServeSpec, TrainSpec
 
-BUCKET = "bm-ray-test"
-KEY_ID, SECRET = "AKIAMOTOKEYID0001", "motoSecretValue0001"
 LABELS = ["alpha", "beta", "gamma"]
 TOPICS = {
     "alpha": "football match goal league coach striker season",
@@ -44,82 +42,11 @@ TOPICS = {
 }
 
 
-class S3:
-    """The running server: its endpoint, a boto3 client, and URI builders for both styles."""
-
-    def __init__(self, endpoint: str) -> None:
-        self.endpoint = endpoint
-        self.client = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            aws_access_key_id=KEY_ID,
-            aws_secret_access_key=SECRET,
-            region_name="us-east-1",
-        )
-
-    def uri(self, key: str) -> str:
-        """Credentials in the URI, endpoint as the endpoint_override option (no environment needed)."""
-        host = self.endpoint.removeprefix("http://")
-        return f"s3://{KEY_ID}:{SECRET}@{BUCKET}/{key}?endpoint_override={host}&scheme=http&region=us-east-1"
-
-    def env(self) -> dict[str, str]:
-        """A subprocess environment with the endpoint in AWS_ENDPOINT_URL and the credentials in AWS_*."""
-        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-        env.update(
-            AWS_ENDPOINT_URL=self.endpoint,
-            AWS_ACCESS_KEY_ID=KEY_ID,
-            AWS_SECRET_ACCESS_KEY=SECRET,
-            AWS_DEFAULT_REGION="us-east-1",
-            AWS_EC2_METADATA_DISABLED="true",
-        )
-        return env
-
-    def keys(self, prefix: str) -> list[str]:
-        """Every object key under `prefix`."""
-        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
-        return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
-
-    def read(self, key: str) -> bytes:
-        """One object's bytes."""
-        return self.client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
-
-    def put(self, key: str, data: bytes) -> None:
-        """Upload bytes as one object."""
-        self.client.put_object(Bucket=BUCKET, Key=key, Body=data)
-
-    def upload_dir(self, local: Path, prefix: str) -> None:
-        """Upload a local directory tree under `prefix`."""
-        for path in sorted(local.rglob("*")):
-            if path.is_file():
-                self.put(f"{prefix}/{path.relative_to(local)}", path.read_bytes())
-
-
 @pytest.fixture(scope="module")
 def s3() -> Iterator[S3]:
     """`python -m moto.server` on a free loopback port with one bucket; stopped after the module."""
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(endpoint, timeout=1)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("moto server did not start") from None
-                time.sleep(0.2)
-        store = S3(endpoint)
-        store.client.create_bucket(Bucket=BUCKET)
+    with moto_server() as store:
         yield store
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def corpus_lines(rows: int, unlabelled: int = 0, prefix: str = "r") -> bytes:
