@@ -13,7 +13,7 @@ Floats that are NaN (metrics of zero rows) stay NaN in the JSON, as :func:`json.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -135,6 +135,42 @@ class ClassMetrics(ResultModel):
     support: int = Field(description="Rows of this class.")
 
 
+class Interval(ResultModel):
+    """A confidence interval of one reported figure (``bm_ray.model.uncertainty``)."""
+
+    low: float = Field(description="Lower end (NaN: no rows).")
+    high: float = Field(description="Upper end (NaN: no rows).")
+    method: Literal["wilson", "bootstrap", "paired_bootstrap"] = Field(
+        description="``wilson``: Wilson score interval of a proportion; ``bootstrap``: percentile bootstrap "
+        "over rows; ``paired_bootstrap``: the same, both models' answers to a row resampled together."
+    )
+    resamples: int | None = _optional("Bootstrap resamples (bootstrap methods only).")
+    seed: int | None = _optional("Seed of the resampling (bootstrap methods only): reruns draw the same.")
+
+
+class MetricIntervals(ResultModel):
+    """Intervals of a scored set of rows' figures (``bm_ray.model.uncertainty.scored_intervals``)."""
+
+    confidence: float = Field(description="Their level (0.95).")
+    accuracy: Interval = Field(description="Of the accuracy (Wilson).")
+    macro_f1: Interval = Field(description="Of the macro-F1 (bootstrap over rows).")
+    ece: Interval = Field(description="Of the ECE (bootstrap over rows).")
+    accuracy_answered: Interval | None = _optional(
+        "Of the accuracy of the answered rows (Wilson; evaluate, when some rows were answered)."
+    )
+
+
+class CompareIntervals(ResultModel):
+    """Intervals of a compare on labelled rows (``bm_ray.model.uncertainty.compare_intervals``)."""
+
+    confidence: float = Field(description="Their level (0.95).")
+    accuracy_a: Interval = Field(description="Of model A's accuracy (Wilson).")
+    accuracy_b: Interval = Field(description="Of model B's accuracy (Wilson).")
+    accuracy_difference: Interval = Field(
+        description="Of accuracy B − accuracy A (paired bootstrap over the labelled rows)."
+    )
+
+
 class ScoredMetrics(ResultModel):
     """A model scored on labelled rows (``bm_ray.jobs.scoring.evaluate_batches``): the metrics
     block that starts ``metrics.json`` of both training's validation and `bm-ray evaluate`."""
@@ -154,6 +190,9 @@ class ScoredMetrics(ResultModel):
     ece_bins: int = Field(description="Equal-width bins of the ECE.")
     ece_floor: float = Field(description="The ECE perfectly calibrated scores would show on this many rows.")
     ece_floor_std: float = Field(description="Standard deviation of that floor.")
+    intervals: MetricIntervals | None = _optional(
+        "95% intervals of accuracy, macro-F1 and ECE (absent from outputs written before bm-ray had them)."
+    )
     windows: int = Field(description="Windows read in all (long texts read as several).")
     rows_windows_capped: int = Field(description="Texts longer than max_windows windows (tails unread).")
 
@@ -273,9 +312,15 @@ class CompareResult(ResultModel):
     )
     accuracy_a: float | None = _optional("Model A's accuracy on the labelled rows.")
     accuracy_b: float | None = _optional("Model B's accuracy on the labelled rows.")
+    accuracy_difference: float | None = _optional(
+        "accuracy_b − accuracy_a (written since bm-ray had intervals)."
+    )
     only_a_correct: int | None = _optional("Labelled rows only A got right.")
     only_b_correct: int | None = _optional("Labelled rows only B got right.")
     mcnemar_p: float | None = _optional("McNemar's exact test of the accuracy difference.")
+    intervals: CompareIntervals | None = _optional(
+        "95% intervals of both accuracies and of their difference (labelled corpora; absent from older outputs)."
+    )
     promotion: Promotion | None = _optional(
         "What ``--promote`` did to model B's registered version (with it only)."
     )
@@ -290,6 +335,9 @@ class CalibrationScores(ResultModel):
 
     ece: float = Field(description="Expected calibration error of the top score.")
     log_loss: float = Field(description="Mean negative log-likelihood of the true labels.")
+    ece_interval: Interval | None = _optional(
+        "95% interval of the ECE (bootstrap; absent from older outputs)."
+    )
 
 
 class CalibrationFit(ResultModel):

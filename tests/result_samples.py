@@ -88,8 +88,29 @@ def classify_summary(min_score: float | None = None) -> dict[str, Any]:
     return summary
 
 
-def scored(nan: bool = False) -> dict[str, Any]:
-    """What :func:`bm_ray.jobs.scoring.evaluate_batches` returns (`nan`: of zero rows)."""
+def bootstrap(low: float, high: float) -> dict[str, Any]:
+    """A bootstrap interval as :mod:`bm_ray.model.uncertainty` writes it."""
+    return {"low": low, "high": high, "method": "bootstrap", "resamples": 1000, "seed": 0}
+
+
+def wilson(low: float, high: float) -> dict[str, Any]:
+    """A Wilson interval as :mod:`bm_ray.model.uncertainty` writes it."""
+    return {"low": low, "high": high, "method": "wilson"}
+
+
+def scored(nan: bool = False, intervals: bool = True) -> dict[str, Any]:
+    """What :func:`bm_ray.jobs.scoring.evaluate_batches` returns (`nan`: of zero rows; `intervals`:
+    False for a document of a bm-ray that wrote none)."""
+
+    def value(number: float) -> float:
+        return float("nan") if nan else number
+
+    block = {
+        "confidence": 0.95,
+        "accuracy": wilson(value(0.3006), value(0.9544)),
+        "macro_f1": bootstrap(value(0.2), value(1.0)),
+        "ece": bootstrap(value(0.15), value(0.575)),
+    }
     return {
         "accuracy": 0.75,
         "macro_f1": 0.7,
@@ -107,13 +128,18 @@ def scored(nan: bool = False) -> dict[str, Any]:
         "ece_bins": 15,
         "ece_floor": float("nan") if nan else 0.2,
         "ece_floor_std": float("nan") if nan else 0.05,
+        **({"intervals": block} if intervals else {}),
         "windows": 5,
         "rows_windows_capped": 0,
     }
 
 
-def evaluate_metrics(target: bool = False, leakage: bool = False, nan: bool = False) -> dict[str, Any]:
-    metrics = scored(nan)
+def evaluate_metrics(
+    target: bool = False, leakage: bool = False, nan: bool = False, intervals: bool = True
+) -> dict[str, Any]:
+    metrics = scored(nan, intervals)
+    if intervals and not nan:  # some rows answered: their accuracy's interval
+        metrics["intervals"]["accuracy_answered"] = wilson(0.3006, 0.9544)
     metrics.update(min_score=None, rows_abstained=0, coverage=1.0, accuracy_answered=None if nan else 0.75)
     if target:
         metrics["target_accuracy"] = {
@@ -140,7 +166,7 @@ def evaluate_metrics(target: bool = False, leakage: bool = False, nan: bool = Fa
     return metrics
 
 
-def compare_doc(labelled: bool = True, promotion: bool = False) -> dict[str, Any]:
+def compare_doc(labelled: bool = True, promotion: bool = False, intervals: bool = True) -> dict[str, Any]:
     model = {"name": "news", "version": "v1", "path": "models/a"}
     doc: dict[str, Any] = {
         "models": {"a": model, "b": {**model, "version": "v2", "path": "models/b"}},
@@ -152,8 +178,17 @@ def compare_doc(labelled: bool = True, promotion: bool = False) -> dict[str, Any
         "label_counts": {"x": {"a": 7, "b": 2}, "y": {"a": 2, "b": 7}},
     }
     if labelled:
-        scored = {"rows_labelled": 8, "accuracy_a": 0.25, "accuracy_b": 0.875, "only_a_correct": 1}
-        doc.update(scored, only_b_correct=6, mcnemar_p=0.125)
+        doc.update(rows_labelled=8, accuracy_a=0.25, accuracy_b=0.875)
+        if intervals:
+            doc["accuracy_difference"] = 0.625
+        doc.update(only_a_correct=1, only_b_correct=6, mcnemar_p=0.125)
+        if intervals:
+            doc["intervals"] = {
+                "confidence": 0.95,
+                "accuracy_a": wilson(0.0715, 0.5907),
+                "accuracy_b": wilson(0.5291, 0.9776),
+                "accuracy_difference": {**bootstrap(0.125, 1.0), "method": "paired_bootstrap"},
+            }
     if promotion:
         doc["promotion"] = {
             "alias": "champion",
@@ -172,9 +207,14 @@ def compare_doc(labelled: bool = True, promotion: bool = False) -> dict[str, Any
 
 
 def train_metrics(
-    refit: bool = False, val_data: bool = False, calibrate: bool = True, mlflow: bool = False
+    refit: bool = False,
+    val_data: bool = False,
+    calibrate: bool = True,
+    mlflow: bool = False,
+    intervals: bool = True,
 ) -> dict[str, Any]:
-    metrics = scored()
+    metrics = scored(intervals=intervals)
+    ece = {"ece_interval": bootstrap(0.05, 0.3)} if intervals else {}
     counts = {
         "rows_read": 120,
         "rows_ok": 118,
@@ -205,9 +245,9 @@ def train_metrics(
         "top_label_calibration": None,
         "rows": 18,
         "ece_bins": 15,
-        "before": {"ece": 0.2, "log_loss": 0.7},
-        "after_temperature": {"ece": 0.1, "log_loss": 0.6},
-        "after": {"ece": 0.1, "log_loss": 0.6},
+        "before": {"ece": 0.2, "log_loss": 0.7, **ece},
+        "after_temperature": {"ece": 0.1, "log_loss": 0.6, **ece},
+        "after": {"ece": 0.1, "log_loss": 0.6, **ece},
         "note": "top-label map not fitted: 18 validation rows, it needs 200",
     }
     epoch = {

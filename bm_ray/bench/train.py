@@ -18,6 +18,13 @@ from typing import Any
 import numpy as np
 
 from bm_ray.model.preprocess import PaddingStats, length_batches, padded_length
+from bm_ray.model.uncertainty import (
+    CONFIDENCE,
+    accuracy_interval,
+    macro_f1_interval,
+    paired_difference_interval,
+)
+from bm_ray.results import Interval, TrainResult
 from bm_ray.runtime.tf import import_tensorflow
 from bm_ray.specs import IngestSpec, TrainSpec
 
@@ -194,12 +201,50 @@ def _seed_recipe_fit(
     matrix = ConfusionMatrix(labels)
     matrix.add_indices(y_val.astype(np.int64), logits.argmax(axis=1))
     report = matrix.report()
-    return {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"], "train_s": train_s}
+    return {
+        "accuracy": report["accuracy"],
+        "macro_f1": report["macro_f1"],
+        "train_s": train_s,
+        "matrix": matrix.matrix,
+        "right": logits.argmax(axis=1) == y_val,
+    }
+
+
+def _bm_ray_right(model_dir: str) -> dict[str, bool]:
+    """Whether bm-ray's model got each validation row right, by id, from the per-row log of its final
+    validation (``predictions.parquet`` of the model directory)."""
+    import pyarrow.parquet as pq
+
+    from bm_ray.layout import PREDICTIONS_FILE
+    from bm_ray.storage import join_uri, resolve_uri
+
+    fs, path = resolve_uri(join_uri(model_dir, PREDICTIONS_FILE))
+    logged = pq.read_table(path, filesystem=fs, columns=["id", "label", "predicted"]).to_pydict()
+    return {i: a == b for i, a, b in zip(logged["id"], logged["label"], logged["predicted"], strict=True)}
+
+
+def quality_intervals(
+    seed: dict[str, Any], report: TrainResult, bm_ray_right: np.ndarray, seed_right: np.ndarray
+) -> dict[str, Any]:
+    """95% intervals of `bench train --quality`'s figures: each recipe's accuracy (Wilson) and macro-F1
+    (bootstrap over rows), and the paired bootstrap interval of bm-ray's accuracy minus the seed's on
+    the same validation rows (the one resampling of :mod:`bm_ray.model.uncertainty`)."""
+    matrix = np.asarray(seed["matrix"])
+    intervals = {
+        "confidence": CONFIDENCE,
+        "seed_accuracy": accuracy_interval(int(np.trace(matrix)), int(matrix.sum())),
+        "seed_macro_f1": macro_f1_interval(matrix),
+        "bm_ray_accuracy": report.intervals.accuracy if report.intervals else None,
+        "bm_ray_macro_f1": report.intervals.macro_f1 if report.intervals else None,
+        "accuracy_difference": paired_difference_interval(seed_right, bm_ray_right),
+    }
+    return {k: v.model_dump() if isinstance(v, Interval) else v for k, v in intervals.items()}
 
 
 def bench_quality(spec: TrainSpec, json_path: str | None = None) -> dict[str, Any]:
     """The seed recipe and bm-ray's training (`spec`, normally the defaults) on the same split of the
-    same rows, on the same cores: validation accuracy, macro-F1 and wall time, side by side.
+    same rows, on the same cores: validation accuracy, macro-F1 and wall time, side by side, with their
+    95% intervals and the paired interval of bm-ray's accuracy minus the seed's (:func:`quality_intervals`).
 
     bm-ray's time is its whole `train` call (ingest, split, tokenise, fit, validate, write); the seed's
     is its `fit` alone (tokenising beforehand, no split search), so the comparison favours the seed.
@@ -217,17 +262,23 @@ def bench_quality(spec: TrainSpec, json_path: str | None = None) -> dict[str, An
     labels = list(report.confusion_matrix.labels)
     ok = read_labelled_corpus(spec.data, "data")[0].select_columns(["id", "text", "label"])
     train_rows, val_rows, _, leakage = split_rows(ok, spec)  # deterministic: the split bm-ray used
+    val = val_rows.take_all()
     seed_task = ray.remote(num_cpus=spec.workers * spec.cpus_per_worker)(_seed_recipe_fit)
     seed = ray.get(
         seed_task.remote(
             spec.base_model,
             labels,
             train_rows.take_all(),
-            val_rows.take_all(),
+            val,
             int(spec.workers * spec.cpus_per_worker),
             spec.seed,
         )
     )
+    # Paired on the rows both scored (all of them, unless bm-ray's validation did not score a row).
+    logged = _bm_ray_right(spec.output)
+    paired = [i for i, row in enumerate(val) if row["id"] in logged]
+    bm_ray_right = np.asarray([logged[val[i]["id"]] for i in paired], dtype=bool)
+    seed_right = np.asarray(seed["right"])[paired]
     result = {
         "split": spec.split,
         "train_rows": report.data.train_rows,
@@ -241,6 +292,9 @@ def bench_quality(spec: TrainSpec, json_path: str | None = None) -> dict[str, An
         "bm_ray_accuracy": round(report.accuracy, 4),
         "bm_ray_macro_f1": round(report.macro_f1, 4),
         "bm_ray_train_s": round(bm_ray_s, 1),
+        "paired_rows": len(paired),
+        "accuracy_difference": round(float(bm_ray_right.mean() - seed_right.mean()), 4) if paired else None,
+        "intervals": quality_intervals(seed, report, bm_ray_right, seed_right),
         "bm_ray_recipe": spec.model_dump(
             include={"epochs", "batch_size", "learning_rate", "head_warmup", "label_smoothing", "dropout"}
         ),

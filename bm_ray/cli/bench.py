@@ -92,7 +92,8 @@ def bench_train_cmd(
         typer.Option(
             "--quality",
             help="Instead: accuracy of the seed recipe vs bm-ray's default training on the same (grouped) "
-            "split of all rows, same cores (--rows, --epochs, --batch-size are not used).",
+            "split of all rows, same cores, with 95% intervals and the paired interval of the difference "
+            "(--rows, --epochs, --batch-size are not used).",
         ),
     ] = False,
     output: Annotated[
@@ -123,12 +124,7 @@ def bench_train_cmd(
                 "command line",
             )
             result = bench_quality(spec, json_path)
-            note = (
-                f"seed recipe accuracy {result['seed_accuracy']:.4f} (macro-F1 {result['seed_macro_f1']:.4f}, "
-                f"fit {result['seed_train_s']:.0f}s) vs bm-ray {result['bm_ray_accuracy']:.4f} (macro-F1 "
-                f"{result['bm_ray_macro_f1']:.4f}, whole train {result['bm_ray_train_s']:.0f}s) on "
-                f"{result['val_rows']} {result['split']}-split validation rows"
-            )
+            note = quality_line(result)
         else:
             ingest_spec = validate_spec(IngestSpec, flags, "command line")
             result = bench_train(ingest_spec, base_model, rows, workers, epochs, batch_size, json_path)
@@ -138,6 +134,26 @@ def bench_train_cmd(
                 f"{result['padding_waste']:.2f} vs {result['padding_waste_max_length']:.2f} padding to max_length"
             )
         out.result(result, note=note, text=json_text(result))
+
+
+def quality_line(result: dict[str, Any]) -> str:
+    """The summary line of `bench train --quality`: both recipes' figures with their 95% intervals and
+    the paired interval of bm-ray's accuracy minus the seed's."""
+    from bm_ray.model.uncertainty import figure_text
+    from bm_ray.results import Interval
+
+    ci = {k: Interval.model_validate(v) for k, v in result["intervals"].items() if isinstance(v, dict)}
+
+    def shown(key: str, signed: bool = False) -> str:
+        return figure_text(result[key], ci.get(key), 4, signed)  # the intervals are keyed as the figures
+
+    return (
+        f"seed recipe: accuracy {shown('seed_accuracy')}, macro-F1 {shown('seed_macro_f1')}, "
+        f"fit {result['seed_train_s']:.0f}s; bm-ray: accuracy {shown('bm_ray_accuracy')}, macro-F1 "
+        f"{shown('bm_ray_macro_f1')}, whole train {result['bm_ray_train_s']:.0f}s; bm-ray − seed "
+        f"{shown('accuracy_difference', signed=True)} paired on {result['paired_rows']} of "
+        f"{result['val_rows']} {result['split']}-split validation rows"
+    )
 
 
 @bench_app.command("ingest")

@@ -7,7 +7,8 @@ model B into ``DIR/b``. Then the comparison, from what the legs committed::
     DIR/flips/flips.parquet   rows whose labels differ: id, label_a, score_a, label_b, score_b
                               (and label, the true one, when the corpus has labels), sorted by id
     DIR/compare.json          rows, agreement, flip matrix (label_a × label_b), per-label counts; with
-                              labels: accuracy of each model and McNemar's exact test
+                              labels: accuracy of each model, B − A, McNemar's exact test and the
+                              95% intervals (Wilson for each accuracy, a paired bootstrap for B − A)
     DIR/report.html
 
 Why two legs and not one pass with both models per actor: each leg *is* the classify job, so exactly
@@ -40,6 +41,7 @@ from bm_ray.corpus import ok_rows, read_corpus
 from bm_ray.jobs.classify import classify as classify_corpus
 from bm_ray.layout import COMPARE_FILE, COMPARE_LEGS, FLIPS_DIR, FLIPS_FILE, MLFLOW_FILE, PREDICTIONS_DIR
 from bm_ray.model.metrics import mcnemar_exact_p
+from bm_ray.model.uncertainty import compare_intervals, figure_text
 from bm_ray.report import try_build_report
 from bm_ray.results import CompareResult
 from bm_ray.runtime.ray_init import init_ray
@@ -127,9 +129,11 @@ def compare_tables(
             rows_labelled=known.num_rows,
             accuracy_a=float(right_a.mean()),
             accuracy_b=float(right_b.mean()),
+            accuracy_difference=float(right_b.mean() - right_a.mean()),
             only_a_correct=only_a,
             only_b_correct=only_b,
             mcnemar_p=mcnemar_exact_p(only_a, only_b),
+            intervals=compare_intervals(right_a, right_b),
         )
     columns = ["id", "label_a", "score_a", "label_b", "score_b", *(["label"] if labelled else [])]
     flips = joined.filter(pc.not_equal(joined.column("label_a"), joined.column("label_b"))).select(columns)
@@ -268,11 +272,14 @@ def summary_table(result: CompareResult, top_flips: int = 5) -> Any:
     table.add_row("flips (A → B)", f"{result.rows_flipped:,}" + (f": {largest}" if largest else ""))
     if result.accuracy_a is not None and result.accuracy_b is not None and result.mcnemar_p is not None:
         delta = result.accuracy_b - result.accuracy_a
+        ci = result.intervals  # None in a compare.json written before bm-ray had intervals
         table.add_row(
             "accuracy",
-            f"A {result.accuracy_a:.4f}, B {result.accuracy_b:.4f} ({delta:+.4f}) on "
+            f"A {figure_text(result.accuracy_a, ci and ci.accuracy_a, 4)}, "
+            f"B {figure_text(result.accuracy_b, ci and ci.accuracy_b, 4)} on "
             f"{result.rows_labelled or 0:,} labelled rows",
         )
+        table.add_row("B − A", figure_text(delta, ci and ci.accuracy_difference, 4, signed=True))
         p = result.mcnemar_p
         verdict = "significant" if p < SIGNIFICANCE else "not significant"
         table.add_row(

@@ -25,7 +25,8 @@ from bm_ray.model.metrics import (
     threshold_curve,
     threshold_for_accuracy,
 )
-from bm_ray.results import ScoredMetrics
+from bm_ray.model.uncertainty import accuracy_interval, scored_intervals
+from bm_ray.results import Interval, ScoredMetrics
 
 UNKNOWN_LABEL = "unknown_label"
 MISSING_LABEL = "missing_label"
@@ -73,6 +74,21 @@ class PredictionLog:
         pq.write_table(pa.table(columns, schema=schema), path)
         return Path(path)
 
+    def _answered(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(top scores, whether each row was predicted right, whether it was answered) of the logged rows."""
+        scores = np.asarray(self.columns["score"], dtype=np.float64)
+        correct = np.asarray(self.columns["label"], dtype=object) == np.asarray(
+            self.columns["predicted"], dtype=object
+        )
+        return scores, correct, ~abstained(scores, self.min_score)
+
+    def answered_interval(self) -> Interval | None:
+        """The Wilson interval of ``accuracy_answered`` (None when no row was answered)."""
+        _, correct, answered = self._answered()
+        return (
+            accuracy_interval(int(correct[answered].sum()), int(answered.sum())) if answered.any() else None
+        )
+
     def selective(self, target_accuracy: float | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
         """(report entries, curve) of selective prediction over the logged rows.
 
@@ -81,11 +97,7 @@ class PredictionLog:
         ``target_accuracy`` (:func:`~bm_ray.model.metrics.threshold_for_accuracy`). The curve is
         :func:`~bm_ray.model.metrics.threshold_curve` plus ``rows`` and that target entry.
         """
-        scores = np.asarray(self.columns["score"], dtype=np.float64)
-        correct = np.asarray(self.columns["label"], dtype=object) == np.asarray(
-            self.columns["predicted"], dtype=object
-        )
-        answered = ~abstained(scores, self.min_score)
+        scores, correct, answered = self._answered()
         curve: dict[str, Any] = {"rows": len(scores), **threshold_curve(scores, correct)}
         entries: dict[str, Any] = {
             "min_score": self.min_score,
@@ -106,7 +118,8 @@ def evaluate_batches(predictor: Predictor, batches: Any, log: PredictionLog | No
     Returns the metrics report plus `rows_evaluated`, `rows_rejected`, `rejected_by_reason`,
     `unknown_labels` (label → count), `log_loss`, `ece` (15 equal-width bins of the top score),
     `ece_floor` / `ece_floor_std` (the ECE perfectly calibrated scores would show on this many rows:
-    :func:`bm_ray.model.calibration.ece_noise_floor`),
+    :func:`bm_ray.model.calibration.ece_noise_floor`), `intervals` (95% intervals of accuracy,
+    macro-F1 and ECE: :func:`bm_ray.model.uncertainty.scored_intervals`),
     `windows` (read in all) and `rows_windows_capped` (texts longer than `max_windows` windows).
     Rows may be labelled with the model's label names or with the raw values it was trained on
     (``--label-names``); both count as that name. Every evaluated row goes into `log` when given.
@@ -147,6 +160,7 @@ def evaluate_batches(predictor: Predictor, batches: Any, log: PredictionLog | No
         log_loss_sum += float(-np.log(np.clip(probs[np.arange(len(keep)), true_ids], 1e-12, 1.0)).sum())
     report = matrix.report()
     all_top = np.concatenate(top_scores) if top_scores else np.zeros(0)
+    all_hits = np.concatenate(hits) if hits else np.zeros(0, dtype=bool)
     floor = ece_noise_floor(all_top)
     report.update(
         rows_evaluated=matrix.total,
@@ -154,12 +168,11 @@ def evaluate_batches(predictor: Predictor, batches: Any, log: PredictionLog | No
         rejected_by_reason=dict(rejected),
         unknown_labels=dict(unknown),
         log_loss=log_loss_sum / matrix.total if matrix.total else float("nan"),
-        ece=reliability_bins(all_top, np.concatenate(hits), bins=ECE_BINS)["ece"]
-        if top_scores
-        else float("nan"),
+        ece=reliability_bins(all_top, all_hits, bins=ECE_BINS)["ece"] if top_scores else float("nan"),
         ece_bins=ECE_BINS,
         ece_floor=floor["mean"],
         ece_floor_std=floor["std"],
+        intervals=scored_intervals(matrix.matrix, all_top, all_hits, ECE_BINS),
         windows=windows_total,
         rows_windows_capped=capped_total,
     )

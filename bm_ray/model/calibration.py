@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from bm_ray.model.metrics import reliability_bins
+from bm_ray.model.uncertainty import ece_interval
 
 MIN_TEMPERATURE = 0.05
 MAX_TEMPERATURE = 20.0
@@ -256,17 +257,20 @@ def calibration_report(
     combine: Callable[[np.ndarray], np.ndarray] | None = None,
     top_label: TopLabelMap | None = None,
 ) -> dict[str, object]:
-    """ECE and log-loss of the rows before (T = 1, no map), after scaling by `temperature`, and after
-    the `top_label` map too (`logits`, `label_ids` and `combine` as in :func:`fit_temperature`);
-    ``after`` is what the model answers with."""
+    """ECE (with its 95% bootstrap interval) and log-loss of the rows before (T = 1, no map), after
+    scaling by `temperature`, and after the `top_label` map too (`logits`, `label_ids` and `combine` as
+    in :func:`fit_temperature`); ``after`` is what the model answers with."""
 
-    def measured(t: float, mapping: TopLabelMap | None = None) -> dict[str, float]:
+    def measured(t: float, mapping: TopLabelMap | None = None) -> dict[str, Any]:
         probs = temperature_softmax(logits, t)
         probs = probs if combine is None else combine(probs)
         probs = probs if mapping is None else mapping.apply(probs)
         return {
             "ece": expected_calibration_error(probs, label_ids),
             "log_loss": negative_log_likelihood(probs, label_ids),
+            "ece_interval": ece_interval(
+                probs.max(axis=1), probs.argmax(axis=1) == np.asarray(label_ids), ECE_BINS
+            ),
         }
 
     after_temperature = measured(temperature)

@@ -6,7 +6,8 @@ training result (:class:`~bm_ray.results.TrainResult`, the content of ``metrics.
 :class:`huggingface_hub.ModelCardData` (``base_model``, ``pipeline_tag: text-classification``, the
 validation results as a ``model-index``, and a ``bm_ray`` block with the labels, version, window and
 calibration); the body says what a user of the model needs to know: labels, data, split and leakage,
-validation metrics, calibration, long-text behaviour, how to use it, intended use and limits.
+validation metrics with their 95% intervals, calibration, long-text behaviour, how to use it, intended
+use and limits.
 
 It imports neither TensorFlow nor Ray: a card is built from plain values.
 """
@@ -20,7 +21,8 @@ from typing import Any
 from bm_ray import __version__
 from bm_ray.layout import MODEL_CARD_FILE
 from bm_ray.model.registry import HUB_PREFIX, PRESETS, ModelInfo, read_model_info
-from bm_ray.results import TrainResult
+from bm_ray.model.uncertainty import CONFIDENCE, accuracy_interval, method_text
+from bm_ray.results import Interval, TrainResult
 from bm_ray.specs import LongTextOptions
 
 CARD_TAGS = ["bm-ray", "text-classification", "bert", "tensorflow"]
@@ -148,23 +150,34 @@ def _split_section(result: TrainResult) -> str:
 
 
 def _metrics_section(result: TrainResult) -> str:
+    intervals = result.intervals
+    if intervals is None:  # a result of a bm-ray that wrote no intervals: the accuracy's is computable
+        correct = round(result.accuracy * result.rows_evaluated)
+        accuracy, macro, ece = accuracy_interval(correct, result.rows_evaluated), None, None
+    else:
+        accuracy, macro, ece = intervals.accuracy, intervals.macro_f1, intervals.ece
     rows = [
-        ["accuracy", _num(result.accuracy)],
-        ["macro-F1", _num(result.macro_f1)],
-        ["log-loss", _num(result.log_loss)],
+        ["accuracy", _num(result.accuracy), _ci(accuracy)],
+        ["macro-F1", _num(result.macro_f1), _ci(macro)],
+        ["log-loss", _num(result.log_loss), "n/a"],
         [
             f"ECE ({result.ece_bins} bins)",
             f"{_num(result.ece)} (a perfectly calibrated model would show "
             f"{_num(result.ece_floor)} ± {_num(result.ece_floor_std)} on this many rows)",
+            _ci(ece),
         ],
     ]
+    methods = "; ".join(
+        f"{name}: {method_text(interval)}"
+        for name, interval in (("accuracy", accuracy), ("macro-F1", macro), ("ECE", ece))
+        if interval is not None
+    )
     text = (
         f"On {result.rows_evaluated:,} validation rows ({result.rows_rejected:,} not scored), the "
         f"selected model (epoch {result.best_epoch} of {len(result.epochs)}) with its calibration:\n\n"
-        + _table(["metric", "value"], rows)
-        + f"\n\n`metrics.json` holds no confidence intervals; the validation set has {result.rows_evaluated:,} "
-        f"rows, and the Wilson 95% interval of the accuracy on that many rows is "
-        f"{_wilson(result.accuracy, result.rows_evaluated)}.\n\n"
+        + _table(["metric", "value", f"{CONFIDENCE:.0%} interval"], rows)
+        + f"\n\nIntervals ({methods}) say how far the figures could move on another "
+        f"{result.rows_evaluated:,} rows like these; they do not cover a shift in the data.\n\n"
     )
     per_class = [
         [f"`{label}`", _num(m.precision), _num(m.recall), _num(m.f1), m.support]
@@ -176,14 +189,11 @@ def _metrics_section(result: TrainResult) -> str:
     return text
 
 
-def _wilson(accuracy: float, rows: int, z: float = 1.96) -> str:
-    """The Wilson score interval of a proportion `accuracy` of `rows` rows, as "[low, high]"."""
-    if rows <= 0 or math.isnan(accuracy):
+def _ci(interval: Interval | None) -> str:
+    """An interval for the card's tables, "[low, high]" to 4 places ("n/a" when absent or NaN)."""
+    if interval is None or math.isnan(interval.low) or math.isnan(interval.high):
         return "n/a"
-    scale = 1 + z * z / rows
-    centre = (accuracy + z * z / (2 * rows)) / scale
-    half = z / scale * math.sqrt(accuracy * (1 - accuracy) / rows + z * z / (4 * rows * rows))
-    return f"[{_num(max(0.0, centre - half), 3)}, {_num(min(1.0, centre + half), 3)}]"
+    return f"[{_num(interval.low)}, {_num(interval.high)}]"
 
 
 def _calibration_section(result: TrainResult, info: ModelInfo) -> str:
@@ -201,15 +211,20 @@ def _calibration_section(result: TrainResult, info: ModelInfo) -> str:
         else "no top-label map"
     )
     rows = [
-        ["plain softmax", _num(fit.before.ece), _num(fit.before.log_loss)],
-        ["after the temperature", _num(fit.after_temperature.ece), _num(fit.after_temperature.log_loss)],
-        ["as the model answers", _num(fit.after.ece), _num(fit.after.log_loss)],
+        [name, _num(scores.ece), _ci(scores.ece_interval), _num(scores.log_loss)]
+        for name, scores in (
+            ("plain softmax", fit.before),
+            ("after the temperature", fit.after_temperature),
+            ("as the model answers", fit.after),
+        )
     ]
     text = (
         f"Fitted on {fit.rows:,} validation rows: temperature T = {fit.temperature:.4f} and {mapping}. "
         "Scores are `softmax(logits / T)`, then (with the map) the top score mapped and the other labels "
         "rescaled; the predicted label never changes.\n\n"
-        + _table([f"scores (ECE, {fit.ece_bins} bins)", "ECE", "log-loss"], rows)
+        + _table(
+            [f"scores (ECE, {fit.ece_bins} bins)", "ECE", f"ECE {CONFIDENCE:.0%} interval", "log-loss"], rows
+        )
     )
     if fit.note:
         text += f"\n\n{fit.note[:1].upper()}{fit.note[1:].rstrip('.')}."

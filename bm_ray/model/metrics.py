@@ -34,18 +34,12 @@ class ConfusionMatrix:
     def report(self) -> dict[str, Any]:
         """Accuracy, macro-F1, per-class precision/recall/F1/support and the matrix itself."""
         matrix = self.matrix.astype(np.float64)
-        true_pos = np.diag(matrix)
-        support = matrix.sum(axis=1)
-        predicted = matrix.sum(axis=0)
-        precision = np.divide(true_pos, predicted, out=np.zeros_like(true_pos), where=predicted > 0)
-        recall = np.divide(true_pos, support, out=np.zeros_like(true_pos), where=support > 0)
-        denom = precision + recall
-        f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(true_pos), where=denom > 0)
-        present = support > 0  # macro-F1 over labels that occur in the data
+        true_pos, support, predicted = np.diag(matrix), matrix.sum(axis=1), matrix.sum(axis=0)
+        precision, recall, f1 = class_scores(true_pos, support, predicted)
         total = matrix.sum()
         return {
             "accuracy": float(true_pos.sum() / total) if total else 0.0,
-            "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+            "macro_f1": float(macro_f1(f1, support)),
             "per_class": {
                 label: {
                     "precision": float(precision[i]),
@@ -57,6 +51,30 @@ class ConfusionMatrix:
             },
             "confusion_matrix": {"labels": self.labels, "matrix": self.matrix.tolist()},
         }
+
+
+def class_scores(
+    true_pos: np.ndarray, support: np.ndarray, predicted: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class (precision, recall, F1) from true positives, rows of the class and rows predicted as it.
+
+    Works on any leading axes (the last one is the class), so one confusion matrix and a stack of
+    bootstrap resamples (:mod:`bm_ray.model.uncertainty`) share the definition; a class never predicted
+    has precision 0, a class without rows recall 0, and F1 is 0 where both are.
+    """
+    true_pos, support, predicted = (np.asarray(x, dtype=np.float64) for x in (true_pos, support, predicted))
+    zeros = np.zeros_like(true_pos)
+    precision = np.divide(true_pos, predicted, out=zeros.copy(), where=predicted > 0)
+    recall = np.divide(true_pos, support, out=zeros.copy(), where=support > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=zeros.copy(), where=denom > 0)
+    return precision, recall, f1
+
+
+def macro_f1(f1: np.ndarray, support: np.ndarray) -> np.ndarray:
+    """Mean F1 over the classes that occur in the rows (support > 0), along the last axis (0 when none do)."""
+    present = np.asarray(support) > 0
+    return (np.asarray(f1) * present).sum(axis=-1) / np.maximum(present.sum(axis=-1), 1)
 
 
 def plot_confusion_matrix(report: dict[str, Any], path: str | Path, title: str = "Confusion matrix") -> Path:
@@ -133,20 +151,32 @@ def reliability_bins(scores: np.ndarray, correct: np.ndarray, bins: int = 10) ->
     """
     scores = np.asarray(scores, dtype=np.float64)
     correct = np.asarray(correct, dtype=np.float64)
-    which = np.clip((scores * bins).astype(np.int64), 0, bins - 1)
+    which = confidence_bin(scores, bins)
     count = np.bincount(which, minlength=bins)
     conf = np.bincount(which, weights=scores, minlength=bins)
     hits = np.bincount(which, weights=correct, minlength=bins)
     safe = np.maximum(count, 1)
-    mean_conf, accuracy = conf / safe, hits / safe
-    ece = float((count * np.abs(accuracy - mean_conf)).sum() / max(count.sum(), 1))
     return {
         "edges": np.linspace(0.0, 1.0, bins + 1).tolist(),
         "count": count.tolist(),
-        "confidence": mean_conf.tolist(),
-        "accuracy": accuracy.tolist(),
-        "ece": ece,
+        "confidence": (conf / safe).tolist(),
+        "accuracy": (hits / safe).tolist(),
+        "ece": float(binned_ece(hits, conf, count.sum())),
     }
+
+
+def confidence_bin(scores: np.ndarray, bins: int) -> np.ndarray:
+    """The equal-width bin (0 .. bins - 1) of each top score in [0, 1] (1.0 falls in the last bin)."""
+    return np.clip((np.asarray(scores, dtype=np.float64) * bins).astype(np.int64), 0, bins - 1)
+
+
+def binned_ece(hits: np.ndarray, confidence_sum: np.ndarray, rows: Any) -> np.ndarray:
+    """ECE from per-bin sums along the last axis: Σ |right rows − summed confidence| / rows.
+
+    That is the count-weighted mean |accuracy − mean confidence| of the bins, written on sums so that a
+    stack of bootstrap resamples (:mod:`bm_ray.model.uncertainty`) computes it the same way.
+    """
+    return np.abs(np.asarray(hits) - np.asarray(confidence_sum)).sum(axis=-1) / np.maximum(rows, 1)
 
 
 def abstained(scores: np.ndarray, min_score: float | None) -> np.ndarray:

@@ -12,7 +12,7 @@ import datetime as dt
 import html
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 
@@ -54,10 +54,16 @@ def snippet(text: Any) -> Raw:
     return Raw(f'<div class="text">{esc(text)}</div>')
 
 
-def stats(items: Iterable[tuple[str, str, Any]]) -> str:
-    """Key-number tiles: (key for tests, caption, value); None values are left out."""
+def stats(items: Iterable[tuple[str, str, Any]], details: Mapping[str, str] | None = None) -> str:
+    """Key-number tiles: (key for tests, caption, value); None values are left out. `details` puts a
+    line under the value of the tiles it names by key (a figure's interval)."""
+    details = details or {}
+
+    def detail(key: str) -> str:
+        return f'<div class="ci">{esc(details[key])}</div>' if details.get(key) else ""
+
     tiles = "".join(
-        f'<div class="stat" data-key="{esc(key)}"><div class="v">{fmt(value)}</div>'
+        f'<div class="stat" data-key="{esc(key)}"><div class="v">{fmt(value)}</div>{detail(key)}'
         f'<div class="k">{esc(caption)}</div></div>'
         for key, caption, value in items
         if value is not None
@@ -100,6 +106,7 @@ section{background:var(--card);border:1px solid var(--line);border-radius:8px;pa
 h2{font-size:17px;margin:0 0 10px}h3{font-size:14px;margin:14px 0 6px}.note{color:var(--muted);margin:4px 0 10px}
 .stats{display:flex;flex-wrap:wrap;gap:10px}.stat{border:1px solid var(--line);border-radius:6px;padding:8px 14px;
 min-width:130px}.stat .v{font-size:20px;font-weight:600}.stat .k{color:var(--muted);font-size:12px}
+.stat .ci{font-size:12px}
 table{border-collapse:collapse;margin:6px 0;width:100%}th,td{border-bottom:1px solid var(--line);padding:4px 8px;
 text-align:left;vertical-align:top}th{background:#f3f4f6;font-weight:600;font-size:12px}
 table.kv td:first-child{width:220px;color:var(--muted)}.text{white-space:pre-wrap;word-break:break-word;

@@ -18,6 +18,7 @@ import pyarrow as pa
 from bm_ray.layout import COMPARE_FILE, JOB_FILE, LABELS_FILE, METRICS_FILE, PREDICTIONS_DIR, SUMMARY_FILE
 from bm_ray.model.calibration import ECE_BINS, ece_noise_floor
 from bm_ray.model.metrics import reliability_bins, risk_coverage
+from bm_ray.model.uncertainty import CONFIDENCE, interval_text, method_text
 from bm_ray.report.charts import COLORS, bar_chart, heatmap, histogram, line_chart, reliability_chart, thin
 from bm_ray.report.html import esc, fmt, generic, page, section, snippet, stats, table
 from bm_ray.report.outputs import (
@@ -28,6 +29,7 @@ from bm_ray.report.outputs import (
     load_predictions,
     reject_examples,
 )
+from bm_ray.results import CompareIntervals, MetricIntervals
 
 EXAMPLES_PER_REASON = 3
 EXAMPLES_LISTED = 10
@@ -36,6 +38,21 @@ CONFIDENCE_BINS = 20
 
 
 # ------------------------------------------------------------------------------------ shared sections
+
+
+def interval_details(
+    block: type[MetricIntervals] | type[CompareIntervals], data: dict[str, Any], names: dict[str, str]
+) -> tuple[dict[str, str], str]:
+    """(tile key → "95% CI low–high", a note naming each interval's method) of an output's ``intervals``
+    for the figures in `names` (key → name); nothing for an output written before bm-ray had intervals."""
+    if not isinstance(data.get("intervals"), dict):
+        return {}, ""
+    parsed = block.model_validate(data["intervals"])
+    shown = {key: getattr(parsed, key) for key in names if getattr(parsed, key, None) is not None}
+    signed = {"accuracy_difference"}  # a difference reads with its sign
+    details = {key: interval_text(interval, 4, key in signed) for key, interval in shown.items()}
+    methods = "; ".join(f"{names[key]}: {method_text(interval)}" for key, interval in shown.items())
+    return details, f"{CONFIDENCE:.0%} intervals under the figures ({methods})." if methods else ""
 
 
 def label_section(counts: dict[str, int], title: str, note: str = "") -> tuple[str, str, str]:
@@ -263,6 +280,9 @@ def model_report(out: OutputDir, kind: str) -> str:
     if rows is not None and rows.num_rows:
         bins = reliability_bins(*correctness(rows), bins=ECE_BINS)
     epochs = metrics.get("epochs") or []
+    intervals, intervals_note = interval_details(
+        MetricIntervals, metrics, {"accuracy": "accuracy", "macro_f1": "macro-F1", "ece": "ECE"}
+    )
     tiles = stats(
         [
             ("accuracy", "accuracy", metrics.get("accuracy")),
@@ -273,10 +293,11 @@ def model_report(out: OutputDir, kind: str) -> str:
             ("ece", "calibration error (ECE)", bins and bins["ece"]),
             ("best_epoch", "best epoch", metrics.get("best_epoch") if epochs else None),
             ("elapsed_s", "seconds", metrics.get("elapsed_s")),
-        ]
+        ],
+        intervals,
     )
     where = "the validation rows" if kind == "train" else f"{', '.join(metrics.get('data') or [])}"
-    sections = [section("overview", "Scores", tiles, f"Measured on {where}.")]
+    sections = [section("overview", "Scores", tiles, f"Measured on {where}. {intervals_note}".strip())]
     model = out.json(LABELS_FILE) if kind == "train" else metrics.get("model")
     if isinstance(model, dict):
         sections.append(model_section(model))
@@ -363,7 +384,12 @@ def compare_report(out: OutputDir) -> str:
         for k, v in data.items()
         if isinstance(v, int | float) and not isinstance(v, bool)
     ]
-    sections = [section("overview", "Agreement", stats(numbers))]
+    intervals, note = interval_details(
+        CompareIntervals,
+        data,
+        {"accuracy_a": "accuracy A", "accuracy_b": "accuracy B", "accuracy_difference": "B − A"},
+    )
+    sections = [section("overview", "Agreement", stats(numbers, intervals), note)]
     flips = data.get("flip_matrix")
     if isinstance(flips, dict) and "labels" in flips and "matrix" in flips:
         sections.append(

@@ -25,6 +25,7 @@ from bm_ray.cli.main import app
 from bm_ray.corpus import ok_rows, read_corpus
 from bm_ray.jobs.compare import compare, compare_tables
 from bm_ray.model.engine import Predictor
+from bm_ray.model.uncertainty import interval_text, wilson_interval
 from bm_ray.specs import CompareSpec, IngestSpec
 
 
@@ -66,6 +67,13 @@ def test_compare_tables_by_hand() -> None:
     assert (result["only_a_correct"], result["only_b_correct"]) == (1, 6)
     assert result["accuracy_a"] == pytest.approx(2 / 8) and result["accuracy_b"] == pytest.approx(7 / 8)
     assert result["mcnemar_p"] == pytest.approx(2 * (1 + 7) / 128)  # by hand: b=1, c=6 → 0.125
+    assert result["accuracy_difference"] == pytest.approx(5 / 8)
+    intervals = result["intervals"]  # Wilson for each accuracy, a paired bootstrap of B − A
+    assert (intervals.accuracy_a.low, intervals.accuracy_a.high) == wilson_interval(2, 8)
+    assert (intervals.accuracy_b.low, intervals.accuracy_b.high) == wilson_interval(7, 8)
+    difference = intervals.accuracy_difference
+    assert difference.method == "paired_bootstrap" and difference.resamples == 1000
+    assert 0 < difference.low < 5 / 8 < difference.high <= 1.0
     assert flips.column_names == ["id", "label_a", "score_a", "label_b", "score_b", "label"]
     assert flips.column("id").to_pylist() == ["r1", "r2", "r3", "r4", "r5", "r6", "r7"]
     assert flips.slice(0, 1).to_pylist()[0] == {
@@ -121,6 +129,14 @@ def test_compare_counts_flips_and_mcnemar_exact(
     assert (result.only_a_correct, result.only_b_correct) == (b, c)
     assert result.accuracy_a == pytest.approx(len(right_a) / len(labelled))
     assert result.accuracy_b == pytest.approx(len(right_b) / len(labelled))
+    ci = result.intervals
+    assert ci is not None and ci.accuracy_a.low <= result.accuracy_a <= ci.accuracy_a.high
+    assert ci.accuracy_difference.low <= result.accuracy_difference <= ci.accuracy_difference.high
+    page = (tmp_path / "cmp" / "report.html").read_text()  # the intervals beside the report's tiles
+    assert (
+        interval_text(ci.accuracy_difference, 4, signed=True) in page
+        and "paired percentile bootstrap" in page
+    )
     exact = min(1.0, 2 * sum(comb(b + c, k) for k in range(min(b, c) + 1)) / 2 ** (b + c))
     assert result.mcnemar_p == pytest.approx(exact, rel=1e-9)
     assert json.loads((tmp_path / "cmp" / "compare.json").read_text()) == result.model_dump()

@@ -4,6 +4,7 @@ corpus text inert (checked in the raw HTML and in a real browser), `bm-ray repor
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -23,8 +24,10 @@ from bm_ray.jobs.ingest import ingest
 from bm_ray.jobs.train.job import train
 from bm_ray.layout import REPORT_FILE
 from bm_ray.model.metrics import reliability_bins, risk_coverage
+from bm_ray.model.uncertainty import interval_text, wilson_interval
 from bm_ray.report import build_report
 from bm_ray.report.outputs import OutputDir, detect_kind
+from bm_ray.results import MetricIntervals
 from bm_ray.specs import ClassifySpec, EvaluateSpec, IngestSpec, TrainSpec
 
 LABELS = ["x", "y", "z"]
@@ -136,6 +139,31 @@ def test_report_numbers_come_from_the_output(outputs: dict[str, Path]) -> None:
     for reason, count in summary["rejected_by_reason"].items():
         assert f'{reason} <span class="note">({count:,} {"row" if count == 1 else "rows"})</span>' in page
     assert "corpus.jsonl:63" in page  # the malformed line's source, as an example
+
+
+def test_model_outputs_carry_their_intervals(outputs: dict[str, Path]) -> None:
+    """metrics.json of evaluate and train: accuracy (Wilson), macro-F1 and ECE (bootstrap) intervals,
+    shown under the report's tiles with their method; train's calibration and model card too."""
+    for kind in ("evaluate", "train"):
+        metrics = facts(outputs[kind])
+        intervals = MetricIntervals.model_validate(metrics["intervals"])
+        rows = metrics["rows_evaluated"]
+        assert intervals.confidence == 0.95 and intervals.accuracy.method == "wilson"
+        accuracy = (intervals.accuracy.low, intervals.accuracy.high)
+        assert accuracy == wilson_interval(round(metrics["accuracy"] * rows), rows)
+        for name in ("macro_f1", "ece"):
+            interval = getattr(intervals, name)
+            assert (interval.method, interval.resamples) == ("bootstrap", 1000), name
+            assert interval.low <= interval.high and math.isfinite(interval.low), name
+        page = (outputs[kind] / REPORT_FILE).read_text(encoding="utf-8")
+        for name in ("accuracy", "macro_f1", "ece"):
+            assert f'<div class="ci">{interval_text(getattr(intervals, name), 4)}</div>' in page, (kind, name)
+        assert "Wilson score interval" in page and "1,000 resamples" in page
+    evaluated = MetricIntervals.model_validate(facts(outputs["evaluate"])["intervals"])
+    assert evaluated.accuracy_answered == evaluated.accuracy  # no min_score: every row answered
+    calibration = facts(outputs["train"])["calibration"]
+    assert calibration["after"]["ece_interval"]["method"] == "bootstrap"
+    assert "95% interval" in (outputs["train"] / "README.md").read_text(encoding="utf-8")
 
 
 def test_optional_sections_appear_only_with_their_data(outputs: dict[str, Path], tmp_path: Path) -> None:

@@ -430,7 +430,9 @@ def test_training_fits_and_reports_a_temperature(trained_named: dict) -> None:
     assert calibration["temperature"] == temperature > 0
     assert calibration["rows"] == metrics["rows_evaluated"] and calibration["ece_bins"] == 15
     for side in ("before", "after_temperature", "after"):
-        assert set(calibration[side]) == {"ece", "log_loss"}
+        assert set(calibration[side]) == {"ece", "log_loss", "ece_interval"}
+        interval = calibration[side]["ece_interval"]
+        assert interval["method"] == "bootstrap" and interval["low"] <= interval["high"]
     # 150 rows leave ~15 validation rows: too few for the top-label map, and the report says why.
     assert calibration["rows"] < TOP_LABEL_MIN_ROWS and calibration["top_label_calibration"] is None
     assert "top_label_calibration" not in json.loads((output / "labels.json").read_text())
@@ -439,6 +441,11 @@ def test_training_fits_and_reports_a_temperature(trained_named: dict) -> None:
     assert calibration["after"]["log_loss"] <= calibration["before"]["log_loss"] + 1e-9
     assert metrics["log_loss"] == pytest.approx(calibration["after"]["log_loss"], abs=1e-4)
     assert metrics["ece"] == pytest.approx(calibration["after"]["ece"], abs=1e-4)
+    # the same scores, the same bootstrap: the calibrated ECE's interval is the reported one's
+    after = calibration["after"]["ece_interval"]
+    assert (after["low"], after["high"]) == pytest.approx(
+        (metrics["intervals"]["ece"]["low"], metrics["intervals"]["ece"]["high"]), abs=1e-4
+    )
 
 
 def test_evaluate_takes_raw_or_named_labels(trained_named: dict, tmp_path: Path) -> None:

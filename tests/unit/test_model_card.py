@@ -72,11 +72,19 @@ def test_the_card_says_labels_data_split_metrics_calibration_windows_and_limits(
     assert "| training corpus | 120 | 118 | 2 | missing_label 2 |" in text
     assert "15% of the rows, split `grouped`" in text
     assert "7 have an exact and 5 a near duplicate" in text
-    assert "On 4 validation rows" in text and "holds no confidence intervals" in text  # no intervals in it
-    assert "temperature T = 1.3000" in text and "a = 0.9000, b = 1.1000, c = 0.0500" in text
+    assert "On 4 validation rows" in text
+    # every figure with its 95% interval from metrics.json, and how each was computed
     assert (
-        "| plain softmax | 0.2000 | 0.7000 |" in text and "| as the model answers | 0.1000 | 0.6000 |" in text
+        "| accuracy | 0.7500 | [0.3006, 0.9544] |" in text
+        and "| macro-F1 | 0.7000 | [0.2000, 1.0000] |" in text
     )
+    assert "on this many rows) | [0.1500, 0.5750] |" in text  # the ECE's
+    assert (
+        "accuracy: Wilson score interval; macro-F1: percentile bootstrap over rows, 1,000 resamples" in text
+    )
+    assert "temperature T = 1.3000" in text and "a = 0.9000, b = 1.1000, c = 0.0500" in text
+    assert "| plain softmax | 0.2000 | [0.0500, 0.3000] | 0.7000 |" in text
+    assert "| as the model answers | 0.1000 | [0.0500, 0.3000] | 0.6000 |" in text
     assert "reads 128 tokens at a time" in text and "read one window" in text
     assert "top_label_calibration maps" in text  # the plain-transformers recipe names the map
     assert "Limits:" in text
@@ -110,3 +118,13 @@ def test_nan_metrics_do_not_break_the_card(tmp_path: Path) -> None:
     card = ModelCard.load(write_model_card(model_dir(tmp_path), TrainResult.model_validate(doc)))
     assert "n/a" in card.text
     assert "ece" not in {r.metric_type for r in card.data.eval_results}
+
+
+def test_the_card_of_an_older_result_computes_the_accuracy_interval(tmp_path: Path) -> None:
+    """metrics.json of a bm-ray without intervals: the card still gives the accuracy's Wilson interval
+    (the same function as the jobs), and says n/a for the bootstrap ones it cannot redo without rows."""
+    result = TrainResult.model_validate(samples.train_metrics(intervals=False))
+    text = ModelCard.load(write_model_card(model_dir(tmp_path), result)).text
+    assert "| accuracy | 0.7500 | [0.3006, 0.9544] |" in text and "| macro-F1 | 0.7000 | n/a |" in text
+    assert "accuracy: Wilson score interval)" in text
+    assert "| plain softmax | 0.2000 | n/a | 0.7000 |" in text

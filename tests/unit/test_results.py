@@ -36,6 +36,10 @@ DOCUMENTS: list[tuple[type[ResultModel], dict[str, Any]]] = [
     (TrainResult, samples.train_metrics(mlflow=True)),
     (TuneResult, samples.tune_doc()),
     (TuneResult, samples.tune_doc(mlflow=True)),
+    # written before bm-ray reported intervals: they still load, and dump as they were
+    (EvaluateResult, samples.evaluate_metrics(intervals=False)),
+    (CompareResult, samples.compare_doc(intervals=False)),
+    (TrainResult, samples.train_metrics(intervals=False)),
 ]
 IDS = [
     "ingest",
@@ -52,6 +56,9 @@ IDS = [
     "train-mlflow",
     "tune",
     "tune-mlflow",
+    "evaluate-without-intervals",
+    "compare-without-intervals",
+    "train-without-intervals",
 ]
 
 
@@ -118,3 +125,22 @@ def test_the_summary_tables_render_from_the_models() -> None:
         "2 (top score < min_score 0.5)" in text and "McNemar" in text and "the corpus has no labels" in text
     )
     assert "promote champion" in text and "not promoted" in text
+    # each accuracy and B − A with its 95% interval (from compare.json, not recomputed)
+    assert "A 0.2500 (95% CI 0.0715–0.5907)" in text and "+0.6250 (95% CI +0.1250–+1.0000)" in text
+    console = Console(width=120, record=True)
+    console.print(compare_table(CompareResult.model_validate(samples.compare_doc(intervals=False))))
+    assert "A 0.2500, B 0.8750" in console.export_text()  # an older compare.json: figures alone
+
+
+def test_the_cli_summary_lines_carry_the_intervals() -> None:
+    from bm_ray.cli.model import scores_line
+
+    train = TrainResult.model_validate(samples.train_metrics())
+    assert scores_line(train) == (
+        "accuracy 0.750 (95% CI 0.301–0.954), macro-F1 0.700 (95% CI 0.200–1.000), "
+        "ECE 0.1000 (95% CI 0.1500–0.5750)"
+    )
+    older = EvaluateResult.model_validate(samples.evaluate_metrics(intervals=False))
+    assert scores_line(older) == "accuracy 0.750, macro-F1 0.700, ECE 0.1000"
+    empty = EvaluateResult.model_validate(samples.evaluate_metrics(nan=True))
+    assert scores_line(empty).endswith("ECE n/a")
