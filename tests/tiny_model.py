@@ -18,11 +18,14 @@ def make_tiny_model(
     layers: int = 2,
     seed: int = 0,
     spread_on: Sequence[str] = (),
+    initializer_range: float = 0.02,
 ) -> Path:
     """A tiny randomly initialised BERT classifier with a real tokenizer (fast tests and smoke runs).
 
     With `spread_on` texts, the head is rewritten by :func:`spread_head` so those texts get varied labels
-    and scores (a random head gives every text about 1/labels and the same label).
+    and scores (a random head gives every text about 1/labels and the same label). A larger
+    `initializer_range` than BERT's 0.02 makes the encoder itself text-dependent (non-uniform attention,
+    [CLS] outputs that differ between texts), so its labels survive int8 quantization noise.
     """
     import tensorflow as tf
     from transformers import AutoTokenizer, BertConfig, TFBertForSequenceClassification
@@ -36,6 +39,7 @@ def make_tiny_model(
         num_attention_heads=2,
         intermediate_size=hidden * 2,
         max_position_embeddings=512,
+        initializer_range=initializer_range,
         num_labels=len(labels),
         id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},

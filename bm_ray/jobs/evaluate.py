@@ -27,14 +27,16 @@ def evaluate(spec: EvaluateSpec) -> EvaluateResult:
 
     The report (metrics.json) holds, beyond :func:`evaluate_batches`'s, the selective-prediction entries
     of :meth:`PredictionLog.selective` (min_score, rows_abstained, coverage, accuracy_answered,
-    target_accuracy).
+    target_accuracy) and the interval of accuracy_answered among the ``intervals``.
     """
     from bm_ray.corpus import read_corpus
     from bm_ray.runtime.ray_init import init_ray
 
     started = time.time()
     init_ray()
-    predictor = Predictor.load(spec.model, batch_size=spec.batch_size, long_text=spec.long_text_options())
+    predictor = Predictor.load(
+        spec.model, batch_size=spec.batch_size, precision=spec.precision, long_text=spec.long_text_options()
+    )
     ds, info = read_corpus(spec.data)
     ingest_rejects: Counter[str] = Counter()
     log = PredictionLog(spec.min_score)
@@ -45,6 +47,7 @@ def evaluate(spec: EvaluateSpec) -> EvaluateResult:
     report["rows_rejected"] += sum(ingest_rejects.values())
     selective, curve = log.selective(spec.target_accuracy)
     report.update(selective)
+    report["intervals"].accuracy_answered = log.answered_interval()
     report.update(
         model={
             "name": predictor.info.name,

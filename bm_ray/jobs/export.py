@@ -1,4 +1,5 @@
-"""`export`: a trained model as a TensorFlow SavedModel for TF Serving / KServe (:mod:`bm_ray.model.export`).
+"""`export`: a trained model as a TensorFlow SavedModel for TF Serving / KServe, or as ONNX (``--format
+onnx``) for ONNX Runtime and other ONNX runtimes (:mod:`bm_ray.model.export`).
 
 The model reference is resolved as everywhere (a model directory, an ``s3://`` / ``gs://`` URI); the
 output is a local directory or an object-store URI. An output that holds anything but an earlier
@@ -17,7 +18,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from bm_ray.layout import EXPORT_FILE
-from bm_ray.model.export import EXPORT_FORMATS, export_savedmodel
+from bm_ray.model.export import EXPORT_FORMATS, export_onnx, export_savedmodel
 from bm_ray.model.registry import read_model_info, resolve_model
 from bm_ray.output.commit import OutputRefusedError
 from bm_ray.storage import exists, is_remote, join, redact_uri, resolve_uri, upload_dir
@@ -54,10 +55,11 @@ def export(model: str, output: str, fmt: str = "savedmodel", overwrite: bool = F
     model_dir = resolve_model(model)
     read_model_info(model_dir)  # not a trained bm-ray model: a clear error before TensorFlow loads
     replace = _prepare_output(output, overwrite)
+    write = export_onnx if fmt == "onnx" else export_savedmodel
     shown_model, shown_output = redact_uri(model), redact_uri(output)
     if is_remote(output):
         with tempfile.TemporaryDirectory(prefix="bm-ray-export-") as work:
-            description = export_savedmodel(model_dir, work, shown_model)
+            description = write(model_dir, work, shown_model)
             fs, root = resolve_uri(output)
             if replace:
                 fs.delete_dir_contents(root.rstrip("/"))
@@ -67,7 +69,7 @@ def export(model: str, output: str, fmt: str = "savedmodel", overwrite: bool = F
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-export-"))
     try:
-        description = export_savedmodel(model_dir, work, shown_model)
+        description = write(model_dir, work, shown_model)
         if replace or target.is_dir():  # an earlier export, or an empty directory
             shutil.rmtree(target)
         os.replace(work, target)

@@ -19,20 +19,35 @@ weights) then see the same calibrated window probabilities the temperature was f
 ``top_label_calibration`` map then has each text's top score mapped by it, after aggregation
 (:meth:`Predictor.text_probs`): the second calibration stage, fitted on those same aggregated
 probabilities. A model without either gives the plain softmax, as before.
+
+Backends: the forward pass (``input_ids, attention_mask -> logits``) is the only part that depends on
+the precision. fp32/bf16/fp16 run the compiled TF function of :func:`tf_forward`; ``int8`` runs an ONNX
+Runtime session over the dynamically quantized graph (:mod:`bm_ray.model.int8`, built, gated against
+this engine in fp32 and cached on the first int8 load by :func:`load_int8`). Tokenisation, buckets,
+windows, aggregation and calibration are this module's, the same for every backend.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bm_ray.model.calibration import temperature_softmax
 from bm_ray.model.preprocess import PaddingStats, TextEncoder, length_batches, pad_batch, padded_length
-from bm_ray.model.registry import ModelInfo, load_classifier, resolve_model
+from bm_ray.model.registry import (
+    READY_MARKER,
+    ModelInfo,
+    fill_cache_entry,
+    load_classifier,
+    read_model_info,
+    resolve_model,
+)
 from bm_ray.runtime.tf import import_tensorflow
 from bm_ray.specs import LongTextOptions, Precision, WindowAggregation
 
@@ -124,7 +139,8 @@ def gpu_available() -> bool:
 
 
 def resolve_precision(precision: Precision) -> str:
-    """`auto` → fp16 on GPU, fp32 on CPU (bf16 on CPU measured slower here; it stays opt-in)."""
+    """`auto` → fp16 on GPU, fp32 on CPU (bf16 on CPU measured slower here; it stays opt-in, and so
+    does int8: it has quality gates to pass, :mod:`bm_ray.model.int8`)."""
     if precision == "auto":
         return "fp16" if gpu_available() else "fp32"
     return precision
@@ -144,8 +160,32 @@ def keras_precision(precision: str) -> Iterator[None]:
         tf.keras.mixed_precision.set_global_policy(previous)
 
 
+Forward = Callable[[np.ndarray, np.ndarray], Any]
+"""A backend's forward pass: int32 ``(input_ids, attention_mask)`` ``[batch, seq]`` → logits
+``[batch, labels]`` (anything ``np.asarray`` turns into float32: a TF tensor or a numpy array)."""
+
+
+def tf_forward(model: Any) -> Forward:
+    """The compiled TF forward pass of a Keras classifier (the fp32/bf16/fp16 backend)."""
+    tf = import_tensorflow()
+
+    # One trace for every (batch, length) shape: no retracing per batch or per bucket.
+    # No Python control flow to convert: AutoGraph would only fail on the closure and warn.
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32)] * 2, reduce_retracing=True)
+    @tf.autograph.experimental.do_not_convert
+    def forward(input_ids: tf.Tensor, attention_mask: tf.Tensor) -> tf.Tensor:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, training=False).logits
+        return tf.cast(logits, tf.float32)
+
+    return forward
+
+
 class Predictor:
-    """Length-bucketed, dynamically padded, compiled inference over a TF BERT classifier."""
+    """Length-bucketed, dynamically padded inference over a BERT classifier, on a TF or int8 backend.
+
+    `model` is the Keras classifier (None for the int8 backend); `forward` the backend's forward pass
+    (default: :func:`tf_forward` of `model`).
+    """
 
     def __init__(
         self,
@@ -154,9 +194,11 @@ class Predictor:
         info: ModelInfo,
         batch_size: int = 64,
         long_text: LongTextOptions | None = None,
+        forward: Forward | None = None,
+        precision: str = "fp32",
     ) -> None:
-        tf = import_tensorflow()
-
+        if model is None and forward is None:
+            raise ValueError("Predictor needs a Keras model or a forward pass")
         self.model = model
         self.info = info
         self.labels = list(info.labels)
@@ -165,16 +207,11 @@ class Predictor:
         self.long_text = long_text or LongTextOptions()
         self.encoder = TextEncoder(tokenizer, info.max_length)
         self.padding = PaddingStats()
-
-        # One trace for every (batch, length) shape: no retracing per batch or per bucket.
-        # No Python control flow to convert: AutoGraph would only fail on the closure and warn.
-        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32)] * 2, reduce_retracing=True)
-        @tf.autograph.experimental.do_not_convert
-        def forward(input_ids: tf.Tensor, attention_mask: tf.Tensor) -> tf.Tensor:
-            logits = model(input_ids=input_ids, attention_mask=attention_mask, training=False).logits
-            return tf.cast(logits, tf.float32)
-
-        self._forward = forward
+        self.precision = precision
+        """The backend's precision (fp32, bf16, fp16 or int8)."""
+        self.int8_info: dict[str, Any] | None = None
+        """int8 only: the cache entry's ``int8.json`` (recipe, versions, the gate report it passed)."""
+        self._forward = forward if forward is not None else tf_forward(model)
 
     @classmethod
     def load(
@@ -185,11 +222,18 @@ class Predictor:
         num_threads: int | None = None,
         long_text: LongTextOptions | None = None,
     ) -> Predictor:
-        """Load a model directory / URI with the given precision, thread budget and long-text options."""
+        """Load a model directory / URI with the given precision, thread budget and long-text options.
+
+        ``int8`` builds (and gates) the int8 model on first use: :func:`load_int8`, which also takes
+        the gate rows a caller holds out.
+        """
+        if precision == "int8":
+            return load_int8(model_ref, batch_size, num_threads, long_text)
         configure_threads(num_threads)
-        with keras_precision(resolve_precision(precision)):
+        resolved = resolve_precision(precision)
+        with keras_precision(resolved):
             model, tokenizer, info = load_classifier(resolve_model(model_ref))
-        return cls(model, tokenizer, info, batch_size, long_text)
+        return cls(model, tokenizer, info, batch_size, long_text, precision=resolved)
 
     def warmup(self) -> None:
         """Trace the forward pass once so the first real request does not pay for it."""
@@ -204,7 +248,7 @@ class Predictor:
         for batch in length_batches(lengths, self.batch_size, max_tokens=self.long_text.max_batch_tokens):
             ids, mask = pad_batch([sequences[i] for i in batch], self.encoder.pad_id)
             self.padding.add(lengths[batch], padded_length(lengths[batch].max()))
-            logits[batch] = self._forward(ids, mask).numpy()
+            logits[batch] = np.asarray(self._forward(ids, mask))
         return logits
 
     def predict_tokens(self, sequences: Sequence[np.ndarray]) -> np.ndarray:
@@ -263,3 +307,87 @@ class Predictor:
         """Classify raw texts (each with the number of windows it was read as)."""
         scored = self.score_texts(texts)
         return self.to_predictions(scored.probs, scored.windows)
+
+
+def _label_index(info: ModelInfo) -> dict[str, int]:
+    """Class index of every value gate rows may be labelled with (label names and raw values)."""
+    return {value: info.labels.index(name) for value, name in info.label_lookup().items()}
+
+
+def load_int8(
+    model_ref: str,
+    batch_size: int = 64,
+    num_threads: int | None = None,
+    long_text: LongTextOptions | None = None,
+    gate_texts: Sequence[str] | None = None,
+    gate_labels: Sequence[str] | None = None,
+    quantizer: Any = None,
+    cache_dir: str | Path | None = None,
+) -> Predictor:
+    """The int8 predictor of a model: its cached int8 model, built and gated first when there is none.
+
+    Building (once per weights, recipe and runtime versions; a file lock keeps concurrent actors from
+    building twice): the fp32 engine is loaded, the graph built, fused and quantized
+    (:mod:`bm_ray.model.int8`), and both engines score the gate rows with the default long-text options:
+    `gate_texts` (and `gate_labels`: names or raw values) where the caller holds out rows, else the
+    model's own validation rows, else the bundled news sample. A model that fails the gates raises
+    :class:`~bm_ray.model.int8.Int8GateError` with the numbers, and nothing is cached. Gate rows a
+    caller gives are used only when the entry is built: a cached entry has passed its gates.
+    `quantizer` replaces :func:`~bm_ray.model.int8.quantize_int8` (tests break it on purpose).
+    """
+    from transformers import AutoTokenizer
+
+    from bm_ray.model import int8
+
+    int8.require_onnxruntime()
+    model_dir = resolve_model(model_ref)
+    entry = int8.int8_cache_dir(model_dir, cache_dir)
+    if not (entry / READY_MARKER).exists():
+
+        def fill(tmp: Path) -> None:
+            _build_int8(model_dir, model_ref, tmp, num_threads, gate_texts, gate_labels, quantizer)
+
+        fill_cache_entry(entry, fill, {"model": str(model_dir), "kind": "int8"})
+    info = read_model_info(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    forward = int8.OnnxForward(entry / int8.INT8_MODEL_FILE, num_threads)
+    predictor = Predictor(None, tokenizer, info, batch_size, long_text, forward=forward, precision="int8")
+    predictor.int8_info = int8.read_info(entry)
+    return predictor
+
+
+def _build_int8(
+    model_dir: str,
+    model_ref: str,
+    out: Path,
+    num_threads: int | None,
+    gate_texts: Sequence[str] | None,
+    gate_labels: Sequence[str] | None,
+    quantizer: Any,
+) -> None:
+    """Write the int8 model and its ``int8.json`` into `out`, or raise the gates' refusal."""
+    from bm_ray.model import int8
+
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    configure_threads(num_threads)
+    with keras_precision("fp32"):
+        model, tokenizer, info = load_classifier(model_dir)
+    reference = Predictor(model, tokenizer, info, batch_size=32)
+    fused = int8.fused_fp32_graph(model)
+    seconds["graph"] = time.perf_counter() - started
+    (quantizer or int8.quantize_int8)(fused, out / int8.INT8_MODEL_FILE)
+    seconds["quantize"] = time.perf_counter() - started - seconds["graph"]
+    forward = int8.OnnxForward(out / int8.INT8_MODEL_FILE, num_threads)
+    candidate = Predictor(None, tokenizer, info, batch_size=32, forward=forward, precision="int8")
+    index = _label_index(info)
+    if gate_texts is not None:
+        rows = int8.labelled_gate_rows(gate_texts, gate_labels, index)
+    else:
+        rows = int8.model_gate_rows(model_dir, index)
+    mark = time.perf_counter()
+    report = int8.gate_report(reference.predict_proba(rows.texts), candidate.predict_proba(rows.texts), rows)
+    seconds["gates"] = time.perf_counter() - mark
+    if not report.passed:
+        raise int8.refuse(report, model_ref)
+    int8.write_info(out, report, {key: round(value, 2) for key, value in seconds.items()})

@@ -27,9 +27,12 @@ from bm_ray.model.calibration import SCORE_EPS, TIE_MARGIN, TopLabelMap
 from bm_ray.model.registry import ModelInfo, load_classifier
 from bm_ray.runtime.tf import import_tensorflow
 
-EXPORT_FORMATS = ("savedmodel",)
-"""What `bm-ray export --format` writes. ONNX is not offered: tf2onnx is no dependency of bm-ray and
-is not tested with its TensorFlow."""
+EXPORT_FORMATS = ("savedmodel", "onnx")
+"""What `bm-ray export --format` writes. ``onnx`` (the ``bm-ray[int8]`` extra): ``model.onnx``, the fp32
+graph built from the weights (:mod:`bm_ray.model.onnx_graph`; standard opset-17 ops only, so any ONNX
+runtime loads it) with the calibration as ONNX ops; the same inputs and outputs as the SavedModel's
+``serving_default`` (int32 inputs)."""
+ONNX_FILE = "model.onnx"
 SERVING_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 """The inputs of every serving signature, in the tokenizer's names."""
 SIGNATURES = {"serving_default": "int32", "serving_int64": "int64"}
@@ -122,6 +125,43 @@ def export_description(info: ModelInfo, shown_path: str, tokenizer_files: list[s
             "texts read as several windows and aggregated are bm-ray's engine's (classify, serve), not the export's"
         ),
     }
+
+
+def export_onnx(model_dir: str | Path, out_dir: str | Path, shown_path: str | None = None) -> dict[str, Any]:
+    """Write ``model.onnx`` of the local model directory `model_dir` into `out_dir`, the tokenizer files,
+    ``labels.json`` and ``export.json`` beside it (as :func:`export_savedmodel`); returns ``export.json``'s content."""
+    import onnx
+
+    from bm_ray.model.onnx_graph import bert_weights, build_bert_graph, with_calibrated_scores
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model, tokenizer, info = load_classifier(model_dir)
+    shape, weights = bert_weights(model)
+    graph = build_bert_graph(shape, weights, token_type_ids=True, name=info.name)
+    graph = with_calibrated_scores(graph, info.labels, info.temperature, info.top_label_calibration)
+    onnx.checker.check_model(graph)
+    onnx.save(graph, str(out / ONNX_FILE))
+    written = tokenizer.save_pretrained(str(out))
+    shutil.copyfile(Path(model_dir) / LABELS_FILE, out / LABELS_FILE)
+    description = export_description(
+        info, str(model_dir) if shown_path is None else shown_path, [Path(path).name for path in written]
+    )
+    dims = "[batch, seq]"
+    description["format"] = "onnx"
+    del description["signatures"]
+    description["onnx"] = {
+        "file": ONNX_FILE,
+        "opset": graph.opset_import[0].version,
+        "inputs": {key: f"int32 {dims}" for key in SERVING_INPUTS},
+        "outputs": {
+            "scores": "float32 [batch, labels]",
+            "label_id": "int64 [batch]",
+            "label": "string [batch]",
+        },
+    }
+    (out / EXPORT_FILE).write_text(json.dumps(description, indent=2), encoding="utf-8")
+    return description
 
 
 def export_savedmodel(

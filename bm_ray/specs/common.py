@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 CorpusFormat = Literal["jsonl", "csv", "parquet", "folders"]
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
 LongTextMode = Literal["window", "truncate"]
 WindowAggregation = Literal["confidence", "mean", "max"]
 

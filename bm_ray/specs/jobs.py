@@ -249,7 +249,8 @@ class ClassifySpec(LongTextOptions):
     gpus_per_actor: float = Field(default=0, ge=0, description="GPUs each predictor actor holds.")
     precision: Precision = Field(
         default="auto",
-        description="Inference precision: auto (fp16 on a GPU, fp32 on CPU), fp32, bf16 or fp16.",
+        description="Inference precision: auto (fp16 on a GPU, fp32 on CPU), fp32, bf16, fp16, or int8 (ONNX "
+        "Runtime on CPU; needs the bm-ray[int8] extra; built, checked against fp32 and cached on first use).",
     )
     overwrite: bool = Field(default=False, description="Start afresh instead of resuming into output.")
     address: str | None = Field(default=None, description="Ray address; embedded local Ray when omitted.")
@@ -321,6 +322,7 @@ class EvaluateSpec(LongTextOptions):
         description="Where metrics.json, predictions.parquet and the plots go; none when omitted.",
     )
     batch_size: int = Field(default=32, ge=1, description="Rows per forward pass (length-bucketed).")
+    precision: Precision = ClassifySpec.model_fields["precision"]
     min_score: MinScore = None
     target_accuracy: float | None = Field(
         default=None,

@@ -162,7 +162,7 @@ def test_a_spec_file_value_is_not_overridden_by_a_shown_default(
             ["jsonl", "csv", "parquet", "folders"],
         ),
         ([*TRAIN_ARGS, "--split", "halves"], ["grouped", "random"]),
-        (["classify", "--precision", "fp8"], ["auto", "fp32", "bf16", "fp16"]),
+        (["classify", "--precision", "fp8"], ["auto", "fp32", "bf16", "fp16", "int8"]),
         (
             ["evaluate", "--model", "m", "--data", "d", "--window-aggregation", "median"],
             ["confidence", "mean"],
