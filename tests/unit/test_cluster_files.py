@@ -53,7 +53,7 @@ def test_dockerfile_versions_match_pyproject() -> None:
     assert "TF_USE_LEGACY_KERAS=1" in dockerfile
     assert re.search(r"^USER ray$", dockerfile, re.M)
     assert "! pip show torch" in dockerfile, "the build must fail when torch is pulled in"
-    assert 'pip install ".[mlflow]"' in dockerfile, "train workers log to MLflow: the image needs the extra"
+    assert 'pip install ".[mlflow,int8]"' in dockerfile, "MLflow logging and --precision int8 need the extras"
 
 
 def test_image_bakes_the_presets_and_runs_offline() -> None:
