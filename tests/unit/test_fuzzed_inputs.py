@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from read_tasks import accounting, read_rows, rows_read
 
-from bm_ray.corpus.formats import MAX_JSON_DEPTH, _universal_newlines
+from bm_ray.corpus.formats import MAX_JSON_DEPTH, MAX_RECORD_LINES, _universal_newlines
 from bm_ray.jobs.ingest import ingest
 from bm_ray.layout import REJECTS_DIR, SUMMARY_FILE
 from bm_ray.specs import IngestSpec
@@ -113,6 +113,27 @@ def test_csv_stray_cr_is_a_line_break_and_every_piece_is_counted(tmp_path: Path)
         "stray.csv:6": "ok",
     }
     assert next(r["text"] for r in rows if r["source"] == "stray.csv:2") == "quoted\ncr"
+
+
+def test_a_broken_csv_quote_runs_at_most_max_record_lines_then_reading_resumes(tmp_path: Path) -> None:
+    """An opened, never closed quote folds the following lines into its field only up to the bound:
+    past MAX_RECORD_LINES physical lines it is one malformed_record for its first line, and every line
+    after it is read again as its own row. Balanced within the bound, the lines are one record (the csv rule)."""
+    assert MAX_RECORD_LINES == 50  # the bound the inputs page documents
+    plain = 60
+    # The stray quote on the last line would balance the first one if a field could run that far.
+    lines = ['0,"never closed,a'] + [f"{i},plain {i},b" for i in range(1, plain + 1)] + ['99,stray" quote,c']
+    path = tmp_path / "broken.csv"
+    path.write_text("id,text,label\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    rows = read_rows(IngestSpec(input=[str(path)]))
+    outcomes = accounting(rows)
+    assert outcomes == {"malformed_record": 2, "ok": plain}  # each quote costs its own line, no more
+    by_source = outcome_by_source(rows)
+    assert by_source["broken.csv:2"] == by_source[f"broken.csv:{plain + 3}"] == "malformed_record"
+    folded = tmp_path / "folded.csv"
+    folded.write_text('id,text,label\n1,"spans\nthree\nlines",a\n2,next,b\n', encoding="utf-8")
+    ok = {r["id"]: r["text"] for r in read_rows(IngestSpec(input=[str(folded)])) if r["reason"] is None}
+    assert ok == {"1": "spans\nthree\nlines", "2": "next"}
 
 
 def test_csv_cr_in_the_header_is_no_crash(tmp_path: Path) -> None:
