@@ -19,6 +19,13 @@ through ``L`` layers of width ``h`` and feed-forward width ``i``::
 Embedding lookups, layer norms, softmax, the pooler and the head are left out (under 1% here).
 ``gflops`` is the sum over rows divided by the Ray job's wall time; ``matmul_peak_gflops`` is the best
 of a few large fp32 numpy GEMMs (2·N³ FLOPs each) on this machine.
+
+With ``precision="int8"`` two more paths run on the same rows: 4. the int8 engine (the same Predictor
+on its ONNX Runtime backend, :mod:`bm_ray.model.int8`; built and gated before it is timed) and 5. the
+classify job with ``precision: int8``. Their ratios against the fp32 engine and the fp32 job are the
+issue's targets; ``int8_gops`` (useful operations per second of the int8 job) is set against
+``int8_matmul_peak_gops``, the best of a few large uint8×int8 ``MatMulInteger`` GEMMs on ONNX Runtime —
+the kernel the quantized model's projections run on — so the next limit is known.
 """
 
 from __future__ import annotations
@@ -76,6 +83,35 @@ def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
     return 2 * size**3 / best / 1e9
 
 
+def int8_matmul_peak_gops(size: int = 2048, repeats: int = 5, threads: int | None = None) -> float:
+    """uint8×int8 GEMM giga-operations/s of this machine on ONNX Runtime (``MatMulInteger``, the kernel of
+    the int8 model's dense layers; VNNI where the CPU has it): the best of `repeats` `size`² products."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b"], ["c"])],
+        "int8_gemm",
+        [
+            helper.make_tensor_value_info("a", TensorProto.UINT8, [size, size]),
+            helper.make_tensor_value_info("b", TensorProto.INT8, [size, size]),
+        ],
+        [helper.make_tensor_value_info("c", TensorProto.INT32, [size, size])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {
+        "a": rng.integers(0, 255, (size, size), dtype=np.uint8),
+        "b": rng.integers(-127, 127, (size, size), dtype=np.int8),
+    }
+    session.run(None, feeds)  # warm the thread pool
+    best = min(_timed(lambda: session.run(None, feeds)) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
 def _timed(fn: Any) -> float:
     start = time.perf_counter()
     fn()
@@ -96,7 +132,12 @@ def precision_agreement(
 
 
 def _classify_spec(
-    model: str, corpus: Path, output: Path, batch_size: int, rows_per_block: int
+    model: str,
+    corpus: Path,
+    output: Path,
+    batch_size: int,
+    rows_per_block: int,
+    precision: Precision = "auto",
 ) -> ClassifySpec:
     cpus = os.cpu_count() or 1
     return ClassifySpec(
@@ -107,6 +148,7 @@ def _classify_spec(
         actors=cpus,
         cpus_per_actor=1,
         overwrite=True,
+        precision=precision,
     )
 
 
@@ -125,12 +167,14 @@ def bench_classify(
     rows_per_block: int = 1000,
     memory: bool = False,
     json_path: str | None = None,
+    precision: Precision = "fp32",
     **ingest_options: Any,
 ) -> dict[str, Any]:
     """Run the three paths on the same `rows` rows and print rows/s, ratios and GFLOP/s.
 
     `data` is an IngestSpec, or a path with `ingest_options` (text_fields=..., label_field=...).
-    `memory` also measures the classify job's peak RSS at `rows` and 10× `rows`. Returns (and writes to
+    `memory` also measures the classify job's peak RSS at `rows` and 10× `rows`; ``precision="int8"``
+    adds the int8 engine and job (module docstring) and their int8_* keys. Returns (and writes to
     `json_path`) naive/engine/ray rows/s, ray_vs_naive, ray_vs_engine, gflops, matmul_peak_gflops,
     gflops_vs_peak, padding_waste (engine; ray_padding_waste for the job), bf16_agreement and, with
     `memory`, peak_rss_mb_n, peak_rss_mb_10n and rss_ratio.
@@ -167,7 +211,16 @@ def bench_classify(
     useful_flops = float(flops_per_row(lengths, config).sum())
     result["mean_tokens"] = round(float(lengths.mean()), 1)
     result["bf16_agreement"] = precision_agreement(model_dir, texts[:AGREEMENT_ROWS], "bf16", batch_size)
+    fp32_labels = predictor.predict_proba(texts).argmax(axis=1) if precision == "int8" else None
     del predictor
+    if precision == "int8":
+        int8 = Predictor.load(model_dir, batch_size=batch_size, precision="int8", num_threads=os.cpu_count())
+        int8.warmup()  # built and gated (or read from the cache) above, timed from here
+        start = time.perf_counter()
+        int8_probs = int8.predict_proba(texts)
+        result["int8_engine_rows_per_s"] = rows / (time.perf_counter() - start)
+        result["int8_agreement"] = float(np.mean(int8_probs.argmax(axis=1) == fp32_labels))
+        del int8
 
     with _workdir() as tmp:
         corpus = write_jsonl(texts, tmp / "rows.jsonl")
@@ -177,6 +230,12 @@ def bench_classify(
         result["ray_rows_per_s"] = rows / summary.elapsed_s
         result["ray_padding_waste"] = summary.padding_waste
         result["ray_actors"] = summary.actors.max
+        if precision == "int8":
+            spec = _classify_spec(model_dir, corpus, tmp / "out-int8", batch_size, rows_per_block, "int8")
+            summary = classify(spec)
+            if summary.rows_classified != rows:
+                raise RuntimeError(f"int8 classify classified {summary.rows_classified} of {rows} rows")
+            result["int8_ray_rows_per_s"] = rows / summary.elapsed_s
         if memory:
             result.update(_memory(model_dir, texts, tmp, batch_size, rows_per_block))
 
@@ -185,6 +244,12 @@ def bench_classify(
     result["gflops"] = useful_flops / 1e9 / (rows / result["ray_rows_per_s"])
     result["matmul_peak_gflops"] = matmul_peak_gflops()
     result["gflops_vs_peak"] = result["gflops"] / result["matmul_peak_gflops"]
+    if precision == "int8":
+        result["int8_ray_vs_engine"] = result["int8_ray_rows_per_s"] / result["engine_rows_per_s"]
+        result["int8_ray_vs_ray"] = result["int8_ray_rows_per_s"] / result["ray_rows_per_s"]
+        result["int8_gops"] = useful_flops / 1e9 / (rows / result["int8_ray_rows_per_s"])
+        result["int8_matmul_peak_gops"] = int8_matmul_peak_gops()
+        result["int8_gops_vs_peak"] = result["int8_gops"] / result["int8_matmul_peak_gops"]
     result = {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}
     _print(result)
     if json_path:
@@ -229,6 +294,14 @@ def _print(result: dict[str, Any]) -> None:
         f"{result['matmul_peak_gflops']:.1f} GFLOP/s GEMM peak; padding ×{result['padding_waste']:.2f}; "
         f"bf16 agreement {result['bf16_agreement']:.4f}"
     )
+    if "int8_ray_rows_per_s" in result:
+        console.print(
+            f"int8: engine {result['int8_engine_rows_per_s']:.1f} rows/s, ray {result['int8_ray_rows_per_s']:.1f} "
+            f"rows/s = {result['int8_ray_vs_engine']:.2f}× the fp32 engine (target ≥ 2.0), "
+            f"{result['int8_ray_vs_ray']:.2f}× the fp32 job (≥ 1.8); label agreement with fp32 "
+            f"{result['int8_agreement']:.4f}; {result['int8_gops']:.1f} GOP/s = {result['int8_gops_vs_peak']:.2f} "
+            f"of the {result['int8_matmul_peak_gops']:.1f} GOP/s int8 GEMM peak"
+        )
     if "rss_ratio" in result:
         console.print(
             f"peak RSS {result['peak_rss_mb_n']:.0f} MB at N, {result['peak_rss_mb_10n']:.0f} MB at 10N: "

@@ -287,3 +287,29 @@ def _table(records: Sequence[dict[str, Any]]) -> str:
             f"{r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['errors']:>6}"
         )
     return "\n".join(lines)
+
+
+def bench_serve_precisions(
+    model: str, corpus_texts: Sequence[str], requests: int, spec: ServeSpec, json_path: Path | None = None
+) -> dict[str, Any]:
+    """The fp32 endpoint, then the int8 one (``precision: int8``), at concurrency 1 and 32 with batching
+    on, in one run: each leg's rows/s and p50, and int8's c32 rows/s over fp32's (the target is >= 1.6)."""
+    legs: dict[str, dict[str, Any]] = {}
+    shots = text_shots(corpus_texts, requests)
+    for precision in ("fp32", "int8"):
+        with deployed(bench_spec(model, spec.model_copy(update={"precision": precision}))) as url:
+            for concurrency, outcomes, wall_s, _ in load_levels(url, shots, (1, 32)):
+                legs[f"{precision}_c{concurrency}"] = summarize(outcomes, wall_s)
+    result = {
+        "legs": legs,
+        "int8_vs_fp32_c32_rows_per_s": legs["int8_c32"]["rows_per_s"] / legs["fp32_c32"]["rows_per_s"],
+        "int8_vs_fp32_c1_p50": legs["int8_c1"]["p50_ms"] / legs["fp32_c1"]["p50_ms"],
+    }
+    print(
+        f"c32 rows/s: fp32 {legs['fp32_c32']['rows_per_s']:.1f}, int8 {legs['int8_c32']['rows_per_s']:.1f} "
+        f"= {result['int8_vs_fp32_c32_rows_per_s']:.2f}x (target >= 1.6); c1 p50: fp32 "
+        f"{legs['fp32_c1']['p50_ms']:.1f} ms, int8 {legs['int8_c1']['p50_ms']:.1f} ms"
+    )
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return result

@@ -38,6 +38,10 @@ def bench_serve_cmd(
         typer.Option("--requests", help="Requests per run (perf: 300 per level, load: 5000, fault: 1000)."),
     ] = None,
     port: Annotated[int, typer.Option("--port", help="Loopback port of the endpoint.")] = 8131,
+    precision: Annotated[
+        Literal["fp32", "int8"],
+        typer.Option("--precision", help="perf with int8: the fp32 endpoint, then the int8 one, in one run."),
+    ] = "fp32",
     json_file: JsonFileOpt = None,
     as_json: JsonOpt = False,
     corpus_flags: dict[str, Any] | None = None,
@@ -47,7 +51,7 @@ def bench_serve_cmd(
     from ray import serve as ray_serve
 
     from bm_ray.bench.load import load_run, read_texts
-    from bm_ray.bench.serve import bench_serve
+    from bm_ray.bench.serve import bench_serve, bench_serve_precisions
     from bm_ray.bench.serve_faults import fault_run
     from bm_ray.runtime.ray_init import init_ray
     from bm_ray.specs import ServeSpec
@@ -58,12 +62,17 @@ def bench_serve_cmd(
         init_ray("local")  # a fresh embedded Ray: the shutdown below must not touch anyone else's cluster
         try:
             texts = read_texts(input, corpus.text_fields)
+            if mode == "perf" and precision == "int8":
+                result: Any = bench_serve_precisions(model, texts, requests or 300, spec, json_file)
+                out.result(result, text=json_text(result))
+                return
             if mode == "perf":  # the perf run prints its own table; its fuller figures go to --json-file
-                result: Any = bench_serve(
+                result = bench_serve(
                     model, texts, requests=requests or 300, json_path=json_file and str(json_file), spec=spec
                 )
                 out.result(result)
                 return
+            spec = spec.model_copy(update={"precision": precision})
             run = load_run if mode == "load" else fault_run
             result = run(model, texts, requests or (5000 if mode == "load" else 1000), spec=spec)
             if json_file:
@@ -190,11 +199,16 @@ def bench_classify_cmd(
     memory: Annotated[
         bool, typer.Option("--memory", help="Also peak RSS of the Ray job at --rows and 10x --rows.")
     ] = False,
+    precision: Annotated[
+        Literal["fp32", "int8"],
+        typer.Option("--precision", help="int8: also the int8 engine and the int8 Ray job, beside fp32."),
+    ] = "fp32",
     json_file: JsonFileOpt = None,
     as_json: JsonOpt = False,
     corpus_flags: dict[str, Any] | None = None,
 ) -> None:
-    """Bulk classification rows/s: naive Keras predict vs the engine vs the Ray Data job, plus GFLOP/s."""
+    """Bulk classification rows/s: naive Keras predict vs the engine vs the Ray Data job, plus GFLOP/s
+    (with --precision int8 also the int8 engine and job, and the int8 GEMM peak)."""
     import ray
 
     from bm_ray.bench.classify import bench_classify
@@ -211,6 +225,7 @@ def bench_classify_cmd(
                 batch_size=batch_size,
                 memory=memory,
                 json_path=json_file and str(json_file),
+                precision=precision,
             )
         finally:
             ray.shutdown()
