@@ -180,15 +180,18 @@ class TrackedRun:
 
 
 @contextlib.contextmanager
-def tracked(run: TrackedRun | None) -> Iterator[TrackedRun | None]:
+def tracked(run: TrackedRun | None, *, end_on_error: bool = True) -> Iterator[TrackedRun | None]:
     """Run the block with `run` (None: no tracking); the run ends FINISHED, FAILED when the block raises,
-    KILLED when it is interrupted."""
+    KILLED when it is interrupted. With ``end_on_error=False`` a raising block leaves the run open for
+    another process to end (a tune trial's, which :func:`end_children` ends)."""
     if run is None:
         yield None
         return
     try:
         yield run
     except BaseException as err:
+        if not end_on_error:
+            raise
         try:
             if run.run_id is not None:
                 run.client.set_tag(run.run_id, "bm_ray.error", f"{type(err).__name__}: {err}"[:5000])

@@ -59,7 +59,9 @@ def _trial(
             parent_run_id=parent_run_id,
         )
         config["mlflow"] = run.worker_config()
-    with tracked(run):
+    # A trial that Tune stops raises as its Train controller is killed, at times after the driver has
+    # ended its run as stopped: only the driver (`end_children`) ends a trial run that did not return.
+    with tracked(run, end_on_error=False):
         fit_trainer(
             spec, config, {"train": data.train, "val": data.val}, name, storage_path, [TuneReportCallback()]
         )

@@ -192,3 +192,21 @@ def test_relative_stores_become_absolute_and_metrics_numeric(
     assert got == {"refit_a": 1.0, "refit_b": 0.5}
     with pytest.raises(ValueError, match="not an MLflow alias"):
         CompareSpec(models=["a", "b"], input=IngestSpec(input=["x"]), output="o", promote="no spaces")
+
+
+@pytest.mark.parametrize(("end_on_error", "status"), [(True, "FAILED"), (False, "RUNNING")])
+def test_a_raising_block_ends_its_run_failed_unless_another_process_ends_it(
+    tmp_path: Path, end_on_error: bool, status: str
+) -> None:
+    """A tune trial's block leaves its run open when it raises (Tune stopping it must not overwrite the
+    driver's verdict, which can come first); every other run ends FAILED with the error as a tag."""
+    from bm_ray.jobs.tracking import TrackedRun
+    from bm_ray.jobs.tracking import tracked as tracked_block
+
+    run = TrackedRun(f"sqlite:///{tmp_path / 'mlflow.db'}", "blocks", "block", "trial")
+    with pytest.raises(RuntimeError, match="stopped"), tracked_block(run, end_on_error=end_on_error):
+        run.start()
+        raise RuntimeError("stopped")
+    record = run.client.get_run(run.run_id)
+    assert record.info.status == status
+    assert ("bm_ray.error" in record.data.tags) is end_on_error
