@@ -15,8 +15,10 @@ Liveness and readiness are public; everything that names the model needs the key
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures at runtime.
+import inspect
 import math
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -190,13 +192,23 @@ class ProtocolRoutes:
             )
         return info
 
-    async def _authed(self, request: Request, protocol: str, name: str | None, version: str | None) -> Any:
-        """The key checked and, with a `name`, the model: the record, or the error response."""
+    async def _answer(
+        self,
+        request: Request,
+        protocol: str,
+        name: str | None,
+        version: str | None,
+        respond: Callable[[dict[str, Any]], Response | Awaitable[Response]],
+    ) -> Response:
+        """`respond` to the served model's record once the key is checked (and, with a `name`, that the
+        model is the one served); a refusal as `protocol`'s error response."""
         try:
             self._authorize(request)  # type: ignore[attr-defined]
-            return await (self._check_model(name, version) if name else self._model_record())
+            record = await (self._check_model(name, version) if name else self._model_record())
         except ApiError as err:
             return self._reject(err, protocol)  # type: ignore[attr-defined]
+        answer = respond(record)
+        return await answer if inspect.isawaitable(answer) else answer
 
     async def _ready(self, protocol: str, answer: dict[str, Any]) -> Response:
         """200 with `answer` when a model replica is ready, else 503 (with the reason) in `protocol`'s form."""
@@ -248,8 +260,9 @@ class ProtocolRoutes:
         return await self._oip_model(request, name, version)
 
     async def _oip_model(self, request: Request, name: str, version: str | None) -> Response:
-        info = await self._authed(request, OIP, name, version)
-        return info if isinstance(info, Response) else FastJSONResponse(oip_metadata(info))
+        return await self._answer(
+            request, OIP, name, version, lambda info: FastJSONResponse(oip_metadata(info))
+        )
 
     @protocol_router.get(
         "/v2/models/{name}/ready", tags=["Open Inference Protocol"], responses=_errors(401, 404, 503)
@@ -268,10 +281,9 @@ class ProtocolRoutes:
         return await self._oip_model_ready(request, name, version)
 
     async def _oip_model_ready(self, request: Request, name: str, version: str | None) -> Response:
-        info = await self._authed(request, OIP, name, version)
-        if isinstance(info, Response):
-            return info
-        return await self._ready(OIP, {"name": name, "ready": True})
+        return await self._answer(
+            request, OIP, name, version, lambda _: self._ready(OIP, {"name": name, "ready": True})
+        )
 
     @protocol_router.post(
         "/v2/models/{name}/infer",
@@ -333,16 +345,16 @@ class ProtocolRoutes:
     @protocol_router.get("/v1/models", tags=["KServe V1"], responses=_errors(401))
     async def v1_models(self, request: Request) -> Response:
         """The models served: ``{"models": [name]}``."""
-        info = await self._authed(request, KSERVE_V1, None, None)
-        return info if isinstance(info, Response) else FastJSONResponse({"models": [info["name"]]})
+        return await self._answer(
+            request, KSERVE_V1, None, None, lambda info: FastJSONResponse({"models": [info["name"]]})
+        )
 
     @protocol_router.get("/v1/models/{name}", tags=["KServe V1"], responses=_errors(401, 404, 503))
     async def v1_model(self, request: Request, name: str) -> Response:
         """The model is ready: ``{"name", "ready": true}`` (503 while it is not)."""
-        info = await self._authed(request, KSERVE_V1, name, None)
-        if isinstance(info, Response):
-            return info
-        return await self._ready(KSERVE_V1, {"name": name, "ready": True})
+        return await self._answer(
+            request, KSERVE_V1, name, None, lambda _: self._ready(KSERVE_V1, {"name": name, "ready": True})
+        )
 
     @protocol_router.post(
         "/v1/models/{name}:predict",
@@ -405,16 +417,19 @@ class ProtocolRoutes:
     @protocol_router.get("/info", tags=["Hugging Face TEI"], responses=_errors(401, 503))
     async def tei_info(self, request: Request) -> Response:
         """The model (``model_id``, its labels as TEI's ``model_type.classifier``), the limits and bm-ray's version."""
-        info = await self._authed(request, TEI, None, None)
-        if isinstance(info, Response):
-            return info
         limits = {
             "max_client_batch_size": self.spec.max_texts_per_request,
             "max_text_chars": self.spec.max_text_chars,
             "max_body_bytes": self.spec.max_body_bytes,
             "max_concurrent_requests": self._limit,  # type: ignore[attr-defined]
         }
-        return FastJSONResponse(tei_info(info, limits, bm_ray.__version__))
+        return await self._answer(
+            request,
+            TEI,
+            None,
+            None,
+            lambda info: FastJSONResponse(tei_info(info, limits, bm_ray.__version__)),
+        )
 
     @protocol_router.get("/health", tags=["Hugging Face TEI"], responses=_errors(503))
     async def tei_health(self) -> Response:

@@ -41,12 +41,14 @@ FILLER = ["the", "a", "of", "and", "today", "report", "said", "new", "after", "w
 
 
 def write_synthetic(path: Path, rows: int, seed: int = 0, labels: list[str] = LABELS) -> Path:
-    """A learnable corpus: each text mixes its label's topic words with common filler."""
+    """A learnable corpus: each text mixes its label's topic words with common filler (the i-th of
+    `labels` takes the i-th topic, so any up to three label names make the same task)."""
     rng = random.Random(seed)
+    topics = list(TOPIC_WORDS.values())
     with path.open("w", encoding="utf-8") as handle:
         for i in range(rows):
             label = labels[i % len(labels)]
-            words = rng.sample(TOPIC_WORDS[label].split(), 3) + rng.sample(FILLER, 4)
+            words = rng.sample(topics[i % len(labels)].split(), 3) + rng.sample(FILLER, 4)
             rng.shuffle(words)
             handle.write(json.dumps({"id": f"r{i}", "text": " ".join(words), "label": label}) + "\n")
     return path
