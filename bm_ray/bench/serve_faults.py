@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
@@ -85,6 +85,38 @@ def kill_busy_replica(app_name: str = APP_NAME, attempts: int = 50) -> tuple[str
     return name, ongoing
 
 
+async def load_with_fault(
+    url: str,
+    shots: Sequence[Shot],
+    concurrency: int,
+    fault: Callable[[], dict[str, Any]],
+    fault_after: float = 0.3,
+) -> tuple[list[Outcome], dict[str, Any]]:
+    """Run `shots` and call `fault` (in a thread, the load going on) once a `fault_after` fraction is
+    answered.
+
+    Returns the outcomes and `fault`'s record with ``answered_before`` (requests answered before it) and
+    ``at`` (its ``time.monotonic()`` when it returned).
+    """
+    answered = 0
+    fault_at = max(1, min(len(shots), math.ceil(len(shots) * fault_after)))
+    reached = asyncio.Event()
+
+    def count(_: Outcome) -> None:
+        nonlocal answered
+        answered += 1
+        if answered >= fault_at:
+            reached.set()
+
+    load = asyncio.create_task(drive(url, shots, concurrency, on_outcome=count))
+    waiter = asyncio.create_task(reached.wait())
+    await asyncio.wait({load, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    answered_before = answered
+    record = await asyncio.to_thread(fault)
+    return await load, {**record, "answered_before": answered_before, "at": time.monotonic()}
+
+
 async def load_with_kill(
     url: str, shots: Sequence[Shot], concurrency: int, kill_after: float = 0.3, app_name: str = APP_NAME
 ) -> tuple[list[Outcome], dict[str, Any]]:
@@ -94,29 +126,12 @@ async def load_with_kill(
     gateway batches of requests — in flight on the killed replica just before the kill, requests
     answered before it, its ``time.monotonic()``).
     """
-    answered = 0
-    kill_at = max(1, min(len(shots), math.ceil(len(shots) * kill_after)))
-    reached = asyncio.Event()
 
-    def count(_: Outcome) -> None:
-        nonlocal answered
-        answered += 1
-        if answered >= kill_at:
-            reached.set()
+    def kill() -> dict[str, Any]:
+        name, in_flight = kill_busy_replica(app_name)
+        return {"replica": name, "in_flight": in_flight}
 
-    load = asyncio.create_task(drive(url, shots, concurrency, on_outcome=count))
-    waiter = asyncio.create_task(reached.wait())
-    await asyncio.wait({load, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    waiter.cancel()
-    answered_before = answered
-    name, in_flight = await asyncio.to_thread(kill_busy_replica, app_name)
-    kill = {
-        "replica": name,
-        "in_flight": in_flight,
-        "answered_before": answered_before,
-        "at": time.monotonic(),
-    }
-    return await load, kill
+    return await load_with_fault(url, shots, concurrency, kill, kill_after)
 
 
 def wait_ready(url: str, timeout_s: float = 120.0) -> bool:

@@ -13,13 +13,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +28,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from cluster_fixtures import running_cluster
+from test_train import write_synthetic
 from tiny_model import make_tiny_model
 
-from bm_ray.bench.load import Outcome, drive, status_report, text_shots
-from bm_ray.deploy.cluster import WORKER_RESOURCE, ClusterInfo, _ray_start, cluster_down, cluster_up
+from bm_ray.bench.load import drive, status_report, text_shots
+from bm_ray.bench.serve_faults import load_with_fault
+from bm_ray.deploy.cluster import WORKER_RESOURCE, ClusterInfo, _ray_start
 from bm_ray.layout import SAFETENSORS_FILE
 from bm_ray.model.engine import Predictor
 from bm_ray.model.registry import read_model_info
@@ -41,7 +43,6 @@ from bm_ray.runtime.ray_init import free_port
 
 pytestmark = pytest.mark.chaos
 
-AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 LABELS = ["x", "y", "z"]
 WORDS = ["markets", "rally", "as", "central", "bank", "signals", "pause", "while", "tech", "earnings"]
 ROWS = 100_000
@@ -53,28 +54,6 @@ BM_RAY = Path(sys.executable).with_name("bm-ray")
 
 
 # --- the cluster and its nodes ----------------------------------------------------------------------------
-
-
-@contextmanager
-def node_cluster(workers: int, cpus_per_worker: int, head_cpus: int) -> Iterator[ClusterInfo]:
-    """A local cluster with token auth, this process presenting its token; stopped (only it) at the end."""
-    with pytest.MonkeyPatch.context() as env:
-        for name in (*AUTH_VARS, "RAY_ADDRESS"):
-            env.delenv(name, raising=False)
-        info = cluster_up(
-            workers=workers,
-            cpus_per_worker=cpus_per_worker,
-            head_cpus=head_cpus,
-            port=free_port(),
-            dashboard_port=free_port(),
-            timeout_s=300,
-        )
-        try:
-            for name, value in info.auth_env.items():
-                env.setenv(name, value)
-            yield info
-        finally:
-            cluster_down(info.temp_dir)
 
 
 def add_worker_node(info: ClusterInfo, cpus: int) -> None:
@@ -283,7 +262,7 @@ def test_worker_node_lost_mid_classify_loses_and_doubles_no_row(tmp_path: Path, 
     ids, empty = write_rows(tmp_path / "rows.jsonl", ROWS)
     figures: dict[str, Any] = {"rows": ROWS, "runs": []}
     # Worker nodes of 2 logical CPUs, actors of 1: after a node loss its actor restarts on the node left.
-    with node_cluster(workers=2, cpus_per_worker=2, head_cpus=0) as info:
+    with running_cluster(workers=2, cpus_per_worker=2, head_cpus=0) as info:
         first, second = worker_nodes(info)
         survivor = None
         for run in (1, 2):
@@ -346,27 +325,7 @@ def test_worker_node_lost_mid_classify_loses_and_doubles_no_row(tmp_path: Path, 
 
 # --- 2. training ------------------------------------------------------------------------------------------
 
-TOPIC_WORDS = {
-    "x": "football match goal league coach striker season",
-    "y": "shares profit market bank earnings investors merger",
-    "z": "software chip satellite research laptop internet robot",
-}
-FILLER = ["the", "a", "of", "and", "today", "report", "said", "new", "after", "week"]
 TRAIN_DEADLINE_S = 1800
-
-
-def write_learnable(path: Path, rows: int, seed: int = 0) -> Path:
-    """A learnable corpus: each text mixes its label's topic words with common filler."""
-    import random
-
-    rng = random.Random(seed)
-    with path.open("w", encoding="utf-8") as handle:
-        for i in range(rows):
-            label = LABELS[i % len(LABELS)]
-            words = rng.sample(TOPIC_WORDS[label].split(), 3) + rng.sample(FILLER, 4)
-            rng.shuffle(words)
-            handle.write(json.dumps({"id": f"t{i}", "text": " ".join(words), "label": label}) + "\n")
-    return path
 
 
 def test_node_of_a_train_worker_lost_resumes_from_the_checkpoint(tmp_path: Path, tiny_model: str) -> None:
@@ -376,7 +335,7 @@ def test_node_of_a_train_worker_lost_resumes_from_the_checkpoint(tmp_path: Path,
     directory is written once and loads."""
     from bm_ray.jobs.train.job import run_name
 
-    data = write_learnable(tmp_path / "train.jsonl", 360)
+    data = write_synthetic(tmp_path / "train.jsonl", 1200, labels=LABELS)
     output = tmp_path / "model"
     spec = {
         "kind": "train",
@@ -385,7 +344,7 @@ def test_node_of_a_train_worker_lost_resumes_from_the_checkpoint(tmp_path: Path,
         "base_model": tiny_model,
         "workers": 2,
         "cpus_per_worker": 2,
-        "epochs": 4,
+        "epochs": 6,
         "batch_size": 16,
         "learning_rate": 5e-3,
         "val_fraction": 0.2,
@@ -398,7 +357,7 @@ def test_node_of_a_train_worker_lost_resumes_from_the_checkpoint(tmp_path: Path,
     log = tmp_path / "train.log"
     figures: dict[str, Any] = {}
     # The head's CPU runs Ray Data's ingest; the workers fit only on worker nodes, one per node.
-    with node_cluster(workers=2, cpus_per_worker=2, head_cpus=1) as info:
+    with running_cluster(workers=2, cpus_per_worker=2, head_cpus=1) as info:
         started = time.monotonic()
         driver = start_driver(
             ["train", "--spec", str(tmp_path / "train.yaml"), "--address", info.address], log
@@ -427,11 +386,13 @@ def test_node_of_a_train_worker_lost_resumes_from_the_checkpoint(tmp_path: Path,
     assert driver.returncode == 0, tail(log)
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["recovered_after_epochs"], "the run did not restart from a checkpoint"
-    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3, 4]
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3, 4, 5, 6]
     # Saved once: one model directory (its weights once, beside the run's checkpoints), and it loads.
     weights = [p for p in output.rglob(SAFETENSORS_FILE) if "_ray_train" not in p.parts]
     assert weights == [output / SAFETENSORS_FILE], weights
-    assert read_model_info(output).version == metrics["version"] if "version" in metrics else True
+    # Its version is the weights' hash and the save time: the saved model, not a checkpoint's copy.
+    version = read_model_info(output).version
+    assert re.match(r"^[0-9a-f]{16}-\d{8}T\d{6}Z$", version), version
     predictor = Predictor.load(str(output))
     predictions = predictor.predict(["football goal coach", "bank shares merger", "robot chip research"])
     assert {p.label for p in predictions} <= set(LABELS)
@@ -477,30 +438,6 @@ def running(info: ClusterInfo, deployment: str, avoid: str | None = None) -> int
     return sum(r["state"] == "RUNNING" and r.get("node_id") != avoid for r in replicas(info, deployment))
 
 
-async def load_with_node_kill(
-    info: ClusterInfo, url: str, victim: str, kill_after: int
-) -> tuple[list[Outcome], float, int]:
-    """SERVE_REQUESTS one-text requests from SERVE_CONCURRENCY clients; `victim`'s raylet is SIGKILLed once
-    `kill_after` are answered. Returns the outcomes, the kill's time.monotonic() and how many were answered
-    before it."""
-    answered = 0
-    reached = asyncio.Event()
-
-    def count(_: Outcome) -> None:
-        nonlocal answered
-        answered += 1
-        if answered >= kill_after:
-            reached.set()
-
-    load = asyncio.create_task(
-        drive(url, text_shots(SERVE_TEXTS, SERVE_REQUESTS), SERVE_CONCURRENCY, on_outcome=count)
-    )
-    await asyncio.wait({load, asyncio.create_task(reached.wait())}, return_when=asyncio.FIRST_COMPLETED)
-    before = answered
-    killed_at = kill_node(info, victim)
-    return await load, killed_at, before
-
-
 def test_node_of_a_model_replica_lost_under_load(tmp_path: Path, tiny_model: str) -> None:
     """Two model replicas (2 CPUs each) on two 5-CPU worker nodes; under load the node of one of them is lost
     (its model replica, and whatever gateway replica and HTTP proxy it held, with it). Calls in flight on
@@ -518,7 +455,7 @@ def test_node_of_a_model_replica_lost_under_load(tmp_path: Path, tiny_model: str
     figures: dict[str, Any] = {"requests": SERVE_REQUESTS, "concurrency": SERVE_CONCURRENCY}
     # 5 CPUs a worker node: the node left holds its model replica (2), the lost one's (2) and the gateway
     # replicas Serve moves there (0.1 each); with 4, a moved gateway left 1.9 CPUs and the replica waited.
-    with node_cluster(workers=2, cpus_per_worker=5, head_cpus=1) as info:
+    with running_cluster(workers=2, cpus_per_worker=5, head_cpus=1) as info:
         driver = start_driver(
             ["serve", "--config", str(tmp_path / "serve.yaml"), "--address", info.address], log
         )
@@ -534,9 +471,17 @@ def test_node_of_a_model_replica_lost_under_load(tmp_path: Path, tiny_model: str
             victim = model_nodes[0]
             figures["model_replicas_on_victim"] = model_nodes.count(victim)
             figures["gateway_replicas_on_victim"] = gateway_nodes.count(victim)
-            outcomes, killed_at, before = asyncio.run(
-                load_with_node_kill(info, url, victim, SERVE_REQUESTS // 5)
+            # the victim's raylet SIGKILLed once a fifth of the requests are answered
+            outcomes, kill = asyncio.run(
+                load_with_fault(
+                    url,
+                    text_shots(SERVE_TEXTS, SERVE_REQUESTS),
+                    SERVE_CONCURRENCY,
+                    lambda: {"killed_at": kill_node(info, victim)},
+                    fault_after=0.2,
+                )
             )
+            killed_at, before = kill["killed_at"], kill["answered_before"]
             load_done = time.monotonic()
             recovered_s = None
             while time.monotonic() - killed_at < RECOVERY_TIMEOUT_S:
