@@ -29,8 +29,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from cluster_fixtures import running_cluster
-from test_train import write_synthetic
 from tiny_model import make_tiny_model
+from trainings import write_synthetic
 
 from bm_ray.bench.load import drive, status_report, text_shots
 from bm_ray.bench.serve_faults import load_with_fault

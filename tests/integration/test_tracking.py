@@ -1,6 +1,6 @@
-"""MLflow tracking against a real SQLite store: a tracked tiny training (params, per-epoch metrics,
-artifacts, the registered version) and `compare --promote` setting the alias only when model B is
-significantly better. Tune trials as child runs: tests/integration/test_tune.py (the one tune run)."""
+"""MLflow tracking against a real SQLite store: the shared tracked tiny training of
+tests/integration/conftest.py (params, per-epoch metrics, the refit's, artifacts, the registered
+version) and `compare --promote` setting the alias only when model B is significantly better. Tune trials as child runs: tests/integration/test_tune.py (the one tune run)."""
 
 from __future__ import annotations
 
@@ -14,50 +14,30 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from rich.console import Console
-from test_train import LABELS, spec_for, write_synthetic
 from tiny_model import make_tiny_model
+from trainings import MODEL_NAME, NAMES
 from typer.testing import CliRunner
 
 from bm_ray.cli.main import app
 from bm_ray.jobs.compare import compare, promotion_verdict, summary_table
 from bm_ray.jobs.tracking import INSTALL_HINT, TrackingError, absolute_uri, numeric_metrics, require_mlflow
-from bm_ray.jobs.train.job import train
 from bm_ray.layout import METRICS_FILE, MLFLOW_FILE, MODEL_CARD_FILE
 from bm_ray.specs import CompareSpec, IngestSpec
 
-MODEL_NAME = "news"
-
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """One SQLite tracking + registry store for the module's runs."""
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: str) -> Path:
-    """A tiny random BERT: the base model of the trainings, and the untrained model A of a compare."""
-    return make_tiny_model(tmp_path_factory.mktemp("tiny-base"), LABELS, tokenizer_dir, hidden=32)
-
-
-@pytest.fixture(scope="module")
-def tracked(ray_local: None, store: str, tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """One tracked 1-worker training of 4 epochs on 360 learnable rows (what the tiny model needs to
-    learn the task: the compare tests need a model B clearly better than an untrained A)."""
-    tmp = tmp_path_factory.mktemp("tracked")
-    data = write_synthetic(tmp / "train.jsonl", 360)
-    output = tmp / "model"
-    spec = spec_for(
-        data, output, tiny_base, workers=1, epochs=4, mlflow_tracking_uri=store, mlflow_model_name=MODEL_NAME
+def untrained_named(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: str) -> Path:
+    """An untrained tiny model with the named labels: model A of a compare against the trained one."""
+    return make_tiny_model(
+        tmp_path_factory.mktemp("untrained"), list(NAMES.values()), tokenizer_dir, hidden=32
     )
-    return {"report": train(spec), "output": output, "data": data, "spec": spec}
 
 
 def test_a_tracked_training_logs_params_epochs_and_artifacts(
-    tracked: dict, store: str, monkeypatch: pytest.MonkeyPatch
+    tracked_named: dict, mlflow_store: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    report, output, spec = tracked["report"], tracked["output"], tracked["spec"]
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    report, output, spec = tracked_named["report"], tracked_named["output"], tracked_named["spec"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store)
     runs = mlflow.search_runs(experiment_names=["bm-ray"], output_format="list")
     [run] = [r for r in runs if r.info.run_id == report.mlflow_run_id]
     assert run.info.status == "FINISHED" and run.data.tags["bm_ray.kind"] == "train"
@@ -69,10 +49,16 @@ def test_a_tracked_training_logs_params_epochs_and_artifacts(
         and params["base_model"] == str(spec.base_model)
     )
 
-    client = MlflowClient(store)
+    client = MlflowClient(mlflow_store)
     for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_macro_f1"):
         history = client.get_metric_history(run.info.run_id, key)
         assert sorted(m.step for m in history) == [1, 2, 3, 4], key
+    # The refit's epochs go into the same run, prefixed, for the selected epoch count (no validation).
+    refit_steps = list(range(1, report.refit.epochs + 1))
+    assert (
+        sorted(m.step for m in client.get_metric_history(run.info.run_id, "refit_train_loss")) == refit_steps
+    )
+    assert not client.get_metric_history(run.info.run_id, "refit_val_accuracy")
     val_accuracy = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_accuracy")}
     assert val_accuracy == {e["epoch"]: pytest.approx(e["val_accuracy"]) for e in report.epochs}
     assert run.data.metrics["accuracy"] == pytest.approx(report.accuracy) and report.accuracy > 0.6
@@ -85,7 +71,7 @@ def test_a_tracked_training_logs_params_epochs_and_artifacts(
     assert {"labels.json", "config.json", METRICS_FILE} <= model
     assert not model & {"_ray_train", "tensorboard", "_job.json", MLFLOW_FILE}, model
     calibration = json.loads(Path(mlflow.artifacts.download_artifacts(
-        run_id=run.info.run_id, artifact_path="calibration.json", tracking_uri=store
+        run_id=run.info.run_id, artifact_path="calibration.json", tracking_uri=mlflow_store
     )).read_text())  # fmt: skip
     assert calibration["temperature"] == pytest.approx(report.calibration.temperature)
 
@@ -93,7 +79,7 @@ def test_a_tracked_training_logs_params_epochs_and_artifacts(
     assert metrics["mlflow_run_id"] == run.info.run_id
     record = json.loads((output / MLFLOW_FILE).read_text())
     assert record["run_id"] == run.info.run_id and record["registered_model"] == MODEL_NAME
-    assert record["tracking_uri"] == store and record["experiment"] == "bm-ray"
+    assert record["tracking_uri"] == mlflow_store and record["experiment"] == "bm-ray"
     version = client.get_model_version(MODEL_NAME, record["registered_version"])
     assert version.run_id == run.info.run_id
     labels = json.loads((output / "labels.json").read_text())
@@ -101,33 +87,33 @@ def test_a_tracked_training_logs_params_epochs_and_artifacts(
 
 
 def test_compare_promotes_a_significantly_better_model_b(
-    tracked: dict, store: str, tiny_base: Path, tmp_path: Path
+    tracked_named: dict, mlflow_store: str, untrained_named: Path, tmp_path: Path
 ) -> None:
     """Untrained A (one label for every row: 1/3 right) against trained B on B's training rows."""
-    args = ["compare", "--model", str(tiny_base), "--model", str(tracked["output"])]
-    args += ["--input", str(tracked["data"]), "--output", str(tmp_path / "cmp"), "--actors", "1"]
+    args = ["compare", "--model", str(untrained_named), "--model", str(tracked_named["output"])]
+    args += ["--input", str(tracked_named["named_data"]), "--output", str(tmp_path / "cmp"), "--actors", "1"]
     result = CliRunner().invoke(app, [*args, "--promote", "champion", "--json"])
     assert result.exit_code == 0, result.output
     promotion = json.loads(result.stdout)["promotion"]
-    record = json.loads((tracked["output"] / MLFLOW_FILE).read_text())
+    record = json.loads((tracked_named["output"] / MLFLOW_FILE).read_text())
     assert promotion["promoted"] is True, promotion
     assert promotion["registered_version"] == record["registered_version"]
     assert "significantly more accurate" in promotion["reason"]
-    got = MlflowClient(store).get_model_version_by_alias(MODEL_NAME, "champion")
+    got = MlflowClient(mlflow_store).get_model_version_by_alias(MODEL_NAME, "champion")
     assert str(got.version) == record["registered_version"]
     stored = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert stored["promotion"] == promotion and stored["mcnemar_p"] < 0.05
 
 
 def test_compare_refuses_to_promote_a_model_that_is_not_better(
-    ray_local: None, tracked: dict, store: str, tmp_path: Path
+    ray_local: None, tracked_named: dict, mlflow_store: str, tmp_path: Path
 ) -> None:
     """B the same model as A: McNemar's p is 1 and B is not more accurate, so the alias stays unset."""
-    rows = tracked["data"].read_text().splitlines()[:60]
+    rows = tracked_named["named_data"].read_text().splitlines()[:60]
     corpus = tmp_path / "rows.jsonl"
     corpus.write_text("\n".join(rows) + "\n")
     spec = CompareSpec(
-        models=[str(tracked["output"])] * 2,
+        models=[str(tracked_named["output"])] * 2,
         input=IngestSpec(input=[str(corpus)]),
         output=str(tmp_path / "cmp"),
         actors=1,
@@ -137,7 +123,7 @@ def test_compare_refuses_to_promote_a_model_that_is_not_better(
     assert result.promotion is not None and result.promotion.promoted is False
     assert "not more accurate" in result.promotion.reason and result.mcnemar_p == 1.0
     with pytest.raises(MlflowException):
-        MlflowClient(store).get_model_version_by_alias(MODEL_NAME, "staging")
+        MlflowClient(mlflow_store).get_model_version_by_alias(MODEL_NAME, "staging")
     console = Console(record=True, width=300)
     console.print(summary_table(result))
     shown = console.export_text()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import re
 import signal
 import subprocess
@@ -20,7 +19,7 @@ import pytest
 import ray
 from huggingface_hub import ModelCard
 from ray.util.state import list_actors
-from tiny_model import make_tiny_model
+from trainings import LABELS, NAMES, spec_for, write_synthetic
 
 from bm_ray.jobs.train.data import TrainError, prepare_data, resolve_label_names
 from bm_ray.jobs.train.job import run_name, train
@@ -30,53 +29,6 @@ from bm_ray.model.calibration import TOP_LABEL_MIN_ROWS
 from bm_ray.model.engine import Predictor
 from bm_ray.model.registry import load_classifier, read_model_info, save_model_dir, sha256_file
 from bm_ray.specs import IngestSpec, TrainSpec
-
-LABELS = ["alpha", "beta", "gamma"]
-TOPIC_WORDS = {
-    "alpha": "football match goal league coach striker season",
-    "beta": "shares profit market bank earnings investors merger",
-    "gamma": "software chip satellite research laptop internet robot",
-}
-FILLER = ["the", "a", "of", "and", "today", "report", "said", "new", "after", "week"]
-
-
-def write_synthetic(path: Path, rows: int, seed: int = 0, labels: list[str] = LABELS) -> Path:
-    """A learnable corpus: each text mixes its label's topic words with common filler (the i-th of
-    `labels` takes the i-th topic, so any up to three label names make the same task)."""
-    rng = random.Random(seed)
-    topics = list(TOPIC_WORDS.values())
-    with path.open("w", encoding="utf-8") as handle:
-        for i in range(rows):
-            label = labels[i % len(labels)]
-            words = rng.sample(topics[i % len(labels)].split(), 3) + rng.sample(FILLER, 4)
-            rng.shuffle(words)
-            handle.write(json.dumps({"id": f"r{i}", "text": " ".join(words), "label": label}) + "\n")
-    return path
-
-
-def spec_for(data: Path, output: Path, base: Path, **overrides: object) -> TrainSpec:
-    """A fast tiny-model training spec."""
-    values: dict[str, object] = {
-        "data": {"input": [str(data)]},
-        "output": str(output),
-        "base_model": str(base),
-        "workers": 2,
-        "epochs": 4,
-        "batch_size": 16,
-        "learning_rate": 5e-3,
-        "val_fraction": 0.2,
-        "warmup_fraction": 0.05,
-        "max_failures": 2,
-        "keep_checkpoints": 1,
-        **overrides,
-    }
-    return TrainSpec.model_validate(values)
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: str) -> Path:
-    """A tiny random BERT used as the base model."""
-    return make_tiny_model(tmp_path_factory.mktemp("tiny-base"), LABELS, tokenizer_dir, hidden=32)
 
 
 def _kill_a_worker_after_first_checkpoint(run_dir: Path, killed: list[int], stop: threading.Event) -> None:
@@ -372,29 +324,11 @@ def test_boilerplate_rows_are_training_copies_in_a_page_with_their_own_label(
     assert n == 5 and capped.count() == 10  # at most every training row once
 
 
-NAMES = {"alpha": "Sports", "beta": "Business", "gamma": "Sci/Tech"}
-
-
-@pytest.fixture(scope="module")
-def trained_named(ray_local: None, tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A quick 1-worker training with label names (and the default calibration), refit on all rows.
-
-    One run serves the label-name, calibration and refit tests: every Ray Train launch costs ~20 s of
-    worker start-up and graph tracing on 2 cores."""
-    tmp = tmp_path_factory.mktemp("named")
-    data = write_synthetic(tmp / "train.jsonl", 150)
-    output = tmp / "model"
-    label_names = ",".join(f"{raw}={name}" for raw, name in NAMES.items())  # the CLI flag's form
-    spec = spec_for(data, output, tiny_base, workers=1, epochs=2, label_names=label_names, refit=True)
-    report = train(spec)
-    return {"report": report, "output": output, "data": data}
-
-
-def test_refit_trains_on_all_rows_and_keeps_selection_metrics(trained_named: dict) -> None:
-    report, output = trained_named["report"], trained_named["output"]
+def test_refit_trains_on_all_rows_and_keeps_selection_metrics(tracked_named: dict) -> None:
+    report, output = tracked_named["report"], tracked_named["output"]
     refit = report.refit
     assert refit is not None
-    assert refit.rows == report.data.train_rows + report.data.val_rows == 150
+    assert refit.rows == report.data.train_rows + report.data.val_rows == 360
     assert refit.epochs == report.best_epoch
     metrics = json.loads((output / "metrics.json").read_text())
     # the selection metrics are kept
@@ -406,10 +340,10 @@ def test_refit_trains_on_all_rows_and_keeps_selection_metrics(trained_named: dic
     assert "refit" in metrics["calibration"]["note"]
 
 
-def test_label_names_are_stored_and_answered(trained_named: dict) -> None:
+def test_label_names_are_stored_and_answered(tracked_named: dict) -> None:
     from transformers import AutoConfig
 
-    output = trained_named["output"]
+    output = tracked_named["output"]
     labels_json = json.loads((output / "labels.json").read_text())
     assert labels_json["labels"] == ["Sports", "Business", "Sci/Tech"]
     assert labels_json["raw_labels"] == LABELS
@@ -418,14 +352,14 @@ def test_label_names_are_stored_and_answered(trained_named: dict) -> None:
     assert config.label2id == {"Sports": 0, "Business": 1, "Sci/Tech": 2}
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["confusion_matrix"]["labels"] == labels_json["labels"]
-    assert metrics["rows_evaluated"] == trained_named["report"].data.val_rows  # raw val labels mapped
+    assert metrics["rows_evaluated"] == tracked_named["report"].data.val_rows  # raw val labels mapped
     predictions = Predictor.load(str(output)).predict(["football match goal league", "bank shares profit"])
     assert {p.label for p in predictions} <= set(NAMES.values())
     assert set(predictions[0].scores) == set(NAMES.values())
 
 
-def test_training_fits_and_reports_a_temperature(trained_named: dict) -> None:
-    output = trained_named["output"]
+def test_training_fits_and_reports_a_temperature(tracked_named: dict) -> None:
+    output = tracked_named["output"]
     metrics = json.loads((output / "metrics.json").read_text())
     calibration = metrics["calibration"]
     temperature = json.loads((output / "labels.json").read_text())["temperature"]
@@ -435,7 +369,7 @@ def test_training_fits_and_reports_a_temperature(trained_named: dict) -> None:
         assert set(calibration[side]) == {"ece", "log_loss", "ece_interval"}
         interval = calibration[side]["ece_interval"]
         assert interval["method"] == "bootstrap" and interval["low"] <= interval["high"]
-    # 150 rows leave ~15 validation rows: too few for the top-label map, and the report says why.
+    # 360 rows leave ~70 validation rows: too few for the top-label map, and the report says why.
     assert calibration["rows"] < TOP_LABEL_MIN_ROWS and calibration["top_label_calibration"] is None
     assert "top_label_calibration" not in json.loads((output / "labels.json").read_text())
     assert f"it needs {TOP_LABEL_MIN_ROWS}" in calibration["note"]
@@ -450,7 +384,7 @@ def test_training_fits_and_reports_a_temperature(trained_named: dict) -> None:
     )
 
 
-def test_evaluate_takes_raw_or_named_labels(trained_named: dict, tmp_path: Path) -> None:
+def test_evaluate_takes_raw_or_named_labels(tracked_named: dict, tmp_path: Path) -> None:
     from bm_ray.jobs.evaluate import evaluate
     from bm_ray.specs import EvaluateSpec
 
@@ -462,7 +396,7 @@ def test_evaluate_takes_raw_or_named_labels(trained_named: dict, tmp_path: Path)
             for row in map(json.loads, raw.read_text().splitlines())
         )
     )
-    model = str(trained_named["output"])
+    model = str(tracked_named["output"])
     reports = [evaluate(EvaluateSpec(model=model, data=IngestSpec(input=[str(d)]))) for d in (raw, named)]
     assert reports[0].rows_evaluated == reports[1].rows_evaluated == 60
     assert reports[0].rows_rejected == 0

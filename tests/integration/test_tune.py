@@ -10,8 +10,8 @@ import mlflow
 import pytest
 import yaml
 from mlflow import MlflowClient
-from test_train import LABELS, write_synthetic
 from tiny_model import make_tiny_model
+from trainings import LABELS, write_synthetic
 from typer.testing import CliRunner
 
 from bm_ray.cli.main import app
