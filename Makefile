@@ -62,8 +62,15 @@ kserve-venv: $(KSERVE_STAMP)
 $(KSERVE_STAMP):
 	$(call tool-venv,$(KSERVE_VENV),kserve==$(KSERVE_VERSION),$(KSERVE_STAMP))
 
+# pytest-xdist workers: a test mostly waits on Ray, Serve or a subprocess, so on 2 cores one pytest
+# process leaves about half the CPU idle. Each worker has its own embedded Ray; tests/conftest.py keeps
+# each module (and the modules sharing a session training) on one worker; the groups go out in collection
+# order (integration first, the short unit tests last, which evens out the two workers' ends).
+PYTEST_WORKERS ?= 2
+PYTEST_XDIST = -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+
 test: lint docs browser scan-venv kserve-venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_XDIST)
 
 # The docs site (docs/, Sphinx + MyST): warnings are errors and nitpicky mode fails on a broken internal
 # reference, so a dead link fails the build (no network needed).

@@ -1,4 +1,5 @@
-"""Shared fixtures: one embedded Ray for the session, and the real corpora beside the checkout."""
+"""Shared fixtures: one embedded Ray per test process (each pytest-xdist worker has its own), the real
+corpora beside the checkout, and the xdist groups."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ register_profiles()  # hypothesis: bounded examples, or the `fuzz` profile with 
 
 @pytest.fixture(scope="session")
 def ray_local() -> Iterator[None]:
-    """An embedded 2-CPU Ray for the whole test session, shut down at the end."""
+    """An embedded 2-CPU Ray for the whole test session (of this worker), shut down at the end."""
     init_ray(num_cpus=2)
     yield
     ray.shutdown()
@@ -73,13 +74,31 @@ INTEGRATION_FIXTURES = {"ray_local", "local_cluster", "s3", "endpoint", "url"}
 """Fixtures that start real components (Ray, a multi-node cluster, the S3 server, Serve apps)."""
 
 
+SHARED_SESSION_GROUPS = {
+    "test_train.py": "tracked-training",
+    "test_tracking.py": "tracked-training",
+}
+"""Modules that share an expensive session fixture (`tracked_named`, one Ray Train launch): one xdist
+group, so that one worker builds it once."""
+
+
+def xdist_group_of(item: pytest.Item) -> str:
+    """The pytest-xdist group (`--dist loadgroup`) of a test: its module, or the group of the modules that
+    share a session fixture. Whole modules go to one worker because their module fixtures start real
+    components (Serve apps, clusters, S3 servers) that a split module would start twice."""
+    name = Path(str(item.path)).name
+    return SHARED_SESSION_GROUPS.get(name, str(Path(str(item.path)).relative_to(Path(__file__).parent)))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the xdist_group markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Marks `integration` every test under tests/integration/ or using a real-component fixture (a unit
-    file's few Ray tests then leave `make test-fast`); tests marked `slow` (real-model training) run only
-    with BM_RAY_SLOW=1 (`make test-slow`), those marked `chaos` (node loss) only with BM_RAY_CHAOS=1
-    (`make test-chaos`)."""
+    """Puts every test in its xdist group (:func:`xdist_group_of`); marks `integration` every test under
+    tests/integration/ or using a real-component fixture (a unit file's few Ray tests then leave `make
+    test-fast`); tests marked `slow` (real-model training) run only with BM_RAY_SLOW=1 (`make
+    test-slow`), those marked `chaos` (node loss) only with BM_RAY_CHAOS=1 (`make test-chaos`)."""
     integration = Path(__file__).parent / "integration"
     for item in items:
+        item.add_marker(pytest.mark.xdist_group(xdist_group_of(item)))
         if integration in Path(str(item.path)).parents or INTEGRATION_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.integration)
     if os.environ.get(CHAOS_ENV) != "1":

@@ -108,6 +108,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: 
             os.environ.setdefault(name, value)
         port = free_port()
         init_kwargs.update(
+            # "local", not None: with no address ray.init joins the cluster named in Ray's temp dir (the
+            # last `ray start` on this machine) instead of starting the embedded Ray promised here.
+            address="local",
             include_dashboard=True,
             dashboard_host="127.0.0.1",
             dashboard_port=port,
