@@ -14,9 +14,11 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -56,9 +58,17 @@ BM_RAY = Path(sys.executable).with_name("bm-ray")
 # --- the cluster and its nodes ----------------------------------------------------------------------------
 
 
-def add_worker_node(info: ClusterInfo, cpus: int) -> None:
-    """Start one more worker node of the cluster (a replacement for a lost one), as `cluster_up` starts them."""
-    _ray_start([f"--address={info.address}", f"--num-cpus={cpus}"], info, {WORKER_RESOURCE: 1}, 300)
+def add_worker_node(info: ClusterInfo, cpus: int, timeout_s: float = 300) -> None:
+    """Start one more worker node of the cluster (a replacement for a lost one), as `cluster_up` starts them,
+    and wait until it is alive."""
+    before = len(worker_nodes(info))
+    late = _ray_start(
+        [f"--address={info.address}", f"--num-cpus={cpus}"], info, {WORKER_RESOURCE: 1}, timeout_s
+    )
+    deadline = time.monotonic() + timeout_s
+    while len(worker_nodes(info)) <= before:
+        assert time.monotonic() < deadline, f"the added node is not alive after {timeout_s:.0f}s ({late})"
+        time.sleep(1)
 
 
 def state_list(info: ClusterInfo, kind: str, **equal: str) -> list[dict[str, Any]]:
@@ -119,6 +129,60 @@ def wait_dead(info: ClusterInfo, node_id: str, timeout_s: float = 120) -> float:
             return time.monotonic() - started
         time.sleep(1)
     raise AssertionError(f"node {node_id} still alive {timeout_s:.0f}s after its raylet was killed")
+
+
+def test_a_worker_node_registering_after_rays_own_wait_still_joins(tmp_path: Path) -> None:
+    """`ray start` gives its raylet a fixed 30 s to register with the GCS; on a loaded machine that is not
+    enough (a first `make test` on a fresh machine hit it). `cluster_up` gives every node its whole
+    timeout: here the worker node's raylet is frozen (SIGSTOP) for 40 s as it starts, so Ray's wait runs out."""
+    import logging
+    import threading
+
+    from bm_ray.deploy.cluster import cluster_down, cluster_up
+    from bm_ray.runtime.ray_init import free_port
+
+    temp = Path(tempfile.mkdtemp(prefix="bmr-late-", dir="/tmp"))
+    frozen_s = 40.0
+    froze: dict[str, float] = {}
+
+    def freeze_the_worker_raylet_as_it_starts() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            raylets = [
+                p
+                for p in psutil.process_iter(["cmdline", "create_time"])
+                if (c := p.info["cmdline"]) and Path(c[0]).name == "raylet" and any(str(temp) in a for a in c)
+            ]
+            if len(raylets) == 2:
+                pid = max(raylets, key=lambda p: p.info["create_time"]).pid  # the head's came first
+                os.kill(pid, signal.SIGSTOP)
+                froze["at"] = time.monotonic()
+                time.sleep(frozen_s)
+                os.kill(pid, signal.SIGCONT)
+                return
+            time.sleep(0.05)
+
+    port = free_port()
+    watcher = threading.Thread(target=freeze_the_worker_raylet_as_it_starts, daemon=True)
+    watcher.start()
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger("bm_ray.deploy.cluster").addHandler(handler)
+    try:
+        with pytest.MonkeyPatch.context() as env:
+            env.delenv("RAY_ADDRESS", raising=False)
+            info = cluster_up(workers=1, port=port, dashboard_port=free_port(), temp_dir=temp, timeout_s=180)
+        watcher.join(timeout=frozen_s + 10)
+        assert "at" in froze, "the worker's raylet never appeared: it was not frozen"
+        assert any("timed out during startup" in r.getMessage() for r in records), [
+            r.getMessage() for r in records
+        ]
+        assert len(worker_nodes(info)) == 1
+    finally:
+        logging.getLogger("bm_ray.deploy.cluster").removeHandler(handler)
+        cluster_down(temp)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def record_figures(name: str, figures: dict[str, Any]) -> None:
