@@ -67,7 +67,7 @@ $(KSERVE_STAMP):
 # each module (and the modules sharing a session training) on one worker; the groups go out in collection
 # order (integration first, the short unit tests last, which evens out the two workers' ends).
 PYTEST_WORKERS ?= 2
-PYTEST_XDIST = -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+PYTEST_XDIST = -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: lint docs browser scan-venv kserve-venv
 	$(BIN)/python -m pytest -q $(PYTEST_XDIST)

@@ -1,5 +1,5 @@
 """Shared fixtures: one embedded Ray per test process (each pytest-xdist worker has its own), the real
-corpora beside the checkout, and the xdist groups."""
+corpora beside the checkout, and the xdist work units."""
 
 from __future__ import annotations
 
@@ -78,27 +78,47 @@ SHARED_SESSION_GROUPS = {
     "test_train.py": "tracked-training",
     "test_tracking.py": "tracked-training",
 }
-"""Modules that share an expensive session fixture (`tracked_named`, one Ray Train launch): one xdist
-group, so that one worker builds it once."""
+"""Modules that share an expensive session fixture (`tracked_named`, one Ray Train launch): one work
+unit, so that one worker builds it once."""
 
 
-def xdist_group_of(item: pytest.Item) -> str:
-    """The pytest-xdist group (`--dist loadgroup`) of a test: its module, or the group of the modules that
-    share a session fixture. Whole modules go to one worker because their module fixtures start real
-    components (Serve apps, clusters, S3 servers) that a split module would start twice."""
-    name = Path(str(item.path)).name
-    return SHARED_SESSION_GROUPS.get(name, str(Path(str(item.path)).relative_to(Path(__file__).parent)))
+def work_unit_of(nodeid: str) -> str:
+    """The pytest-xdist work unit of a test: its module, or the group of the modules sharing a session
+    fixture. Whole modules go to one worker because their module fixtures start real components (Serve
+    apps, clusters, S3 servers, trainings) that a split module would start once per worker."""
+    path = nodeid.split("::", 1)[0]
+    return SHARED_SESSION_GROUPS.get(Path(path).name, path)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the xdist_group markers
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: unknown where xdist is not installed
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """`--dist loadfile` with the work units of :func:`work_unit_of` (`make test`), in collection order.
+
+    A scheduler of our own rather than `--dist loadgroup` markers: xdist 3.8 names a test's group by
+    rewriting `item._nodeid`, which pytest 9.2 no longer reads, so the markers group nothing.
+    """
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleUnits(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit_of(nodeid)
+
+    return ModuleUnits(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Puts every test in its xdist group (:func:`xdist_group_of`); marks `integration` every test under
-    tests/integration/ or using a real-component fixture (a unit file's few Ray tests then leave `make
-    test-fast`); tests marked `slow` (real-model training) run only with BM_RAY_SLOW=1 (`make
-    test-slow`), those marked `chaos` (node loss) only with BM_RAY_CHAOS=1 (`make test-chaos`)."""
+    """Puts the longest xdist work unit first; marks `integration` every test under tests/integration/ or
+    using a real-component fixture (a unit file's few Ray tests then leave `make test-fast`); tests marked
+    `slow` (real-model training) run only with BM_RAY_SLOW=1 (`make test-slow`), those marked `chaos`
+    (node loss) only with BM_RAY_CHAOS=1 (`make test-chaos`)."""
+    if config.getoption("dist", default="no") == "loadfile":
+        # The longest work unit first (the modules sharing the session training, ~5 min on one worker):
+        # sent last, it ran alone while the other worker idled. Stable: the rest keep collection order.
+        items.sort(key=lambda item: work_unit_of(item.nodeid) not in SHARED_SESSION_GROUPS.values())
     integration = Path(__file__).parent / "integration"
     for item in items:
-        item.add_marker(pytest.mark.xdist_group(xdist_group_of(item)))
         if integration in Path(str(item.path)).parents or INTEGRATION_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.integration)
     if os.environ.get(CHAOS_ENV) != "1":
