@@ -31,26 +31,35 @@ from bm_ray.model.registry import load_classifier, read_model_info, save_model_d
 from bm_ray.specs import IngestSpec, TrainSpec
 
 
+def _train_worker_pids() -> list[int]:
+    """Pids of the alive Ray Train workers of this test session's Ray (not of other clusters on the machine)."""
+    return sorted(
+        actor.pid
+        for actor in list_actors(
+            address=ray.get_runtime_context().gcs_address,
+            filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+        )
+        if actor.pid
+    )
+
+
 def _kill_a_worker_after_first_checkpoint(run_dir: Path, killed: list[int], stop: threading.Event) -> None:
-    """SIGKILL one Ray Train worker process a few seconds into epoch 2 (bounded wait)."""
+    """SIGKILL one Ray Train worker process a couple of seconds into epoch 2 (bounded wait).
+
+    The workers are looked up while they warm up, before the first checkpoint: a state-API call can take
+    seconds on a loaded machine, longer than the rest of this short training.
+    """
     deadline = time.monotonic() + 600  # the head warm-up comes before the first checkpoint; loaded CI is slow
+    workers: list[int] = []
     while not stop.is_set() and time.monotonic() < deadline:
-        if any(run_dir.glob("checkpoint_*")):
-            time.sleep(4)  # let Ray Train register the checkpoint; the kill then lands mid-epoch 2
-            # Only this test's Ray cluster's workers: other Ray clusters on the machine are not ours.
-            workers = sorted(
-                actor.pid
-                for actor in list_actors(
-                    address=ray.get_runtime_context().gcs_address,
-                    filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
-                )
-                if actor.pid
-            )
-            if workers:
-                os.kill(workers[-1], signal.SIGKILL)
-                killed.append(workers[-1])
-                return
-        time.sleep(0.5)
+        if not workers:
+            workers = _train_worker_pids()
+        if workers and any(run_dir.glob("checkpoint_*")):
+            time.sleep(2)  # let Ray Train register the checkpoint; the kill then lands in epoch 2
+            os.kill(workers[-1], signal.SIGKILL)
+            killed.append(workers[-1])
+            return
+        time.sleep(0.25)
 
 
 @pytest.fixture(scope="module")
