@@ -63,9 +63,9 @@ $(KSERVE_STAMP):
 	$(call tool-venv,$(KSERVE_VENV),kserve==$(KSERVE_VERSION),$(KSERVE_STAMP))
 
 # pytest-xdist workers: a test mostly waits on Ray, Serve or a subprocess, so on 2 cores one pytest
-# process leaves about half the CPU idle. Each worker has its own embedded Ray; tests/conftest.py keeps
-# each module (and the modules sharing a session training) on one worker; the groups go out in collection
-# order (integration first, the short unit tests last, which evens out the two workers' ends).
+# process leaves about half the CPU idle. Each worker has its own embedded Ray; tests/conftest.py's
+# scheduler keeps each module (and the modules sharing a session training) on one worker, that longest
+# unit first, the rest in collection order (the short unit tests last, which evens out the ends).
 PYTEST_WORKERS ?= 2
 PYTEST_XDIST = -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
