@@ -97,7 +97,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | 
     A scheduler of our own rather than `--dist loadgroup` markers: xdist 3.8 names a test's group by
     rewriting `item._nodeid`, which pytest 9.2 no longer reads, so the markers group nothing.
     """
-    if config.getvalue("dist") != "loadfile":
+    if config.getoption("dist", default="no") != "loadfile":
         return None
     from xdist.scheduler import LoadScopeScheduling
 

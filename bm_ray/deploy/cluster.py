@@ -102,7 +102,7 @@ configurable). The raylet keeps running and may still register: on a loaded mach
 def _ray_start(
     args: list[str], info: ClusterInfo, resources: dict[str, float], timeout_s: float
 ) -> str | None:
-    """Run one `ray start`; None when it succeeded, or its output's tail when only Ray's own 30 s
+    """Run one `ray start`; None when it succeeded, or a note naming it when only Ray's own 30 s
     registration wait ran out (the caller's wait for the alive nodes then decides)."""
     # Each node gets its own agent / client / metrics ports: the fixed defaults (52365, 10001) would collide
     # with the other nodes of this cluster and with other clusters on the machine, and so, on a busy machine,
@@ -125,22 +125,23 @@ def _ray_start(
     # RAY_AUTH_TOKEN would win over the file: a caller's own token must not leak into this cluster.
     env = {name: value for name, value in os.environ.items() if name != "RAY_AUTH_TOKEN"}
     env.update(node_env(), RAY_USAGE_STATS_ENABLED="0", PATH=path, **info.auth_env)
+    name = " ".join(command[1:3])
     try:
         result = subprocess.run(
             command, env=env, capture_output=True, text=True, timeout=timeout_s, check=False
         )
     except subprocess.TimeoutExpired:
-        raise ClusterError(f"`{' '.join(command[1:3])}` did not finish within {timeout_s:.0f}s") from None
+        raise ClusterError(f"`{name}` did not finish within {timeout_s:.0f}s") from None
     if result.returncode == 0:
         return None
     tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
     if RAY_REGISTRATION_TIMEOUT in tail:
-        note = f"`{' '.join(command[1:3])}`: {RAY_REGISTRATION_TIMEOUT} (Ray's 30 s wait)"
+        note = f"`{name}`: {RAY_REGISTRATION_TIMEOUT} (Ray's 30 s wait)"
         logging.getLogger(__name__).warning(
             "%s; waiting up to %.0f s for the node to register", note, timeout_s
         )
         return note
-    raise ClusterError(f"`{' '.join(command[1:3])}` failed (exit {result.returncode}):\n{tail}")
+    raise ClusterError(f"`{name}` failed (exit {result.returncode}):\n{tail}")
 
 
 def _alive_nodes(info: ClusterInfo) -> int | None:
@@ -186,38 +187,25 @@ def cluster_up(
     info = ClusterInfo(port, dashboard_port, workers, str(temp), token_path=token)
     # Recorded first, so that cluster_down can find every process even of a half-started cluster.
     (temp / STATE_FILE).write_text(json.dumps(asdict(info)), encoding="utf-8")
-    late: list[str | None] = []  # nodes whose raylet had not registered when `ray start` gave up on it
+    head = [
+        "--head",
+        f"--port={port}",
+        f"--dashboard-port={dashboard_port}",
+        "--dashboard-host=127.0.0.1",
+        "--include-dashboard=true",
+        f"--num-cpus={head_cpus}",
+        f"--ray-client-server-port={_free_port()}",
+    ]
+    worker = [f"--address={info.address}", f"--num-cpus={cpus_per_worker}"]
+    nodes = [(head, {HEAD_RESOURCE: 1})] + [(worker, {WORKER_RESOURCE: 1})] * workers
     try:
-        late.append(
-            _ray_start(
-                [
-                    "--head",
-                    f"--port={port}",
-                    f"--dashboard-port={dashboard_port}",
-                    "--dashboard-host=127.0.0.1",
-                    "--include-dashboard=true",
-                    f"--num-cpus={head_cpus}",
-                    f"--ray-client-server-port={_free_port()}",
-                ],
-                info,
-                {HEAD_RESOURCE: 1},
-                timeout_s,
-            )
-        )
-        for _ in range(workers):
-            late.append(
-                _ray_start(
-                    [f"--address={info.address}", f"--num-cpus={cpus_per_worker}"],
-                    info,
-                    {WORKER_RESOURCE: 1},
-                    timeout_s,
-                )
-            )
+        # Notes of the nodes whose raylet had not registered when `ray start` gave up on it.
+        late = [note for args, resources in nodes if (note := _ray_start(args, info, resources, timeout_s))]
         # Each node has the whole timeout to register: Ray's own 30 s is too short on a loaded machine.
         deadline = time.monotonic() + timeout_s
         while (alive := _alive_nodes(info)) != workers + 1:
             if time.monotonic() > deadline:
-                why = "; ".join(note for note in late if note)
+                why = "; ".join(late)
                 raise ClusterError(
                     f"{alive or 0} of {workers + 1} nodes alive after {timeout_s:.0f}s"
                     + (f" ({why})" if why else "")

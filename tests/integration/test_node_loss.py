@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import shutil
@@ -19,6 +20,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -36,7 +38,7 @@ from trainings import write_synthetic
 
 from bm_ray.bench.load import drive, status_report, text_shots
 from bm_ray.bench.serve_faults import load_with_fault
-from bm_ray.deploy.cluster import WORKER_RESOURCE, ClusterInfo, _ray_start
+from bm_ray.deploy.cluster import WORKER_RESOURCE, ClusterInfo, _ray_start, cluster_down, cluster_up
 from bm_ray.layout import SAFETENSORS_FILE
 from bm_ray.model.engine import Predictor
 from bm_ray.model.registry import read_model_info
@@ -101,16 +103,22 @@ def alive_actors(info: ClusterInfo, match: str) -> list[dict[str, Any]]:
     return [a for a in actors if match in f"{a.get('class_name')} {a.get('repr_name')}"]
 
 
+def raylets(temp_dir: str) -> list[psutil.Process]:
+    """The raylets of the cluster under `temp_dir` (their command lines name it), oldest first."""
+    found = [
+        proc
+        for proc in psutil.process_iter(["pid", "cmdline", "create_time"])
+        if (cmdline := proc.info["cmdline"])
+        and Path(cmdline[0]).name == "raylet"
+        and any(temp_dir in arg for arg in cmdline)
+    ]
+    return sorted(found, key=lambda proc: proc.info["create_time"])
+
+
 def raylet_pid(info: ClusterInfo, node_id: str) -> int:
-    """The pid of the raylet of node `node_id` of this cluster (its command line names the temp dir and node)."""
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = proc.info["cmdline"] or []
-        if (
-            cmdline
-            and Path(cmdline[0]).name == "raylet"
-            and f"--node_id={node_id}" in cmdline
-            and any(info.temp_dir in arg for arg in cmdline)
-        ):
+    """The pid of the raylet of node `node_id` of this cluster."""
+    for proc in raylets(info.temp_dir):
+        if f"--node_id={node_id}" in proc.info["cmdline"]:
             return proc.info["pid"]
     raise AssertionError(f"no raylet of node {node_id} under {info.temp_dir}")
 
@@ -131,16 +139,10 @@ def wait_dead(info: ClusterInfo, node_id: str, timeout_s: float = 120) -> float:
     raise AssertionError(f"node {node_id} still alive {timeout_s:.0f}s after its raylet was killed")
 
 
-def test_a_worker_node_registering_after_rays_own_wait_still_joins(tmp_path: Path) -> None:
+def test_a_worker_node_registering_after_rays_own_wait_still_joins() -> None:
     """`ray start` gives its raylet a fixed 30 s to register with the GCS; on a loaded machine that is not
     enough (a first `make test` on a fresh machine hit it). `cluster_up` gives every node its whole
     timeout: here the worker node's raylet is frozen (SIGSTOP) for 40 s as it starts, so Ray's wait runs out."""
-    import logging
-    import threading
-
-    from bm_ray.deploy.cluster import cluster_down, cluster_up
-    from bm_ray.runtime.ray_init import free_port
-
     temp = Path(tempfile.mkdtemp(prefix="bmr-late-", dir="/tmp"))
     frozen_s = 40.0
     froze: dict[str, float] = {}
@@ -148,13 +150,9 @@ def test_a_worker_node_registering_after_rays_own_wait_still_joins(tmp_path: Pat
     def freeze_the_worker_raylet_as_it_starts() -> None:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
-            raylets = [
-                p
-                for p in psutil.process_iter(["cmdline", "create_time"])
-                if (c := p.info["cmdline"]) and Path(c[0]).name == "raylet" and any(str(temp) in a for a in c)
-            ]
-            if len(raylets) == 2:
-                pid = max(raylets, key=lambda p: p.info["create_time"]).pid  # the head's came first
+            started = raylets(str(temp))
+            if len(started) == 2:
+                pid = started[-1].pid  # the head's came first
                 os.kill(pid, signal.SIGSTOP)
                 froze["at"] = time.monotonic()
                 time.sleep(frozen_s)
